@@ -1,0 +1,93 @@
+"""CLEL's energies, with the paper's names.
+
+    marginal        E(x)      = ½‖f(x)‖²
+    joint           E(x, z)   = ½‖f(x)‖² − β cos(g(f(x)), z)            (‖z‖ = 1)
+    conditional     E(x, z̄)   with z̄ = Σ zᵢ / ‖Σ zᵢ‖ over one or many images
+    compositional   E(x, {z̄ₐ}) = ½‖f(x)‖² − β Σₐ wₐ cos(g(f(x)), z̄ₐ)    (w > 0: AND, w < 0: NOT)
+    OOD score       s(x)      = ½‖f(x)‖² − β cos(g(f(x)), h(x)/‖h(x)‖)   (eq. 5; higher = more OOD)
+
+Why the marginal is ½‖f‖²: ∫ exp(β cos(g(f(x)), z)) dz over the unit sphere does
+not depend on x (the sphere is rotation invariant), so integrating z out of the
+joint leaves only the norm term. ``tests/test_energy.py`` checks this by Monte Carlo.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .models import CLEL
+
+
+def marginal(fx: Tensor) -> Tensor:
+    """½‖f(x)‖² from already computed features f(x): [N, D] → [N]."""
+    return 0.5 * fx.pow(2).sum(dim=1)
+
+
+def latent_cosine(model: CLEL, fx: Tensor, z: Tensor) -> Tensor:
+    """cos(g(f(x)), z) per sample; z is [D] (broadcast) or [N, D]."""
+    return F.cosine_similarity(model.g(fx), z.expand(fx.shape[0], -1), dim=1)
+
+
+def energy(model: CLEL, x: Tensor) -> Tensor:
+    """Marginal energy E(x) = ½‖f(x)‖², [N]."""
+    return marginal(model.f(x))
+
+
+def joint_energy(model: CLEL, x: Tensor, z: Tensor, beta: float) -> Tensor:
+    """E(x, z) = ½‖f(x)‖² − β cos(g(f(x)), z); z unit-norm, [D] or [N, D]."""
+    fx = model.f(x)
+    return marginal(fx) - beta * latent_cosine(model, fx, z)
+
+
+def compositional_energy(model: CLEL, x: Tensor, latents: Tensor, weights: Sequence[float] | Tensor,
+                         guidance: float) -> Tensor:
+    """½‖f(x)‖² − guidance · Σₐ wₐ cos(g(f(x)), z̄ₐ) over concept latents [A, D].
+
+    A positive weight asks for the concept (AND), a negative one pushes away from it (NOT).
+    With a single concept of weight 1 this is the conditional energy E(x, z̄).
+    """
+    fx = model.f(x)
+    gfx = F.normalize(model.g(fx), dim=1)
+    w = torch.as_tensor(weights, dtype=gfx.dtype, device=gfx.device)
+    if latents.ndim != 2 or w.shape != (latents.shape[0],):
+        raise ValueError(f"need latents [A, D] and one weight per concept; got {tuple(latents.shape)} and {tuple(w.shape)}")
+    cos = gfx @ F.normalize(latents.to(gfx), dim=1).T  # [N, A]
+    return marginal(fx) - guidance * (cos * w).sum(dim=1)
+
+
+def conditional_energy(model: CLEL, x: Tensor, z_bar: Tensor, guidance: float) -> Tensor:
+    """E(x, z̄) for a single concept latent z̄ (an image's, a set's or a class prototype)."""
+    return joint_energy(model, x, F.normalize(z_bar, dim=-1), guidance)
+
+
+@torch.no_grad()
+def latent(model: CLEL, x: Tensor) -> Tensor:
+    """z = h(x)/‖h(x)‖ for images in [0, 1], [N, D]. Call on the model in eval mode."""
+    return F.normalize(model.h(x), dim=1)
+
+
+def mean_latent(z: Tensor) -> Tensor:
+    """z̄ = Σ zᵢ / ‖Σ zᵢ‖: the direction shared by a set of latents [N, D] → [D]."""
+    return F.normalize(z.sum(dim=0), dim=0)
+
+
+def class_prototypes(z: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Per-class mean latent direction [C, D]; a class with no sample raises."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    if (counts == 0).any():
+        missing = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"no samples for classes {missing}")
+    sums = torch.zeros(num_classes, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, labels, z)
+    return F.normalize(sums, dim=1)
+
+
+@torch.no_grad()
+def ood_score(model: CLEL, x: Tensor, beta: float = 0.1) -> Tensor:
+    """s(x) = ½‖f(x)‖² − β cos(g(f(x)), h(x)/‖h(x)‖) (eq. 5); higher means more out-of-distribution.
+
+    The reference evaluates it on the EMA model in eval mode, β = 0.1, x unaugmented.
+    """
+    return joint_energy(model, x, latent(model, x), beta)

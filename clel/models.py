@@ -1,0 +1,150 @@
+"""The three networks of CLEL: the EBM f, the projection g and the encoder h.
+
+E(x) = ½‖f(x)‖² is the marginal energy; g maps f(x) into the encoder's latent
+space, where h(x)/‖h(x)‖ lives on the unit sphere. Every network normalises its
+own input, so SGLD, the replay buffer and clamping all work in [0, 1] pixels.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from .config import ARCHS, CLELConfig
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std as the first layer, so callers always hand [0, 1] pixels."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def _conv(cin: int, cout: int, k: int, bias: bool = True) -> nn.Module:
+    conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
+    # Kaiming-normal with linear gain, then spectral norm (init must precede the parametrisation).
+    nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="linear")
+    if bias:
+        nn.init.zeros_(conv.bias)
+    return spectral_norm(conv)
+
+
+def _linear(cin: int, cout: int, bias: bool = True) -> nn.Linear:
+    lin = nn.Linear(cin, cout, bias=bias)
+    nn.init.normal_(lin.weight, std=0.01)
+    if bias:
+        nn.init.zeros_(lin.bias)
+    return lin
+
+
+class ResBlock(nn.Module):
+    """Pre-activation block without normalisation: conv2(act(conv1(act(x)))) + shortcut(x)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv1 = _conv(cin, cout, 3)
+        self.conv2 = _conv(cout, cout, 3)
+        self.shortcut = _conv(cin, cout, 1, bias=False) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv1(F.leaky_relu(x, 0.2))
+        h = self.conv2(F.leaky_relu(h, 0.2))
+        return h + self.shortcut(x)
+
+
+class ResNetTrunk(nn.Module):
+    """Stem conv, stages of ResBlocks separated by 2x average pooling, act, global pool."""
+
+    def __init__(self, stem: int, stages: tuple[tuple[int, int], ...]):
+        super().__init__()
+        layers: list[nn.Module] = [_conv(3, stem, 3)]
+        cin = stem
+        for i, (channels, blocks) in enumerate(stages):
+            if i > 0:
+                layers.append(nn.AvgPool2d(2))
+            for _ in range(blocks):
+                layers.append(ResBlock(cin, channels))
+                cin = channels
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = cin
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.leaky_relu(self.layers(x), 0.2)
+        return h.mean(dim=(2, 3))
+
+
+class EBM(nn.Module):
+    """f_θ: image in [0, 1] → R^feature_dim. Small/Base use one trunk, Large three scales."""
+
+    def __init__(self, cfg: CLELConfig):
+        super().__init__()
+        arch = ARCHS[cfg.arch]
+        self.normalize = Normalize(cfg.mean, cfg.std)
+        self.scales = arch["scales"]
+        self.trunks = nn.ModuleList(ResNetTrunk(arch["stem"], arch["stages"]) for _ in range(self.scales))
+        width = sum(t.out_channels for t in self.trunks)
+        self.head = nn.Sequential(
+            _linear(width, cfg.head_hidden), nn.LeakyReLU(0.2), _linear(cfg.head_hidden, cfg.feature_dim)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.normalize(x)
+        # Scale s sees the image average-pooled by 2**s (32, 16 and 8 pixels on CIFAR-10).
+        feats = [trunk(F.avg_pool2d(x, 2**s) if s else x) for s, trunk in enumerate(self.trunks)]
+        return self.head(torch.cat(feats, dim=1))
+
+
+def build_projection(cfg: CLELConfig) -> nn.Module:
+    """g_θ: MLP without biases (positively homogeneous, so cos(g(f), z) = cos(g(f/‖f‖), z))."""
+    d, hidden = cfg.feature_dim, cfg.head_hidden
+    if cfg.projection == "identity":
+        return nn.Identity()
+    if cfg.projection == "linear":
+        return _linear(d, d, bias=False)
+    return nn.Sequential(_linear(d, hidden, bias=False), nn.LeakyReLU(0.2), _linear(hidden, d, bias=False))
+
+
+class Encoder(nn.Module):
+    """h_φ: CIFAR-style ResNet-18 (3x3 stem, no max-pool) + MLP head with BatchNorm."""
+
+    def __init__(self, cfg: CLELConfig):
+        super().__init__()
+        self.normalize = Normalize(cfg.mean, cfg.std)
+        net = torchvision.models.resnet18(weights=None, zero_init_residual=True)
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        net.maxpool = nn.Identity()
+        net.fc = nn.Identity()
+        self.backbone = net
+        self.head = nn.Sequential(
+            nn.Linear(512, cfg.encoder_hidden),
+            nn.BatchNorm1d(cfg.encoder_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.encoder_hidden, cfg.feature_dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(self.normalize(x)))
+
+
+class CLEL(nn.Module):
+    """The three networks together, so EMA, checkpoints and exports treat them as one."""
+
+    def __init__(self, cfg: CLELConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.f = EBM(cfg)
+        self.g = build_projection(cfg)
+        self.h = Encoder(cfg)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Trainable parameters; a spectral-normalised weight counts once (its original)."""
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,25 @@
+"""Shared fixtures: where the offline data sets live, and deterministic seeding."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("CLEL_DATA", REPO.parent / "shared" / "data"))
+
+
+def data_path(*parts: str) -> Path:
+    """Path under the shared data root; skips the test when it is absent."""
+    p = DATA_ROOT.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared data not found at {p} (set CLEL_DATA)")
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield

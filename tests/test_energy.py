@@ -1,0 +1,105 @@
+"""The energies against hand computation, and the Monte-Carlo argument for the marginal."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import integrate, special
+
+from clel import (CLEL, CLELConfig, class_prototypes, compositional_energy, conditional_energy, energy, joint_energy,
+                  latent, mean_latent, ood_score)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return CLEL(CLELConfig(arch="tiny", head_hidden=32, encoder_hidden=32, feature_dim=8)).eval()
+
+
+@pytest.fixture
+def x():
+    return torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+
+def test_marginal_is_half_squared_norm(model, x):
+    fx = model.f(x)
+    assert torch.allclose(energy(model, x), 0.5 * (fx**2).sum(1))
+
+
+@pytest.mark.parametrize("beta", [0.01, 0.1, 3.0])
+def test_joint_minus_marginal_is_minus_beta_cosine(model, x, beta):
+    z = F.normalize(torch.randn(6, 8), dim=1)
+    cos = F.cosine_similarity(model.g(model.f(x)), z, dim=1)
+    diff = joint_energy(model, x, z, beta) - energy(model, x)
+    assert torch.allclose(diff, -beta * cos, atol=1e-6)
+    # A single z broadcasts over the batch.
+    assert torch.allclose(joint_energy(model, x, z[0], beta), joint_energy(model, x, z[:1].expand(6, -1), beta))
+
+
+def log_sphere_partition(beta: float, d: int) -> float:
+    """log E_z[exp(β z₁)] for z uniform on S^{d-1}: z₁ has density ∝ (1 − t²)^{(d−3)/2}."""
+    w = lambda t: (1 - t * t) ** ((d - 3) / 2)  # noqa: E731
+    num, _ = integrate.quad(lambda t: math.exp(beta * t) * w(t), -1, 1)
+    den, _ = integrate.quad(w, -1, 1)
+    return math.log(num / den)
+
+
+def test_latent_integral_does_not_depend_on_x(model, x):
+    """log ∫ exp(β cos(g(f(x)), z)) dz is the same for every x: the marginal of the joint is ½‖f‖²."""
+    beta, d, n = 2.0, 8, 400_000
+    z = F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(7), dtype=torch.float64), dim=1)
+    gfx = F.normalize(model.g(model.f(x)).detach().double(), dim=1)
+    w = torch.exp(beta * gfx @ z.T)  # [6, n]
+    log_mean = torch.log(w.mean(1))
+    se = (w.std(1) / math.sqrt(n) / w.mean(1))  # standard error of the log-mean (delta method)
+    exact = log_sphere_partition(beta, d)
+    assert torch.all((log_mean - exact).abs() < 4 * se), (log_mean, exact, se)
+    # And the spread across x is MC noise, far below what a direction-dependent integral would show.
+    assert float(log_mean.max() - log_mean.min()) < 8 * float(se.max())
+    # Sanity of the closed form: for d = 3 the integral is sinh(β)/β.
+    assert log_sphere_partition(beta, 3) == pytest.approx(math.log(math.sinh(beta) / beta), rel=1e-8)
+    # Cross-check d = 8 against the Bessel form Γ(d/2)(2/β)^{d/2-1} I_{d/2-1}(β).
+    bessel = special.gamma(d / 2) * (2 / beta) ** (d / 2 - 1) * special.iv(d / 2 - 1, beta)
+    assert exact == pytest.approx(math.log(bessel), rel=1e-8)
+
+
+def test_compositional_energy_by_hand(model, x):
+    lat = F.normalize(torch.randn(3, 8), dim=1)
+    weights = [1.0, -0.5, 2.0]
+    fx = model.f(x)
+    gfx = model.g(fx)
+    cos = torch.stack([F.cosine_similarity(gfx, lat[a].expand_as(gfx), dim=1) for a in range(3)], 1)
+    want = 0.5 * (fx**2).sum(1) - 0.7 * (cos * torch.tensor(weights)).sum(1)
+    assert torch.allclose(compositional_energy(model, x, lat, weights, guidance=0.7), want, atol=1e-6)
+
+
+def test_single_concept_is_conditional_energy_and_not_flips_the_sign(model, x):
+    z = F.normalize(torch.randn(8), dim=0)
+    e_and = compositional_energy(model, x, z[None], [1.0], guidance=0.5)
+    e_not = compositional_energy(model, x, z[None], [-1.0], guidance=0.5)
+    assert torch.allclose(e_and, conditional_energy(model, x, z, guidance=0.5), atol=1e-6)
+    # AND and NOT sit symmetrically around the marginal.
+    assert torch.allclose((e_and + e_not) / 2, energy(model, x), atol=1e-6)
+
+
+def test_compositional_energy_rejects_mismatched_weights(model, x):
+    with pytest.raises(ValueError, match="one weight per concept"):
+        compositional_energy(model, x, torch.randn(2, 8), [1.0], guidance=1.0)
+
+
+def test_mean_latent_and_prototypes():
+    z = F.normalize(torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [1.0, 0, 0], [0, 0, 1.0]]), dim=1)
+    assert torch.allclose(mean_latent(z[:2]), torch.tensor([1, 1, 0]) / math.sqrt(2))
+    protos = class_prototypes(z, torch.tensor([0, 1, 0, 1]), 2)
+    assert torch.allclose(protos[0], torch.tensor([1.0, 0, 0]))
+    assert torch.allclose(protos[1], torch.tensor([0, 1.0, 1.0]) / math.sqrt(2))
+    with pytest.raises(ValueError, match="no samples for classes"):
+        class_prototypes(z, torch.tensor([0, 0, 0, 0]), 3)
+
+
+def test_ood_score_is_joint_energy_with_own_latent(model, x):
+    z = F.normalize(model.h(x), dim=1)
+    assert torch.allclose(latent(model, x), z)
+    assert torch.allclose(ood_score(model, x, beta=0.1), joint_energy(model, x, z, 0.1), atol=1e-6)
+    assert not ood_score(model, x).requires_grad
