@@ -13,8 +13,8 @@ from typing import Any
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 # CelebA aligned faces, 64x64 centre crops (measured on the 10k shared faces).
-CELEBA_MEAN = (0.5063, 0.4258, 0.3832)
-CELEBA_STD = (0.3107, 0.2904, 0.2897)
+CELEBA_MEAN = (0.5087, 0.4230, 0.3778)
+CELEBA_STD = (0.3032, 0.2819, 0.2807)
 
 # EBM architectures: (stem channels, [(channels, blocks) per stage], number of scales).
 ARCHS: dict[str, dict[str, Any]] = {
@@ -40,6 +40,7 @@ class CLELConfig:
     head_hidden: int = 2048
     projection: str = "mlp"  # g: "mlp" (paper), "linear" or "identity" (ablations)
     encoder_hidden: int = 2048
+    encoder_width: int = 64  # ResNet-18 base width; 64 is the paper's encoder (lower only for smoke runs)
     # energies and losses
     beta: float = 0.01  # weight of the latent cosine term in training
     alpha: float = 1.0  # energy-magnitude regulariser
@@ -111,7 +112,7 @@ PRESETS: dict[str, CLELConfig] = {
     "imagenet32-base": CLELConfig(dataset="imagenet32", arch="base", num_classes=1000),
     # CPU smoke run: tiny network, short chains, small buffer.
     "tiny": CLELConfig(
-        arch="tiny", head_hidden=128, encoder_hidden=256, feature_dim=32, batch_size=16,
+        arch="tiny", head_hidden=128, encoder_hidden=256, encoder_width=16, feature_dim=32, batch_size=16,
         sgld_steps=5, buffer_size=256, iters=50, warmup_iters=10, ema_start_iter=5,
     ),
 }

@@ -44,6 +44,7 @@ __all__ = [
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 CACHE_VERSION = "2"  # bump when the decoding changes, so old caches are not reused
+POOL_MIN_IMAGES = 2000  # below this, starting worker processes costs more than it saves
 
 
 class DataError(ValueError):
@@ -210,12 +211,12 @@ def _decode_chunk(paths: Sequence[Path], decode: Callable[[Path], np.ndarray]) -
 
 
 def _decode_all(paths: Sequence[Path], decode: Callable[[Path], np.ndarray]) -> torch.Tensor:
-    """Decode images into uint8 ``[N, 3, H, W]``; large sets use a forked process pool (PIL holds the GIL)."""
+    """Decode images into uint8 ``[N, 3, H, W]``; large sets use a forked process pool (threads measured no faster with PIL)."""
     if not paths:
         raise ValueError("no images to decode")
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     can_fork = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
-    if workers > 1 and can_fork and len(paths) >= 2000:
+    if workers > 1 and can_fork and len(paths) >= POOL_MIN_IMAGES:
         chunks = [paths[i:i + 1000] for i in range(0, len(paths), 1000)]
         # fork: the workers only run PIL/numpy, and fork avoids re-importing torch in every worker
         with ProcessPoolExecutor(min(workers, 8), mp_context=multiprocessing.get_context("fork")) as pool:
@@ -565,7 +566,7 @@ class RandomBatches:
     def __init__(self, imageset: ImageSet, batch_size: int, generator: torch.Generator | None = None,
                  device: str | torch.device = "cpu", drop_last: bool = True, dequant: bool = True) -> None:
         if batch_size < 1 or (drop_last and batch_size > len(imageset)):
-            raise ValueError(f"batch_size must be in [1, {len(imageset)}] for a set of {len(imageset)}, got {batch_size}")
+            raise ValueError(f"batch_size must be in [1, {len(imageset)}] for this set, got {batch_size}")
         self.data = imageset
         self.batch_size = batch_size
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)

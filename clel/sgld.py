@@ -26,6 +26,18 @@ class SGLDStep:
     energy: Tensor
 
 
+def langevin_step(energy_fn: EnergyFn, x: Tensor, step_size: float, noise: float, grad_clip: float | None,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """One update of ``x`` (a leaf that requires grad); returns (new x, energy [N] at x)."""
+    with torch.enable_grad():
+        e = energy_fn(x)
+        (grad,) = torch.autograd.grad(e.sum(), x)
+    if grad_clip is not None:
+        grad = grad.clamp(-grad_clip, grad_clip)
+    eps = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    return (x.detach() - step_size * grad + noise * eps).clamp_(0.0, 1.0), e.detach()
+
+
 def sgld_chain(energy_fn: EnergyFn, x: Tensor, steps: int = 60, step_size: float = 100.0,
                noise: float = 0.001, grad_clip: float | None = 100.0,
                generator: torch.Generator | None = None) -> Iterator[SGLDStep]:
@@ -37,15 +49,8 @@ def sgld_chain(energy_fn: EnergyFn, x: Tensor, steps: int = 60, step_size: float
     """
     x = x.detach().clone()
     for step in range(steps):
-        x.requires_grad_(True)
-        with torch.enable_grad():
-            e = energy_fn(x)
-            (grad,) = torch.autograd.grad(e.sum(), x)
-        if grad_clip is not None:
-            grad = grad.clamp(-grad_clip, grad_clip)
-        eps = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-        x = (x.detach() - step_size * grad + noise * eps).clamp_(0.0, 1.0)
-        yield SGLDStep(step, x, e.detach())
+        x, e = langevin_step(energy_fn, x.requires_grad_(True), step_size, noise, grad_clip, generator)
+        yield SGLDStep(step, x, e)
 
 
 def sgld(energy_fn: EnergyFn, x: Tensor, steps: int = 60, step_size: float = 100.0,
