@@ -112,7 +112,7 @@ PRESETS: dict[str, CLELConfig] = {
     "imagenet32-base": CLELConfig(dataset="imagenet32", arch="base", num_classes=1000),
     # CPU smoke run: tiny network, short chains, small buffer.
     "tiny": CLELConfig(
-        arch="tiny", head_hidden=128, encoder_hidden=256, encoder_width=16, feature_dim=32, batch_size=16,
+        arch="tiny", head_hidden=128, encoder_hidden=256, encoder_width=8, feature_dim=32, batch_size=16,
         sgld_steps=5, buffer_size=256, iters=50, warmup_iters=10, ema_start_iter=5,
     ),
 }

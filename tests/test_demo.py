@@ -1,0 +1,338 @@
+"""clel.demo and clel.ood: upload validation, caps, grids, live frames, weights store, OOD references."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import zlib
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clel import demo as D
+from clel.energy import energy, ood_score
+from clel.metrics import tpr_threshold
+from clel.ood import (REFERENCE_NAME, OODReference, compute_reference, load_reference, model_fingerprint,
+                      save_reference, score_images)
+from clel.sampling import ChainSettings, interpolation_chain, sample
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image files, good and bad (shared with the app tests)
+# ---------------------------------------------------------------------------------------------------------------
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png16_rgb(arr: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG written by hand (PIL cannot write one)."""
+    h, w, _ = arr.shape
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def jpeg_bytes(size=(40, 30), color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def bad_files() -> dict[str, bytes]:
+    """name -> content of uploads that must be refused."""
+    jpg = jpeg_bytes((64, 64))
+    return {
+        "notes.png": b"this is not an image, just text\n" * 10,
+        "truncated.jpg": jpg[: len(jpg) // 2],
+        "empty.png": b"",
+    }
+
+
+def odd_files() -> dict[str, bytes]:
+    """name -> content of unusual but valid images that must be converted to RGB."""
+    rgba = Image.new("RGBA", (32, 32), (255, 0, 0, 128))
+    gray = Image.fromarray(np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1)), "L")
+    g16 = Image.fromarray((np.tile(np.linspace(0, 65535, 32), (32, 1))).astype(np.uint16))
+    rgb16 = np.zeros((32, 32, 3), np.uint16)
+    rgb16[..., 0] = 65535
+    rgb16[..., 1] = 32896  # 128 * 257
+    return {"rgba.png": png_bytes(rgba), "gray.png": png_bytes(gray), "gray16.png": png_bytes(g16),
+            "rgb16.png": png16_rgb(rgb16)}
+
+
+def huge_png(path, megapixels: float = 50.0) -> None:
+    """A real ``megapixels`` grayscale PNG (compresses to a few hundred KB)."""
+    side = int((megapixels * 1e6) ** 0.5) + 1
+    Image.new("L", (side, side), 0).save(path, format="PNG", compress_level=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# decode_image
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, expected", [
+    ("notes.png", "not an image file"),
+    ("truncated.jpg", "truncated"),
+    ("empty.png", "empty (0 bytes)"),
+])
+def test_bad_uploads_get_clear_messages(name, expected):
+    with pytest.raises(D.ImageError) as e:
+        D.decode_image(bad_files()[name], name)
+    assert name in str(e.value) and expected in str(e.value)
+
+
+def test_decompression_bomb_refused_from_header(tmp_path):
+    path = tmp_path / "huge.png"
+    huge_png(path)
+    with pytest.raises(D.ImageError, match=r"huge\.png: the image is 7072x7072 = 50\.0 megapixels; the limit is 25"):
+        D.decode_image(path)
+
+
+def test_upload_size_limit(tmp_path):
+    lim = D.Limits(max_upload_bytes=1000)
+    with pytest.raises(D.ImageError, match="the limit is 0 MiB|MiB; the limit"):
+        D.decode_image(b"x" * 2000, "big.bin", lim)
+    p = tmp_path / "big.png"
+    p.write_bytes(b"x" * 2000)
+    with pytest.raises(D.ImageError, match="big.png: the file is"):
+        D.decode_image(p, limits=lim)
+
+
+def test_rgba_composited_over_white():
+    d = D.decode_image(odd_files()["rgba.png"], "rgba.png")
+    px = np.asarray(d.image)[0, 0]
+    assert d.image.mode == "RGB" and abs(int(px[0]) - 255) <= 1 and abs(int(px[1]) - 127) <= 2
+    assert "transparent pixels composited over white" in d.note and d.original_mode == "RGBA"
+
+
+def test_grayscale_and_16bit_scaled_not_clipped():
+    g = np.asarray(D.decode_image(odd_files()["gray.png"], "gray.png").image)
+    assert (g[..., 0] == g[..., 1]).all() and g[0, 1, 0] == 8
+    d16 = D.decode_image(odd_files()["gray16.png"], "gray16.png")
+    a = np.asarray(d16.image)[0, :, 0].astype(int)
+    assert "16-bit grayscale converted to 8-bit RGB" in d16.note
+    assert a[0] == 0 and a[-1] == 255 and 100 < a[16] < 160  # a ramp, not clipped to white
+    rgb = np.asarray(D.decode_image(odd_files()["rgb16.png"], "rgb16.png").image)
+    assert tuple(rgb[5, 5]) == (255, 128, 0)
+
+
+def test_large_photo_downscaled_and_cropped():
+    d = D.decode_image(jpeg_bytes((2000, 1000)), "wide.jpg")
+    assert max(d.image.size) <= 512 and d.original_size == (2000, 1000)
+    x = D.images_to_tensor([d], 32)
+    assert x.shape == (1, 3, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert abs(float(x[0, 0].mean()) - 200 / 255) < 0.05  # the red of the photo survives
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Caps, grids, figures
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_requests_are_capped_on_the_server():
+    req = D.clamp_request(500, 5000, 100, 0.001, 1.0, 7)
+    assert (req.n, req.steps, req.seed) == (64, 1000, 7)
+    assert any("number of samples 500" in n for n in req.notes) and any("steps 5000" in n for n in req.notes)
+    assert D.clamp_request("3", 0.4, 1e9, -1, 0).steps == 1 and D.clamp_request(1, 1, 1e9).step_size == 1000
+    with pytest.raises(D.DemoError, match="steps must be finite"):
+        D.clamp_request(4, float("nan"))
+    with pytest.raises(D.DemoError, match="number of samples must be a number"):
+        D.clamp_request("many", 10)
+
+
+def test_grid_and_upscale():
+    x = torch.rand(5, 3, 32, 32)
+    g = D.make_grid(x)  # 3 per row, 2 rows, 2-pixel white padding
+    assert g.shape == (2 * 34 + 2, 3 * 34 + 2, 3) and g.dtype == np.uint8
+    assert (g[:2] == 255).all()
+    assert np.array_equal(g[2:34, 2:34], D.to_uint8(x)[0])
+    up = D.upscale(g)
+    f = up.shape[0] // g.shape[0]
+    assert f == 560 // g.shape[1] and np.array_equal(up[::f, ::f], g)
+    assert D.make_grid(x, nrow=5).shape[1] == 5 * 34 + 2
+
+
+def test_energy_figure_traces():
+    h = D.EnergyHistory()
+    for s in range(4):
+        h.add(s, torch.tensor([1.0, 2.0, 3.0]) - s)
+    fig = D.energy_figure(h, 10)
+    names = [t.name for t in fig.data]
+    assert names == ["min–max over samples", "mean energy"]
+    assert list(fig.data[1].y) == [2.0, 1.0, 0.0, -1.0] and fig.layout.xaxis.range == (-0.5, 10.5)
+    h.add(4, torch.zeros(3))  # the chain goes on while the figure is sent: the figure must not change
+    assert len(fig.data[1].x) == 4 and len(fig.data[0].x) == 8
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Live chains on a tiny random export
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    g = torch.Generator().manual_seed(1)
+    sets = {k: torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=g)
+            for k in ("cifar10_test", "dtd", "cifar10_interp", "celeba32")}
+    sets["dtd"] = sets["dtd"] // 4  # darker, so the sets differ
+    return D.make_demo_exports(root, reference_images=sets)
+
+
+@pytest.fixture(scope="module")
+def store(exports):
+    return D.ModelStore({"cifar10": str(exports["cifar10"]), "celeba": str(exports["celeba"])})
+
+
+def test_stream_frames_noise_first_then_every_k(store):
+    lm = store.get("cifar10")
+    req = D.clamp_request(3, 12, 100, 0.001, 1.0, 5)
+    frames = list(D.stream_frames(D.unconditional_plan(lm, req), req.steps, every=4, min_interval=1e9))
+    assert [f.step for f in frames] == [0, 4, 8, 12] and [f.final for f in frames] == [False] * 3 + [True]
+    assert len(frames[-1].history) == 13  # E(x0) ... E(x12)
+    # the first frame is the chain's starting noise, the last one the library's own samples for that seed
+    g = torch.Generator().manual_seed(5)
+    noise = torch.rand(3, 3, 32, 32, generator=g)
+    assert torch.equal(frames[0].x, noise)
+    ref = sample(lm.model, 3, settings=ChainSettings(12, 100, 0.001), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(frames[-1].x, ref)
+    assert frame_energy_matches(lm, frames[-1])
+
+
+def frame_energy_matches(lm, frame) -> bool:
+    with torch.no_grad():
+        return abs(float(energy(lm.model, frame.x).mean()) - frame.history.mean[-1]) < 1e-5
+
+
+def test_default_frame_rate_gives_enough_frames():
+    assert D.frame_every(60) == 3 and D.frame_every(10) == 1 and D.frame_every(1000) == 50
+
+
+def test_closing_the_stream_stops_the_chain(store):
+    lm = store.get("cifar10")
+    req = D.clamp_request(2, 1000, 100, 0.001, 1.0, 0)
+    gen = D.stream_frames(D.unconditional_plan(lm, req), req.steps, every=1)
+    for _ in range(3):
+        next(gen)
+    assert list(D.ACTIVE_CHAINS.values()) == [2]
+    gen.close()
+    assert D.ACTIVE_CHAINS == {}
+
+
+def test_interpolation_plan_is_the_library_chain(store, tmp_path):
+    lm = store.get("cifar10")
+    a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    req = D.clamp_request(4, 3, 100, 0.001, 2.0, 11)
+    *_, last = D.stream_frames(D.interpolation_plan(lm, a, b, req), req.steps)
+    *_, ref = interpolation_chain(lm.model, a, b, 4, guidance=2.0, settings=req.settings,
+                                  generator=torch.Generator().manual_seed(11))
+    assert torch.equal(last.x, ref.x)
+
+
+def test_attribute_terms(store):
+    lm = store.get("celeba")
+    latents, weights, labels = D.attribute_terms(lm, {"Young": "off", "Female": "AND", "Smiling": "NOT"})
+    assert weights == [1.0, -1.0] and labels == ["AND Female", "NOT Smiling"]
+    assert torch.equal(latents[0], lm.extras["attribute_latents"][1])
+    assert D.attribute_terms(lm, {"Young": "off"})[0] is None
+    # "Male" is served by the stored Female latent with the opposite sign
+    _, w, _ = D.attribute_terms(lm, {"Male": "AND"})
+    assert w == [-1.0]
+    with pytest.raises(D.DemoError, match="choose one of off, AND, NOT"):
+        D.attribute_terms(lm, {"Young": "maybe"})
+    with pytest.raises(D.DemoError, match="no attribute latents"):
+        D.attribute_terms(store.get("cifar10"), {"Young": "AND"})
+    plan = D.attribute_plan(lm, {"Young": "off", "Female": "off", "Smiling": "off"}, D.clamp_request(2, 2))
+    assert plan.notes == ["no attribute selected: unconditional faces"]
+
+
+def test_class_latent_errors(store):
+    lm = store.get("cifar10")
+    assert lm.class_names()[3] == "cat" and lm.class_latent("cat").shape == (lm.cfg.feature_dim,)
+    with pytest.raises(D.DemoError, match="unknown class 'unicorn'; choose one of airplane"):
+        lm.class_latent("unicorn")
+    with pytest.raises(D.DemoError, match="no class prototypes"):
+        store.get("celeba").class_latent("cat")
+
+
+def test_store_reports_missing_weights(tmp_path, monkeypatch):
+    monkeypatch.delenv("CLEL_WEIGHTS_CIFAR10", raising=False)
+    assert D.default_weights("cifar10").endswith(os.path.join("weights", "cifar10"))
+    monkeypatch.setenv("CLEL_WEIGHTS_CIFAR10", str(tmp_path / "nowhere"))
+    s = D.ModelStore()
+    with pytest.raises(D.DemoError, match="cannot load the cifar10 weights .*point CLEL_WEIGHTS_CIFAR10"):
+        s.get("cifar10")
+    assert s.status("cifar10").startswith("not available: cannot load")
+
+
+def test_hub_repo_id_offline_falls_back_to_bundled(exports, tmp_path, monkeypatch):
+    import shutil
+
+    from clel import weights as W
+
+    bundled = tmp_path / "bundled"
+    shutil.copytree(exports["cifar10"], bundled / "cifar10")
+    monkeypatch.setattr(W, "BUNDLED_WEIGHTS", bundled)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    lm = D.ModelStore({"cifar10": "clel-nobody/cifar10"}).get("cifar10")
+    assert lm.source == "bundled"
+    assert "bundled copy (the Hub was unavailable or the repo is missing)" in lm.describe()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OOD references
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_score_images_is_the_library_score(store):
+    lm = store.get("cifar10")
+    imgs = torch.randint(0, 256, (5, 3, 48, 40), dtype=torch.uint8)
+    s, e = score_images(lm.model, imgs, 0.1, batch_size=2)
+    from clel.data import resize_images, to_float
+    x = to_float(resize_images(imgs, 32))
+    assert np.allclose(s, ood_score(lm.model, x, 0.1).numpy(), atol=1e-6)
+    with torch.no_grad():
+        assert np.allclose(e, energy(lm.model, x).numpy(), atol=1e-6)
+
+
+def test_reference_roundtrip_threshold_and_fingerprint(exports, store, tmp_path):
+    ref = load_reference(exports["cifar10"])
+    assert ref is not None and list(ref.scores) == ["cifar10_test", "dtd", "cifar10_interp", "celeba32"]
+    assert ref.fingerprint == model_fingerprint(store.get("cifar10").model) and ref.beta == 0.1
+    assert ref.threshold(0.95) == tpr_threshold(ref.scores["cifar10_test"], 0.95)
+    assert set(ref.aurocs()) == {"dtd", "cifar10_interp", "celeba32"}
+    assert load_reference(tmp_path) is None
+    (tmp_path / REFERENCE_NAME).write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_reference(tmp_path)
+    r = OODReference(scores={"cifar10_test": np.arange(100.0)}, energies={"cifar10_test": np.zeros(100)}, beta=0.2)
+    back = load_reference(save_reference(r, tmp_path / "r.safetensors"))
+    assert back.beta == 0.2 and np.array_equal(back.scores["cifar10_test"], np.arange(100.0, dtype=np.float32))
+    assert back.percentile(49.0) == 50.0
+
+
+def test_ood_histogram_traces(exports):
+    ref = load_reference(exports["cifar10"])
+    fig = D.ood_histogram(ref, {"a.png": 0.1, "b.png": 0.2})
+    names = [t.name for t in fig.data]
+    assert names[0].startswith("CIFAR-10 test (in-distribution) (n=40)")
+    assert "uploaded images (n=2)" in names and any(n.startswith("threshold at 95% TPR") for n in names)
+    assert [t.name for t in D.ood_histogram(None, {"a": 1.0}).data] == ["uploaded images (n=1)"]
+
+
+def test_compute_reference_counts(store):
+    lm = store.get("cifar10")
+    sets = {"cifar10_test": torch.zeros(3, 3, 32, 32, dtype=torch.uint8)}
+    ref = compute_reference(lm.model, sets)
+    assert ref.info["counts"] == {"cifar10_test": 3} and ref.scores["cifar10_test"].shape == (3,)
+    assert json.loads(json.dumps(ref.info))

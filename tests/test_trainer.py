@@ -1,0 +1,401 @@
+"""Training: exact resume, crash safety, divergence recovery, DDP, export, and the CLI's clear errors."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import clel.weights as W
+from clel import get_preset
+from clel.data import ImageSet
+from clel.energy import energy
+from clel.trainer import (DivergenceError, TrainError, TrainOptions, Trainer, ema_update, find_checkpoints,
+                          load_checkpoint, train)
+from clel.weights import load_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import train as train_cli  # noqa: E402  (scripts/train.py)
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spinning makes 2 threads several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_cfg(**kw):
+    """The tiny preset, smaller still: a few seconds for a handful of iterations on 2 cores."""
+    base = dict(encoder_width=8, head_hidden=32, encoder_hidden=32, feature_dim=16, batch_size=8, buffer_size=32,
+                sgld_steps=2, iters=10, warmup_iters=4, ema_start_iter=3)
+    base.update(kw)
+    return get_preset("tiny").replace(**base)
+
+
+def synthetic(n: int = 40, seed: int = 0) -> ImageSet:
+    g = torch.Generator().manual_seed(seed)
+    return ImageSet(images=torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                    labels=torch.arange(n) % 10, classes=list(CLASSES))
+
+
+def options(out: Path, **kw) -> TrainOptions:
+    base = dict(out=str(out), progress=False, tensorboard=False, log_every=1, sample_every=5, ckpt_every=100)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["iter"]: r["loss"] for r in rows if "iter" in r}
+
+
+def events(run: Path, name: str) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("event") == name]
+
+
+def fake_cifar(root: Path, per_class: int = 2) -> Path:
+    """A CIFAR-10 ImageFolder with a few random PNGs per class (what load_dataset expects)."""
+    g = torch.Generator().manual_seed(1)
+    for c in CLASSES:
+        (root / "train" / c).mkdir(parents=True)
+        for i in range(per_class):
+            px = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=g).numpy()
+            Image.fromarray(px).save(root / "train" / c / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLEL_CACHE", str(tmp_path / "cache"))
+
+
+# -- the loop ----------------------------------------------------------------------------------------------------
+
+def test_ema_copies_then_averages_and_copies_buffers():
+    a, b = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        b.weight.fill_(2.0)
+        b.running_mean.fill_(5.0)
+    ema_update(a, b, decay=0.9, copy_weights=True)
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.running_mean, b.running_mean)
+    with torch.no_grad():
+        b.weight.fill_(3.0)
+        b.running_mean.fill_(7.0)
+    ema_update(a, b, decay=0.9)
+    torch.testing.assert_close(a.weight, torch.full((3,), 0.9 * 2 + 0.1 * 3))
+    assert torch.equal(a.running_mean, b.running_mean)  # buffers copied, not averaged
+
+
+def test_resume_is_exact(tmp_path):
+    """10 iterations == 5 + resume + 5: same losses (1e-6) and the same final weights."""
+    cfg, data = small_cfg(), synthetic()
+    full = train(cfg, options(tmp_path / "full", max_iters=10), data=data)
+    train(cfg, options(tmp_path / "split", max_iters=5), data=data)
+    split = train(cfg, options(tmp_path / "split", max_iters=10, resume=str(tmp_path / "split")), data=data)
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "split")
+    assert sorted(a) == list(range(1, 11)) and sorted(b) == list(range(1, 11))
+    for it in range(1, 11):
+        assert abs(a[it] - b[it]) <= 1e-6, (it, a[it], b[it])
+    for (k, v), (k2, v2) in zip(full.model.state_dict().items(), split.model.state_dict().items()):
+        assert torch.allclose(v.float(), v2.float(), atol=1e-6), k
+    for (k, v), v2 in zip(full.ema.state_dict().items(), split.ema.state_dict().values()):
+        assert torch.allclose(v.float(), v2.float(), atol=1e-6), k
+    assert torch.allclose(full.buffer.images, split.buffer.images, atol=1e-6)
+    assert [r["event"] for r in events(tmp_path / "split", "start")] == ["start", "start"]
+
+
+def test_run_writes_export_metrics_and_samples(tmp_path):
+    run = tmp_path / "run"
+    t = train(small_cfg(), options(run, max_iters=4, ckpt_every=2, keep_ckpts=1), data=synthetic())
+    for name in ("model.safetensors", "config.json", "extras.safetensors", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    assert list((run / "samples").glob("*.png"))
+    assert [p.name for p in find_checkpoints(run)] == ["iter-0000004"]  # keep_ckpts=1
+    row = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"iter"' in line][-1]
+    assert {"loss", "l_ebm", "l_le", "e_pos", "e_neg", "lr", "lr_encoder", "it_per_s"} <= set(row)
+    model, cfg, extras = load_pretrained(run)
+    assert cfg == t.cfg and extras["weights"] == "ema" and extras["iteration"] == 4
+    assert extras["class_prototypes"].shape == (10, cfg.feature_dim) and extras["classes"] == CLASSES
+    x = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(energy(model, x), energy(t.ema.eval(), x))
+
+
+def test_checkpoint_holds_everything_without_pickle(tmp_path):
+    run = tmp_path / "run"
+    train(small_cfg(), options(run, max_iters=2, buffer_uint8=True), data=synthetic())
+    meta, tensors = load_checkpoint(find_checkpoints(run)[-1])
+    assert meta["iteration"] == 2 and meta["world_size"] == 1
+    names = "\n".join(tensors)
+    for part in ("shared/model", "shared/ema", "shared/opt_ebm", "shared/opt_enc", "rank0/buffer",
+                 "rank0/sampler_gen", "rank0/batches", "rank0/rng"):
+        assert part in names, part
+    assert tensors["rank0/buffer"].dtype == torch.uint8
+    assert not list((run / "checkpoints").glob("*.pt"))
+
+
+def test_resume_from_export_only_starts_fresh(tmp_path, capsys):
+    run = tmp_path / "run"
+    first = train(small_cfg(), options(run, max_iters=3), data=synthetic())
+    export = tmp_path / "export"
+    export.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (export / name).write_bytes((run / name).read_bytes())
+    t = Trainer(small_cfg(), options(tmp_path / "again", resume=str(export)), data=synthetic())
+    assert "weights only" in capsys.readouterr().err and t.it == 0 and t.resume_kind == "export"
+    for k, v in first.ema.state_dict().items():
+        assert torch.equal(t.model.state_dict()[k], v), k
+    t.fit()
+    assert t.it == 10
+
+
+def test_resume_of_another_model_is_refused(tmp_path):
+    run = tmp_path / "run"
+    train(small_cfg(), options(run, max_iters=1), data=synthetic())
+    with pytest.raises(TrainError, match=r"different model: feature_dim: 16 vs 24"):
+        Trainer(small_cfg(feature_dim=24), options(run, resume=str(run)), data=synthetic())
+
+
+def test_fresh_run_refuses_to_overwrite_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    train(small_cfg(), options(run, max_iters=1), data=synthetic())
+    with pytest.raises(TrainError, match="already holds checkpoints"):
+        Trainer(small_cfg(), options(run), data=synthetic())
+
+
+def test_ablation_switches_train(tmp_path):
+    """β = 0 is the baseline EBM (encoder untouched); identity g and no extra negatives also run."""
+    t = train(small_cfg(beta=0.0), options(tmp_path / "a", max_iters=2), data=synthetic())
+    torch.manual_seed(0)
+    fresh = type(t.model)(t.cfg)
+    assert all(torch.equal(a, b) for a, b in zip(t.model.h.parameters(), fresh.h.parameters()))
+    assert not (tmp_path / "a" / "extras.safetensors").exists()  # no latents without a trained encoder
+    t = train(small_cfg(projection="identity", extra_negatives=False), options(tmp_path / "b", max_iters=2),
+              data=synthetic())
+    assert t.it == 2
+
+
+def test_bf16_on_cpu_is_refused(tmp_path):
+    with pytest.raises(TrainError, match="bf16 needs a CUDA device"):
+        Trainer(small_cfg(), options(tmp_path / "run", precision="bf16", device="cpu"), data=synthetic())
+
+
+# -- failures ----------------------------------------------------------------------------------------------------
+
+def test_injected_nan_rolls_back_and_continues(tmp_path):
+    run = tmp_path / "run"
+    t = train(small_cfg(), options(run, max_iters=6, snapshot_every=2, inject_nan_at=(3,)), data=synthetic())
+    assert t.it == 6 and t.failures == 1 and t.lr_scale == 0.5
+    (rb,) = events(run, "rollback")
+    assert rb["iteration"] == 3 and rb["to"] == 2 and "nan" in rb["reason"]
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+    assert losses(run)[6] == losses(run)[6]  # finite, logged after the rollback
+    meta, _ = load_checkpoint(find_checkpoints(run)[-1])
+    assert meta["shared"]["__dict__"]  # lr_scale and failures are part of the state
+    assert t.opt_ebm.param_groups[0]["lr"] == pytest.approx(0.5 * get_preset("tiny").lr)
+
+
+def test_repeated_divergence_stops_with_a_message(tmp_path):
+    with pytest.raises(DivergenceError, match=r"failure 3 of 3, giving up"):
+        train(small_cfg(), options(tmp_path / "run", max_iters=5, energy_bound=0.0), data=synthetic())
+
+
+def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(small_cfg(), options(run, max_iters=2), data=synthetic())
+    (good,) = find_checkpoints(run)
+    before = (good / "state.safetensors").read_bytes()
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(W, "save_file", no_space)
+    with pytest.raises(TrainError, match=r"No space left on device.*iter-0000002 is intact"):
+        train(small_cfg(), options(run, max_iters=4, resume=str(run)), data=synthetic())
+    assert find_checkpoints(run) == [good] and (good / "state.safetensors").read_bytes() == before
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp leftovers
+    load_checkpoint(good)
+
+
+KILL_SCRIPT = """
+import sys, time
+sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+import clel.weights as W
+from test_trainer import small_cfg, synthetic, options
+from clel.trainer import train
+real, calls = W.save_file, [0]
+def hang_mid_write(tensors, path, metadata=None):
+    calls[0] += 1
+    if calls[0] == 2:  # the second checkpoint: half a file, then wait to be killed
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        open({marker!r}, "w").close()
+        time.sleep(600)
+    return real(tensors, path, metadata=metadata)
+W.save_file = hang_mid_write
+train(small_cfg(), options({run!r}, max_iters=4, ckpt_every=2), data=synthetic())
+"""
+
+
+def test_sigkill_while_writing_leaves_previous_checkpoint(tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "writing"
+    script = KILL_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), marker=str(marker), run=str(run))
+    env = {**os.environ, "CLEL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 150
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, "the child never reached its second checkpoint"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [p.name for p in find_checkpoints(run)] == ["iter-0000002"]
+    assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp-")]  # the torn write
+    meta, _ = load_checkpoint(run / "checkpoints" / "iter-0000002")
+    assert meta["iteration"] == 2
+    t = train(small_cfg(), options(run, max_iters=3, resume=str(run)), data=synthetic())
+    assert t.it == 3 and not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+# -- multi-process -----------------------------------------------------------------------------------------------
+
+DDP_SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+import torch, torch.distributed as dist
+from safetensors.torch import save_file
+from test_trainer import small_cfg, synthetic, options
+from clel.trainer import train
+t = train(small_cfg(), options({run!r}, max_iters=3), data=synthetic())
+state = {{**{{"model." + k: v for k, v in t.model.state_dict().items()}},
+          **{{"ema." + k: v for k, v in t.ema.state_dict().items()}}}}
+save_file({{k: v.contiguous() for k, v in state.items()}}, {run!r} + f"/rank{{dist.get_rank()}}.safetensors")
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_two_ranks_end_identical(tmp_path):
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), run=str(run)))
+    env = {**os.environ, "CLEL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = load_file(str(run / "rank0.safetensors")), load_file(str(run / "rank1.safetensors"))
+    assert r0.keys() == r1.keys()
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    meta, tensors = load_checkpoint(find_checkpoints(run)[-1])
+    assert meta["world_size"] == 2 and len(meta["ranks"]) == 2
+    # One replay buffer per rank, seeded differently.
+    assert not torch.equal(tensors["rank0/buffer"], tensors["rank1/buffer"])
+    assert (run / "model.safetensors").is_file()
+
+
+# -- the command line --------------------------------------------------------------------------------------------
+
+def test_help_lists_every_config_field(capsys):
+    import dataclasses
+
+    from clel.config import CLELConfig
+
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(CLELConfig):
+        assert "--" + f.name.replace("_", "-") in text, f.name
+    for flag in ("--preset", "--data", "--out", "--max-iters", "--max-minutes", "--resume", "--device",
+                 "--precision", "--seed", "--no-extra-negatives"):
+        assert flag in text
+
+
+def test_cli_trains_resumes_and_overrides(tmp_path, capsys):
+    data, run = fake_cifar(tmp_path / "cifar"), tmp_path / "run"
+    small = ["--encoder-width", "8", "--head-hidden", "32", "--encoder-hidden", "32", "--feature-dim", "16",
+             "--batch-size", "8", "--buffer-size", "32", "--sgld-steps", "2", "--iters", "4"]
+    rc = train_cli.main(["--preset", "tiny", "--data", str(data), "--out", str(run), "--max-iters", "2",
+                         "--no-progress", "--projection", "linear", "--no-extra-negatives", *small])
+    assert rc == 0
+    cfg = json.loads((run / "config.json").read_text())["config"]
+    assert cfg["projection"] == "linear" and cfg["extra_negatives"] is False and cfg["batch_size"] == 8
+    # --resume alone: config and data path come from the checkpoint, out defaults to the run folder.
+    assert train_cli.main(["--resume", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["iteration"] == 4
+    capsys.readouterr()
+    # ... and a run of another model is refused with exit code 2.
+    rc = train_cli.main(["--preset", "cifar10-small", "--resume", str(run), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "different model" in err and "arch: 'tiny' vs 'small'" in err and "Traceback" not in err
+
+
+def test_cli_full_disk_exits_2(tmp_path, monkeypatch, capsys):
+    data, run = fake_cifar(tmp_path / "cifar"), tmp_path / "run"
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(W, "save_file", no_space)
+    rc = train_cli.main(["--preset", "tiny", "--data", str(data), "--out", str(run), "--max-iters", "1",
+                         "--no-progress", "--encoder-width", "8", "--batch-size", "8", "--sgld-steps", "1"])
+    assert rc == 2 and "No space left on device" in capsys.readouterr().err
+
+
+def test_cli_unknown_preset_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--preset", "cifar11"])
+    assert e.value.code == 2 and "invalid choice: 'cifar11'" in capsys.readouterr().err
+
+
+def test_cli_missing_data_exits_2_without_traceback(tmp_path):
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--preset", "tiny", "--data",
+                          str(tmp_path / "nope"), "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2
+    assert "error: cannot load the cifar10 training data" in res.stderr and "does not exist" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()  # nothing created for a run that could not start
+
+
+@pytest.mark.slow
+def test_acceptance_tiny_preset_on_cifar10(tmp_path):
+    """The issue's acceptance command: 50 iterations of the tiny preset on real CIFAR-10 in < 3 min."""
+    from conftest import data_path
+
+    data, run = data_path("cifar10"), tmp_path / "run"
+    t0 = time.time()
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--preset", "tiny", "--data",
+                          str(data), "--out", str(run), "--max-iters", "50"],
+                         capture_output=True, text=True, timeout=600, env={**os.environ,
+                                                                            "CLEL_CACHE": str(Path.home() / ".cache" / "clel")})
+    elapsed = time.time() - t0
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert elapsed < 180, f"took {elapsed:.0f} s"
+    for name in ("model.safetensors", "config.json", "metrics.jsonl"):
+        assert (run / name).is_file()
+    assert list((run / "samples").glob("*.png"))
+    _, _, extras = load_pretrained(run)
+    assert extras["class_prototypes"].shape[0] == 10
