@@ -14,6 +14,9 @@ The apps stay thin: everything here is plain Python and tested without a web ser
 - **Live chains**: :func:`stream_frames` runs a chain from :mod:`clel.sampling` and yields a :class:`Frame`
   (the starting noise at once, then every few steps). Sampling and energies come from :mod:`clel.sampling`
   and :mod:`clel.energy`; nothing here re-implements them.
+- **OOD page**: :func:`ood_histogram` (uploads over the reference scores of :mod:`clel.ood`, with the threshold)
+  and :func:`scores_csv`.
+- **Trying things out**: :func:`make_demo_exports` writes tiny random exports shaped like the real ones.
 """
 from __future__ import annotations
 
@@ -37,10 +40,11 @@ from .sampling import (ChainSettings, energy_fn, image_latent, per_sample_energy
 from .sgld import EnergyFn, SGLDStep
 
 __all__ = [
-    "ATTRIBUTE_CHOICES", "ChainRequest", "DecodedImage", "DemoError", "EnergyHistory", "Frame", "ImageError",
-    "Limits", "LoadedModel", "ModelStore", "attribute_terms", "clamp_request", "decode_image", "default_weights",
-    "energy_figure", "fit_square", "frame_every", "images_to_tensor", "make_grid", "save_png", "stream_frames",
-    "upscale",
+    "ATTRIBUTE_CHOICES", "ChainPlan", "ChainRequest", "DecodedImage", "DemoError", "EnergyHistory", "Frame",
+    "ImageError", "Limits", "LoadedModel", "MODEL_SPECS", "ModelStore", "attribute_plan", "attribute_terms",
+    "clamp_request", "class_plan", "decode_image", "default_weights", "energy_figure", "fit_square", "frame_every",
+    "images_to_tensor", "interpolation_plan", "lookalike_plan", "make_demo_exports", "make_grid", "ood_histogram",
+    "png_bytes", "save_png", "scores_csv", "stream_frames", "unconditional_plan", "upscale",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

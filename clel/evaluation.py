@@ -390,7 +390,7 @@ def generate(model, n: int, out_dir: str | os.PathLike, settings: GenerateSettin
     - Batch ``b`` covers samples ``[b·B, (b+1)·B)`` and is seeded from (seed, its start), so the samples are the
       same whatever the number of processes, and a longer run extends a shorter one.
     - Resumable: a batch whose shard exists (and reads back) is skipped; a killed run continues where it
-      stopped. Shards from other settings or other weights are refused unless ``resume=False`` (then removed).
+      stopped. Shards from other settings or other weights are refused unless ``resume=False`` (then redrawn).
     - Shardable: rank ``r`` of ``w`` (default: the torchrun environment) does the batches with ``b % w == r``.
     - ``with_features``: each shard's Inception features are computed and cached next to it right away.
 
@@ -411,13 +411,10 @@ def generate(model, n: int, out_dir: str | os.PathLike, settings: GenerateSettin
     ident_path = sdir / "generate.json"
     if ident_path.is_file():
         old = json.loads(ident_path.read_text())
-        if old != ident:
-            if resume:
-                raise EvaluationError(f"{sdir} holds samples from other settings or weights ({old}); pass "
-                                      f"--no-resume to replace them, or another --out")
-            if rank == 0:
-                for p in sdir.glob("b*.safetensors"):
-                    p.unlink(missing_ok=True)
+        if old != ident and resume:
+            raise EvaluationError(f"{sdir} holds samples from other settings or weights ({old}); pass "
+                                  f"--no-resume to replace them, or another --out")
+        # with resume=False every batch is redrawn and its shard (and features) overwritten
     if rank == 0 or not ident_path.is_file():
         from .weights import write_json_atomic
 

@@ -85,7 +85,12 @@ class ReplayBuffer:
     def sample(self, n: int) -> tuple[Tensor, Tensor]:
         """Draw n samples (a copy) and the slot indices they came from."""
         dev = self.images.device
-        idx = torch.randint(len(self), (n,), device=dev, generator=self.generator)
+        # Distinct slots (a batch never holds one slot twice), so writing back is well defined and
+        # deterministic; only a draw larger than the buffer repeats slots.
+        if n <= len(self):
+            idx = torch.randperm(len(self), device=dev, generator=self.generator)[:n]
+        else:
+            idx = torch.randint(len(self), (n,), device=dev, generator=self.generator)
         x = self.images[idx]
         reinit = torch.rand(n, device=dev, generator=self.generator) < self.reinit_prob
         fresh = torch.rand(x.shape, device=dev, generator=self.generator)
@@ -93,16 +98,8 @@ class ReplayBuffer:
         return x, idx
 
     def push(self, x: Tensor, idx: Tensor) -> None:
-        """Write samples back to their slots; gradients never reach the buffer.
-
-        A slot drawn twice keeps its last sample: indexed assignment with duplicate indices is undefined
-        (thread-dependent), which would make resumed runs differ from uninterrupted ones.
-        """
-        order = torch.arange(len(idx), device=idx.device)
-        last = torch.full((len(self),), -1, dtype=order.dtype, device=idx.device).scatter_reduce_(
-            0, idx, order, reduce="amax")
-        keep = last[idx] == order
-        self.images[idx[keep]] = x.detach()[keep].to(self.images)
+        """Write samples back to their slots; gradients never reach the buffer."""
+        self.images[idx] = x.detach().to(self.images)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"images": self.images}

@@ -44,7 +44,8 @@ from .data import DataError, ImageSet, RandomBatches, load_dataset, to_float
 from .energy import class_prototypes, marginal, mean_latent
 from .losses import EBMLoss, NTXentLoss
 from .models import CLEL
-from .sgld import ReplayBuffer, sgld
+from .fast import FastPath, fast_sgld
+from .sgld import ReplayBuffer
 from .weights import (CONFIG_NAME, WeightsError, export_pretrained, fsync_dir, load_into, load_sharded, pack_tree,
                       read_config, remove_tree, unpack_tree)
 
@@ -94,6 +95,8 @@ class TrainOptions:
     threads: int | None = _opt(None, "CPU threads for torch on --device cpu (default: torch's choice, but 1 "
                                      "when the machine is already busy: OpenMP threads that compete for cores "
                                      "are several times slower; a resumed run reuses the saved value)")
+    fast: bool = _opt(True, "fast SGLD path (clel.fast): spectral-normalised weights computed once per chain, "
+                            "channels_last, CUDA-graph capture on GPU; --no-fast runs the plain eager chain")
     seed: int = _opt(0, "random seed (rank r of a multi-GPU run uses seed + r for its buffer, batches and "
                         "augmentations)")
     log_every: int = _opt(10, "write metrics.jsonl / TensorBoard every N iterations")
@@ -411,8 +414,8 @@ class Trainer:
         self.use_encoder = cfg.beta != 0  # β = 0: the baseline EBM without latent guidance
         objective = _Objective(self.model, self.use_encoder)
         if self.world > 1:
-            objective = DDP(objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                            broadcast_buffers=True)  # keeps spectral-norm u, v and BN statistics identical
+            # DDP's default buffer sync (rank 0's at every forward) keeps spectral-norm u, v and BN stats equal.
+            objective = DDP(objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.objective = objective
         self.opt_ebm = torch.optim.Adam([*self.model.f.parameters(), *self.model.g.parameters()], lr=cfg.lr,
                                         betas=cfg.adam_betas)
@@ -421,6 +424,9 @@ class Trainer:
         self.ebm_loss = EBMLoss(cfg.alpha, cfg.beta)
         self.nt_xent = NTXentLoss(cfg.temperature)
         self.augment = StrongAugment(cfg.image_size).to(self.device)
+        # The trainer's own autocast covers bf16, so the fast path only caches, reorders and (on GPU) graphs.
+        self.fast = FastPath(cache_sn=opts.fast, channels_last=opts.fast, bf16=False,
+                             cuda_graph=opts.fast and self.device.type == "cuda")
 
         # Per-rank randomness: each rank has its own buffer, batches and augmentations.
         rank_seed = opts.seed + self.rank
@@ -528,8 +534,8 @@ class Trainer:
 
         # 2. Negatives: replay buffer (with reinit) → strong augmentation → SGLD on the marginal energy → back.
         x_neg, slots = self.buffer.sample(n)
-        x_neg = sgld(self._marginal_energy, self.augment(x_neg), cfg.sgld_steps, cfg.sgld_step_size,
-                     cfg.sgld_noise, cfg.sgld_grad_clip, generator=self.sampler_gen)
+        x_neg = fast_sgld(self.model.f, self._marginal_energy, self.augment(x_neg), cfg.sgld_steps,
+                          cfg.sgld_step_size, cfg.sgld_noise, cfg.sgld_grad_clip, self.fast, generator=self.sampler_gen)
         self.buffer.push(x_neg, slots)
         self.last_samples = x_neg
 

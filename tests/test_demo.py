@@ -128,6 +128,19 @@ def test_grayscale_and_16bit_scaled_not_clipped():
     assert tuple(rgb[5, 5]) == (255, 128, 0)
 
 
+def test_cmyk_and_transparent_palette():
+    buf = io.BytesIO()
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(buf, format="JPEG")
+    d = D.decode_image(buf.getvalue(), "cmyk.jpg")
+    r, g, b = np.asarray(d.image)[8, 8].astype(int)
+    assert d.note == "CMYK converted to RGB" and r > 200 and g < 60 and b < 60
+    p = Image.new("P", (8, 8), 0)
+    p.putpalette([0, 0, 255] + [0, 0, 0] * 255)
+    p.info["transparency"] = 0
+    d = D.decode_image(png_bytes(p), "pal.png")
+    assert tuple(np.asarray(d.image)[0, 0]) == (255, 255, 255) and "composited over white" in d.note
+
+
 def test_large_photo_downscaled_and_cropped():
     d = D.decode_image(jpeg_bytes((2000, 1000)), "wide.jpg")
     assert max(d.image.size) <= 512 and d.original_size == (2000, 1000)

@@ -118,6 +118,16 @@ def test_draw_is_seeded_and_starts_from_uniform_noise(tiny):
     assert zero.x.min() >= 0 and zero.x.max() <= 1 and zero.x.std() > 0.25  # U(0, 1) has std 0.289
 
 
+def test_unconditional_chain_descends_the_marginal_energy(tiny):
+    from clel.energy import energy
+
+    d = draw(tiny, 4, mode_energy(tiny, "unconditional"), ChainSettings(steps=5, step_size=1000.0, noise=0.0),
+             seed=0, frame_every=5)
+    with torch.no_grad():
+        e0, e1 = energy(tiny, d.frames[0]), energy(tiny, d.x)
+    assert (e1 < e0).all()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # By design: h = g∘f
 # ---------------------------------------------------------------------------------------------------------------
@@ -130,6 +140,14 @@ def test_instance_conditional_samples_are_closer_to_their_reference_than_uncondi
     c_cond = F.cosine_similarity(latent(aligned, cond.x), z_ref.expand(8, -1))
     c_uncond = F.cosine_similarity(latent(aligned, uncond.x), z_ref.expand(8, -1))
     assert (c_cond > c_uncond).all() and c_cond.mean() > c_uncond.mean() + 0.3, (c_cond, c_uncond)
+
+
+def test_class_conditional_samples_are_nearest_their_own_prototype(aligned):
+    protos = F.normalize(torch.randn(3, aligned.cfg.feature_dim, generator=torch.Generator().manual_seed(7)), dim=1)
+    z = [latent(aligned, draw(aligned, 4, mode_energy(aligned, "class", latents=protos[k:k + 1], weights=[1.0],
+                                                       guidance=1.0), ALIGNED, seed=4).x) for k in range(3)]
+    cos = torch.stack([(z[k] @ protos.T).mean(0) for k in range(3)])  # [conditioned class, prototype]
+    assert torch.equal(cos.argmax(0), torch.arange(3)) and torch.equal(cos.argmax(1), torch.arange(3))
 
 
 def test_interpolation_moves_from_image_a_to_image_b(aligned):
@@ -336,3 +354,22 @@ def test_trained_prototypes_are_nearest_to_their_class():
     z, y = latent(model, train.images[idx].float() / 255), train.labels[idx]
     means = F.normalize(torch.stack([z[y == k].mean(0) for k in range(10)]), dim=1)
     assert torch.equal((means @ extras["class_prototypes"].float().T).argmax(1), torch.arange(10))
+
+
+@pytest.mark.slow
+def test_trained_not_moves_the_attribute_judge_the_other_way_from_and():
+    from clel.judges import CELEBA_JUDGE, JUDGE_DIR, load_judge
+
+    model, cfg, extras = _bundled("celeba64")
+    if not (JUDGE_DIR / CELEBA_JUDGE).is_file():
+        pytest.skip(f"{JUDGE_DIR / CELEBA_JUDGE} not trained yet (python scripts/train_judges.py)")
+    judge = load_judge(JUDGE_DIR / CELEBA_JUDGE)
+    st = ChainSettings.from_model(model, steps=cfg.sgld_steps * 2)
+    for attr in ("Smiling", "Young"):
+        probs = {}
+        for sign in (1.0, 0.0, -1.0):
+            lat, w = attribute_terms(extras, [(attr, 1.0)])
+            fn = energy_fn(model, lat, [sign * w[0]], guidance=1.0) if sign else energy_fn(model)
+            x = draw(model, 16, fn, st, seed=0).x
+            probs[sign] = float(judge.predict(x)[:, judge.label_index(attr)].mean())
+        assert probs[1.0] > probs[0.0] > probs[-1.0], (attr, probs)

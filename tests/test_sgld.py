@@ -104,3 +104,9 @@ def test_augmentation_is_per_sample_and_in_range():
     distinct = {tuple(v.tolist()) for v in (flat * 1e4).round().int()}
     assert len(distinct) == 16  # every sample got its own crop / jitter
     assert not aug(one.requires_grad_()).requires_grad
+
+
+def test_replay_buffer_batch_slots_are_distinct():
+    buf = ReplayBuffer(100, (1,), generator=torch.Generator().manual_seed(3))
+    _, idx = buf.sample(100)
+    assert sorted(idx.tolist()) == list(range(100))
