@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import math
 import os
@@ -34,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +50,7 @@ __all__ = [
     "draw", "encoder_eval", "fid_report", "generate", "histogram_png", "load_fashion_mnist", "load_images",
     "load_mnist5k", "load_samples", "markdown_report", "mode_energy", "ood_evaluate", "ood_sets", "parse_term",
     "plotly_confusion_html", "plotly_histograms_html", "sample_features", "save_gif", "save_grid", "to_uint8",
-    "train_reference",
+    "train_reference", "dist_info", "encode", "grid_array", "ood_figures", "term_label", "wait_for_samples",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -491,14 +490,24 @@ def wait_for_samples(out_dir: str | os.PathLike, n: int, batch: int, timeout_s: 
 
 
 def load_samples(out_dir: str | os.PathLike, n: int, batch: int) -> Tensor:
-    """The first ``n`` generated samples, uint8 [n, 3, H, W]."""
-    parts = []
-    for s, e, p in _shards(out_dir, n, batch):
-        t = _read_tensor(p, "images") if p.is_file() else None
+    """The first ``n`` generated samples, uint8 [n, 3, H, W] (any prefix of a run: shards are cut as needed)."""
+    sdir = Path(out_dir) / "samples"
+    parts, have = [], 0
+    for start in range(0, n, batch):
+        found = sorted(p for p in sdir.glob(f"b{start:07d}-*.safetensors")
+                       if not p.name.endswith(".features.safetensors"))
+        t = _read_tensor(found[-1], "images") if found else None
         if t is None:
-            raise EvaluationError(f"{p}: missing or unreadable sample shard (run generation again to fill it)")
+            raise EvaluationError(f"{sdir}: the shard of samples {start}.. is missing or unreadable (run generation "
+                                  f"again to fill it)")
         parts.append(t)
-    return torch.cat(parts)
+        have += len(t)
+        if have >= n:
+            break
+    out = torch.cat(parts)
+    if len(out) < n:
+        raise EvaluationError(f"{sdir}: only {len(out)} of {n} samples were generated")
+    return out[:n]
 
 
 def sample_features(out_dir: str | os.PathLike, n: int, batch: int, device: str | torch.device = "cpu",
@@ -552,7 +561,8 @@ def train_reference(data_root: str | os.PathLike, limit: int | None = None, devi
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_tensor(path, "features", feats)
     f = feats.numpy()
-    info = {"set": f"shared CIFAR-10 train set (JPEG copy){'' if limit is None or limit >= 50000 else ', seeded subset'}",
+    subset = "" if limit is None or limit >= 50000 else ", seeded subset"
+    info = {"set": f"shared CIFAR-10 train set (JPEG copy){subset}",
             "n": int(len(images)), "cache": str(path)}
     return fid_stats(f), f, info
 

@@ -286,8 +286,12 @@ def load_into(model: nn.Module, state: Mapping[str, Tensor], source: str = "chec
 
 def export_pretrained(model: CLEL, folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
                       extras: Mapping[str, Tensor] | None = None, extra_names: Mapping[str, list[str]] | None = None,
-                      info: Mapping[str, Any] | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+                      info: Mapping[str, Any] | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
+                      encoder: bool = True) -> Path:
     """Write ``model`` (pass the EMA model for the usual export) as a loadable pretrained folder.
+
+    ``encoder=False`` leaves h out (about 80% of a Small model's bytes): sampling, prototypes and attribute
+    latents still work; features that encode new images (look-alikes, the OOD score s(x)) then say they need it.
 
     ``extras``: e.g. ``{"class_prototypes": [C, D], "attribute_latents": [A, D]}``; ``extra_names`` names their
     rows (``{"class_prototypes": classes, "attribute_latents": attributes}``). ``dtype=torch.float16`` halves the
@@ -296,7 +300,8 @@ def export_pretrained(model: CLEL, folder: str | os.PathLike, *, dtype: torch.dt
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()
+             if encoder or not k.startswith("h.")}
     files = save_sharded(state, folder, max_shard_bytes)
     if extras:
         write_safetensors_atomic({k: v.float() for k, v in extras.items()}, folder / EXTRAS_NAME)
@@ -308,12 +313,25 @@ def export_pretrained(model: CLEL, folder: str | os.PathLike, *, dtype: torch.dt
         "config": model.cfg.to_dict(),
         "dtype": str(dtype).removeprefix("torch."),
         "files": [f.name for f in files],
+        "parts": ["f", "g", "h"] if encoder else ["f", "g"],
         "extras": {k: {"file": EXTRAS_NAME, "shape": list(v.shape), "names": list((extra_names or {}).get(k, []))}
                    for k, v in (extras or {}).items()},
         **dict(info or {}),
     }
     write_json_atomic(config, folder / CONFIG_NAME)  # last: a folder with config.json is complete
     return folder
+
+
+class MissingEncoder(nn.Module):
+    """Stands in for h in an export saved without its encoder; using it says so instead of failing obscurely."""
+
+    def __init__(self, folder: str | os.PathLike):
+        super().__init__()
+        self.folder = str(folder)
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise WeightsError(f"{self.folder} was exported without its encoder h: encoding images (look-alikes, "
+                           f"interpolation, the OOD score s(x)) needs weights that include it")
 
 
 def read_config(folder: str | os.PathLike) -> tuple[CLELConfig, dict[str, Any]]:
@@ -410,6 +428,8 @@ def load_pretrained(path_or_repo: str | os.PathLike, *, device: str | torch.devi
     cfg, meta = read_config(folder)
     state = load_sharded(folder)
     model = CLEL(cfg)
+    if "h" not in meta.get("parts", ["f", "g", "h"]):
+        model.h = MissingEncoder(folder)
     load_into(model, state, source=f"weights in {folder}")
     model.to(device=device, dtype=dtype).eval()
     extras: dict[str, Any] = {k: v for k, v in meta.items() if k not in ("config", "extras")}

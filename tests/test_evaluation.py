@@ -59,6 +59,9 @@ def test_generate_shards_resume_and_split_across_ranks(tiny, tmp_path):
     assert (one["generated"], one["cached"], one["batches"]) == (3, 0, 3)
     x = load_samples(tmp_path / "one", 5, 2)
     assert x.dtype == torch.uint8 and x.shape == (5, 3, 32, 32)
+    assert torch.equal(load_samples(tmp_path / "one", 3, 2), x[:3])  # any prefix, cutting a shard
+    with pytest.raises(EvaluationError, match="missing"):
+        load_samples(tmp_path / "one", 7, 2)
 
     # two ranks split the batches by index and together produce the very same samples
     r0 = generate(tiny, 5, tmp_path / "two", st, rank=0, world=2, with_features=False)

@@ -256,7 +256,8 @@ def exports(tmp_path_factory):
                       extra_names={"class_prototypes": list(CIFAR10_CLASSES)})
     att = F.normalize(torch.randn(3, cfg.feature_dim), dim=1)
     export_pretrained(CLEL(cfg.replace(dataset="celeba")).eval(), root / "celeba",
-                      extras={"attribute_latents": att}, extra_names={"attribute_latents": ["Young", "Male", "Smiling"]})
+                      extras={"attribute_latents": att},
+                      extra_names={"attribute_latents": ["Young", "Male", "Smiling"]})
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "a.png")
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(root / "b.jpg")
     (root / "bad.png").write_bytes(b"not an image")

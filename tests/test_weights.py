@@ -251,3 +251,18 @@ def test_offline_flag_sets_env_before_hub_import(tmp_path, monkeypatch):
 def test_not_a_folder_nor_repo_id():
     with pytest.raises(WeightsError, match="no such folder"):
         load_pretrained("/definitely/not/a/folder")
+
+
+def test_export_without_encoder_keeps_sampling_and_says_what_needs_it(tmp_path):
+    model = trained_like()
+    full = export_pretrained(model, tmp_path / "full")
+    lean = export_pretrained(model, tmp_path / "lean", encoder=False)
+    size = lambda d: sum(f.stat().st_size for f in d.glob("*.safetensors"))  # noqa: E731
+    assert size(lean) < size(full)
+    loaded, _, _ = load_pretrained(lean)
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.equal(energy(loaded, x), energy(model, x))
+    z = torch.nn.functional.normalize(torch.randn(4, 16), dim=1)
+    assert torch.equal(joint_energy(loaded, x, z, 0.1), joint_energy(model, x, z, 0.1))
+    with pytest.raises(WeightsError, match="without its encoder"):
+        loaded.h(x)

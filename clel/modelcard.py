@@ -1,0 +1,138 @@
+"""Model cards for exports: a Hugging Face README.md filled from config.json, eval.json and the training log.
+
+The card says what the weights are, exactly how they were made and what they
+score; a metric that was not measured is written as such, never left to guess.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from .config import PRESETS, CLELConfig
+
+OOD_SETS = ("svhn", "dtd", "cifar10_interp", "cifar100", "celeba32", "fashion_mnist", "mnist")
+
+
+def training_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Iterations, wall time and the config of a run, read from its ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no training log (is {run_dir} a clel run folder?)")
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    starts = [e for e in events if e.get("event") == "start"]
+    steps = [e for e in events if "iter" in e]
+    ends = [e for e in events if e.get("event") == "end"]
+    return {
+        "config": starts[0]["config"] if starts else None,
+        "iterations": steps[-1]["iter"] if steps else 0,
+        "seconds": sum(e.get("seconds", 0.0) for e in ends),
+        "sessions": len(starts),
+        "last": steps[-1] if steps else {},
+    }
+
+
+def _config_changes(cfg: CLELConfig, preset: str | None) -> dict[str, Any]:
+    """Fields that differ from the preset the run started from."""
+    if preset not in PRESETS:
+        return {}
+    base, mine = PRESETS[preset].to_dict(), cfg.to_dict()
+    return {k: v for k, v in mine.items() if base.get(k) != v}
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "not measured"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _ood_table(ood: Mapping[str, Any] | None) -> str:
+    sets = (ood or {}).get("sets") or {}
+    if not sets:
+        return "OOD detection: not measured.\n"
+    cols = [k for k in OOD_SETS if k in sets]
+    n_in = (ood.get("in_distribution") or {}).get("n")
+    lines = [f"OOD detection, AUROC (in-distribution: CIFAR-10 test, {n_in} images):", "",
+             "| score | " + " | ".join(sets[c].get("label", c) for c in cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    for key, label in (("auroc_score", f"s(x), β = {ood.get('beta')}"), ("auroc_energy", "½‖f(x)‖² only")):
+        lines.append(f"| {label} | " + " | ".join(_fmt(sets[c].get(key)) if sets[c].get("status") == "ok"
+                                                  else "not installed" for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fid_line(fid: Mapping[str, Any] | None) -> str:
+    values = {k: v for k, v in (fid or {}).items() if k.startswith("fid_") and v is not None}
+    if not values:
+        return "FID: not measured."
+    st = fid.get("settings", {})
+    ref = (fid.get("reference") or {}).get("n")
+    return (", ".join(f"{k.replace('_', '-').upper()}: {v:.2f}" for k, v in values.items())
+            + f" ({fid.get('protocol')} protocol, {st.get('sweeps')} sweeps x {st.get('steps')} SGLD steps, "
+              f"against {ref} images of the shared CIFAR-10 train set, a JPEG copy: not comparable with "
+              f"published FIDs).")
+
+
+def render_model_card(cfg: CLELConfig, meta: Mapping[str, Any], *, evaluation: Mapping[str, Any] | None,
+                      training: Mapping[str, Any], hardware: str, commands: list[str], status: str,
+                      preset: str | None = None, repo_name: str = "clel") -> str:
+    """The README.md of an export folder."""
+    ev = evaluation or {}
+    knn = (ev.get("encoder") or {}).get("knn_accuracy")
+    changes = _config_changes(cfg, preset)
+    dataset = {"cifar10": "CIFAR-10", "celeba": "CelebA 64x64"}.get(cfg.dataset, cfg.dataset)
+    parts = meta.get("parts", ["f", "g", "h"])
+    hours = training.get("seconds", 0.0) / 3600
+    return f"""---
+license: mit
+library_name: {repo_name}
+tags: [energy-based-model, image-generation, clel, {cfg.dataset}]
+---
+
+# CLEL {cfg.arch.title()} on {dataset}
+
+An energy-based model trained with Contrastive Latent-guided Energy Learning
+(Lee et al., ICLR 2023). Networks in this folder: {", ".join(parts)}
+({"the encoder h is included" if "h" in parts else "the encoder h is left out to keep the download small: sampling, class prototypes and attribute latents work; encoding new images does not"}).
+Weights are the EMA copies, stored as {meta.get("dtype", "float32")} safetensors.
+
+## Status
+
+{status}
+
+![samples](samples.png)
+
+## How it was made
+
+- Preset: `{preset}`; changed from the preset: `{json.dumps(changes, sort_keys=True)}`
+- Iterations: {training.get("iterations")} (of a {cfg.iters:,}-iteration schedule), wall time {hours:.2f} h, hardware: {hardware}
+- Data: the shared offline {dataset} copy (see the repository's data notes).
+- Commands:
+
+```bash
+{chr(10).join(commands)}
+```
+
+## What it scores
+
+{_fid_line(ev.get('fid'))}
+
+{_ood_table(ev.get("ood"))}
+Encoder kNN accuracy on CIFAR-10: {_fmt(knn)}.
+
+The full report is `eval.json` beside this card; published CLEL-Base numbers
+(FID 15.27 on CIFAR-10, OOD AUROC 0.9437 on Textures) come from 100k GPU
+iterations and are the target, not a claim about these weights.
+
+## Use
+
+```python
+from clel.weights import load_pretrained
+from clel.sampling import sample
+model, cfg, extras = load_pretrained("weights/{"cifar10" if cfg.dataset == "cifar10" else "celeba64"}")
+images = sample(model, 16)
+```
+"""

@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Turn a training run into a bundled weights folder: fp16 EMA export, sample grid, model card.
+
+    python scripts/bundle_weights.py --run runs/cifar10 --out weights/cifar10 --preset cifar10-small \\
+        --hardware "2 CPU cores" --status "..." --eval eval/cifar10/eval.json \\
+        --command "python scripts/train.py --preset cifar10-small ..."
+
+The OOD reference scores the Streamlit page draws are a separate step
+(``python -m clel.ood --weights weights/cifar10 --data ../shared/data``), as is
+the evaluation (``scripts/evaluate.py``) whose eval.json the card quotes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clel.evaluation import save_grid  # noqa: E402
+from clel.modelcard import render_model_card, training_summary  # noqa: E402
+from clel.sampling import ChainSettings, sample  # noqa: E402
+from clel.weights import export_pretrained, load_pretrained, read_config  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, type=Path, help="training run folder (its export and metrics.jsonl)")
+    p.add_argument("--out", required=True, type=Path, help="bundled folder to (re)write, e.g. weights/cifar10")
+    p.add_argument("--preset", required=True, help="preset the run started from (the card lists the changes)")
+    p.add_argument("--no-encoder", action="store_true", help="leave the encoder h out of the export")
+    p.add_argument("--hardware", required=True, help="what the run trained on, for the card")
+    p.add_argument("--status", required=True, help="an honest sentence or two on quality, for the card")
+    p.add_argument("--command", action="append", default=[], help="a command that made the weights (repeat)")
+    p.add_argument("--eval", type=Path, default=None, help="eval.json to copy beside the card and quote")
+    p.add_argument("--samples", type=int, default=64, help="images in samples.png")
+    p.add_argument("--sample-steps", type=int, default=None, help="SGLD steps for samples.png (default: 5x training)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    model, cfg, extras = load_pretrained(args.run)
+    _, meta = read_config(args.run)
+    names = {k: extras[n] for k, n in (("class_prototypes", "classes"), ("attribute_latents", "attributes"))
+             if k in extras}
+    export_pretrained(model, args.out, dtype=torch.float16, extras={k: extras[k] for k in names},
+                      extra_names=names, info={"weights": meta.get("weights", "ema"), "iteration": meta.get("iteration")},
+                      encoder=not args.no_encoder)
+    # The grid comes from the bundled (fp16-rounded) weights: what users will get.
+    bundled, _, _ = load_pretrained(args.out)
+    steps = args.sample_steps or 5 * cfg.sgld_steps
+    x = sample(bundled, args.samples, settings=ChainSettings.from_model(bundled, steps=steps),
+               generator=torch.Generator().manual_seed(args.seed))
+    save_grid(x, args.out / "samples.png", upscale=2)
+    evaluation = None
+    if args.eval:
+        evaluation = json.loads(args.eval.read_text())
+        shutil.copyfile(args.eval, args.out / "eval.json")
+    _, out_meta = read_config(args.out)
+    status = f"{args.status} (samples.png: {args.samples} samples, {steps} SGLD steps from uniform noise, seed {args.seed}.)"
+    card = render_model_card(cfg, out_meta, evaluation=evaluation, training=training_summary(args.run),
+                             hardware=args.hardware, commands=args.command, status=status, preset=args.preset)
+    (args.out / "README.md").write_text(card)
+    print(f"bundled {args.run} -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
