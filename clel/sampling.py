@@ -22,7 +22,8 @@ from torch import Tensor
 
 from .energy import compositional_energy, energy, joint_energy, latent, mean_latent
 from .models import CLEL
-from .sgld import EnergyFn, SGLDStep, sgld_chain
+from .fast import FastPath, fast_chain
+from .sgld import EnergyFn, SGLDStep
 
 
 @dataclass
@@ -95,17 +96,19 @@ def per_sample_energy_fn(model: CLEL, z: Tensor, guidance: float | None = None) 
 def sample_chain(model: CLEL, n: int, latents: Tensor | None = None, weights: Sequence[float] | None = None,
                  guidance: float | None = None, settings: ChainSettings | None = None,
                  generator: torch.Generator | None = None, x0: Tensor | None = None,
-                 fn: EnergyFn | None = None) -> Iterator[SGLDStep]:
+                 fn: EnergyFn | None = None, fast: FastPath | None = None) -> Iterator[SGLDStep]:
     """Yield every SGLD step of n samples from uniform noise (or ``x0``).
 
     Runs the model in eval mode (spectral-norm vectors frozen), so sampling never
-    changes the weights it samples from.
+    changes the weights it samples from. ``fast`` defaults to every fast-path switch
+    that helps on the model's device (``FastPath.best``); ``FastPath.plain()`` turns it off.
     """
     model.eval()
     st = settings or ChainSettings.from_model(model)
     x = uniform_noise(model, n, generator) if x0 is None else x0
     fn = fn or energy_fn(model, latents, weights, guidance)
-    return sgld_chain(fn, x, st.steps, st.step_size, st.noise, st.grad_clip, generator)
+    fast = fast or FastPath.best(x.device)
+    return fast_chain(model, fn, x, st.steps, st.step_size, st.noise, st.grad_clip, fast, generator)
 
 
 def sample(model: CLEL, n: int, **kwargs) -> Tensor:
