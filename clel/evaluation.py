@@ -50,7 +50,8 @@ __all__ = [
     "draw", "encoder_eval", "fid_report", "generate", "histogram_png", "load_fashion_mnist", "load_images",
     "load_mnist5k", "load_samples", "markdown_report", "mode_energy", "ood_evaluate", "ood_sets", "parse_term",
     "plotly_confusion_html", "plotly_histograms_html", "sample_features", "save_gif", "save_grid", "to_uint8",
-    "train_reference", "dist_info", "encode", "grid_array", "ood_figures", "term_label", "wait_for_samples",
+    "train_reference", "dist_info", "encode", "grid_array", "has_encoder", "ood_figures", "term_label",
+    "wait_for_samples",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -686,6 +687,27 @@ def ood_sets(data_root: str | os.PathLike, limit: int | None = None, seed: int =
     return {k: sets[k] for k in order}, missing
 
 
+def has_encoder(model) -> bool:
+    """False for an export saved without its encoder h (``clel.weights.MissingEncoder`` stands in for it)."""
+    return type(getattr(model, "h", None)).__name__ not in ("MissingEncoder", "NoneType")
+
+
+@torch.no_grad()
+def _energies(model, images: Tensor, batch_size: int = 256) -> np.ndarray:
+    from .data import resize_images
+    from .energy import energy
+
+    model.eval()
+    dev, s = model_device(model), model.cfg.image_size
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        xb = images[i:i + batch_size]
+        if xb.dtype == torch.uint8:
+            xb = (resize_images(xb, s) if xb.shape[-1] != s else xb).float() / 255
+        out.append(energy(model, xb.to(dev)).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
 def ood_evaluate(model, sets: Mapping[str, Tensor], missing: Mapping[str, str] | None = None,
                  beta: float | None = None, batch_size: int = 256, in_key: str = "cifar10_test",
                  log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
@@ -697,25 +719,32 @@ def ood_evaluate(model, sets: Mapping[str, Tensor], missing: Mapping[str, str] |
     from .ood import score_images
 
     beta = float(model.cfg.ood_beta if beta is None else beta)
+    with_h = has_encoder(model)
     raw: dict[str, dict[str, np.ndarray]] = {}
     for key, imgs in sets.items():
         t0 = time.perf_counter()
-        s, e = score_images(model, imgs, beta, batch_size)
-        raw[key] = {"score": s, "energy": e}
+        if with_h:
+            s, e = score_images(model, imgs, beta, batch_size)
+            raw[key] = {"score": s, "energy": e}
+        else:  # an export without h: the marginal energy alone is still a score
+            raw[key] = {"energy": _energies(model, imgs, batch_size)}
         if log:
             log(f"OOD {key}: {len(imgs)} images scored in {time.perf_counter() - t0:.1f} s")
     if in_key not in raw:
         raise EvaluationError(f"the in-distribution set {in_key!r} is missing")
-    s_in, e_in = raw[in_key]["score"], raw[in_key]["energy"]
-    results: dict[str, Any] = {"beta": beta, "in_distribution": {"name": "CIFAR-10 test", "n": int(len(s_in))},
+    s_in, e_in = raw[in_key].get("score"), raw[in_key]["energy"]
+    results: dict[str, Any] = {"beta": beta, "in_distribution": {"name": "CIFAR-10 test", "n": int(len(e_in))},
                                "sets": {}}
+    if not with_h:
+        results["score_status"] = "s(x) needs the encoder h, which this export does not include"
     for key, label in OOD_COLUMNS.items():
         if key in raw:
             r = raw[key]
             results["sets"][key] = {
-                "label": label, "n": int(len(r["score"])), "status": "ok",
-                "auroc_score": auroc(s_in, r["score"]), "auroc_energy": auroc(e_in, r["energy"]),
-                "fpr95_score": fpr_at_tpr(s_in, r["score"], 0.95),
+                "label": label, "n": int(len(r["energy"])), "status": "ok",
+                "auroc_score": auroc(s_in, r["score"]) if with_h else None,
+                "auroc_energy": auroc(e_in, r["energy"]),
+                "fpr95_score": fpr_at_tpr(s_in, r["score"], 0.95) if with_h else None,
             }
         else:
             reason = (missing or {}).get(key, "not available")
@@ -865,6 +894,8 @@ def encoder_eval(model, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y
     """Weighted cosine kNN accuracy of h's latents (train → test), and nearest-prototype accuracy on test."""
     from .metrics import knn_accuracy
 
+    if not has_encoder(model):
+        raise EvaluationError("the kNN accuracy of h needs the encoder, which this export does not include")
     ztr, zte = encode(model, train_x), encode(model, test_x)
     out: dict[str, Any] = {
         "knn_accuracy": knn_accuracy(ztr, train_y, zte, test_y, k=k, temperature=temperature),
@@ -1035,15 +1066,17 @@ def ood_figures(raw: Mapping[str, Mapping[str, np.ndarray]], out_dir: str | os.P
         if key == in_key:
             continue
         label = OOD_COLUMNS.get(key, key)
-        pair_s = {"CIFAR-10 test": raw[in_key]["score"], label: r["score"]}
         pair_e = {"CIFAR-10 test": raw[in_key]["energy"], label: r["energy"]}
         files["png"][key] = {
-            "score": str(histogram_png(pair_s, out / "figures" / f"ood_{key}_score.png",
-                                       f"s(x): CIFAR-10 test vs {label}", "s(x) (higher = more OOD)").name),
             "energy": str(histogram_png(pair_e, out / "figures" / f"ood_{key}_energy.png",
                                         f"marginal energy: CIFAR-10 test vs {label}", "1/2 |f(x)|^2").name),
         }
-        panels_s[f"s(x): {label}"] = pair_s
+        if "score" in r:
+            pair_s = {"CIFAR-10 test": raw[in_key]["score"], label: r["score"]}
+            files["png"][key]["score"] = str(histogram_png(
+                pair_s, out / "figures" / f"ood_{key}_score.png", f"s(x): CIFAR-10 test vs {label}",
+                "s(x) (higher = more OOD)").name)
+            panels_s[f"s(x): {label}"] = pair_s
         panels_s[f"E(x): {label}"] = pair_e
     if panels_s:
         files["html"] = str(plotly_histograms_html(panels_s, out / "figures" / "ood_histograms.html",
@@ -1103,6 +1136,8 @@ def markdown_report(ev: Mapping[str, Any]) -> str:
                          for c in cols]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
             lines.append("| images | " + " | ".join(str(sets[c].get("n", "–")) for c in cols) + " |")
+            if ood.get("score_status"):
+                lines += ["", f"_{ood['score_status']}._"]
             lines += ["", "Published CLEL-Base: SVHN 0.9848, Textures 0.9437, CIFAR10 Interp. 0.7248, "
                       "CIFAR100 0.7161, CelebA 0.7717.", ""]
     cond = ev.get("conditional")

@@ -61,7 +61,9 @@ def main() -> None:
         shutil.copyfile(args.eval, args.out / "eval.json")
     _, out_meta = read_config(args.out)
     status = f"{args.status} (samples.png: {args.samples} samples, {steps} SGLD steps from uniform noise, seed {args.seed}.)"
-    card = render_model_card(cfg, out_meta, evaluation=evaluation, training=training_summary(args.run),
+    training = training_summary(args.run)
+    training["iterations"] = meta.get("iteration", training["iterations"])  # the exported iteration
+    card = render_model_card(cfg, out_meta, evaluation=evaluation, training=training,
                              hardware=args.hardware, commands=args.command, status=status, preset=args.preset)
     (args.out / "README.md").write_text(card)
     print(f"bundled {args.run} -> {args.out}")

@@ -211,8 +211,9 @@ def run(args: argparse.Namespace) -> int:
         sets, missing = ev.ood_sets(data, args.ood_limit, args.seed, args.svhn, args.cifar100)
         res, raw = ev.ood_evaluate(model, sets, missing, args.ood_beta, log=_say)
         res["figures"] = ev.ood_figures(raw, out)
-        _say("OOD AUROC s(x): " + ", ".join(f"{k} {v['auroc_score']:.4f}" for k, v in res["sets"].items()
-                                             if v.get("status") == "ok"))
+        _say("OOD AUROC s(x) / E(x): " + ", ".join(
+            f"{k} {v['auroc_score'] if v['auroc_score'] is None else round(v['auroc_score'], 4)} / "
+            f"{v['auroc_energy']:.4f}" for k, v in res["sets"].items() if v.get("status") == "ok"))
         return res
 
     if args.ood:

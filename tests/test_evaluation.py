@@ -179,6 +179,26 @@ def test_ood_evaluate_table_layout(tiny):
     assert res["sets"]["mnist"]["auroc_score"] == pytest.approx(expect)
 
 
+def test_ood_without_encoder_reports_the_energy_auroc(tmp_path):
+    from clel.evaluation import encoder_eval, ood_figures
+    from clel.weights import load_pretrained
+
+    torch.manual_seed(0)
+    export_pretrained(CLEL(get_preset("tiny")).eval(), tmp_path / "w", encoder=False)
+    model, _, _ = load_pretrained(tmp_path / "w")
+    g = torch.Generator().manual_seed(0)
+    sets = {"cifar10_test": torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=g),
+            "dtd": torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g)}
+    res, raw = ood_evaluate(model, sets)
+    assert res["sets"]["dtd"]["auroc_score"] is None and 0 <= res["sets"]["dtd"]["auroc_energy"] <= 1
+    assert "encoder" in res["score_status"] and "encoder" in markdown_report({"ood": res})
+    figs = ood_figures(raw, tmp_path / "out")
+    assert set(figs["png"]["dtd"]) == {"energy"}
+    with pytest.raises(EvaluationError, match="needs the encoder"):
+        y = torch.zeros(8, dtype=torch.long)
+        encoder_eval(model, sets["dtd"], y, sets["dtd"], y)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Judged conditional quality
 # ---------------------------------------------------------------------------------------------------------------
