@@ -85,9 +85,16 @@ def class_prototypes(z: Tensor, labels: Tensor, num_classes: int) -> Tensor:
 
 
 @torch.no_grad()
+def ood_scores(model: CLEL, x: Tensor, beta: float = 0.1) -> tuple[Tensor, Tensor]:
+    """(s(x), E(x)) from one pass of f: the OOD score of eq. 5 and the marginal energy it refines."""
+    fx = model.f(x)
+    e = marginal(fx)
+    return e - beta * latent_cosine(model, fx, latent(model, x)), e
+
+
 def ood_score(model: CLEL, x: Tensor, beta: float = 0.1) -> Tensor:
     """s(x) = ½‖f(x)‖² − β cos(g(f(x)), h(x)/‖h(x)‖) (eq. 5); higher means more out-of-distribution.
 
     The reference evaluates it on the EMA model in eval mode, β = 0.1, x unaugmented.
     """
-    return joint_energy(model, x, latent(model, x), beta)
+    return ood_scores(model, x, beta)[0]

@@ -172,20 +172,13 @@ def save_judge(net: JudgeNet, path: str | os.PathLike, info: dict[str, Any] | No
 
 def load_judge(path: str | os.PathLike, device: str | torch.device = "cpu") -> Judge:
     """Rebuild a judge saved by :func:`save_judge` (float32, eval mode, on ``device``)."""
-    from safetensors import safe_open
+    from .weights import read_tagged_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise JudgeError(f"{path}: judge weights not found; train them with `python scripts/train_judges.py` "
                          f"(see docs/evaluation.md)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise JudgeError(f"{path}: not a readable safetensors file ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise JudgeError(f"{path}: not a clel judge (metadata format={meta.get('format')!r})")
+    state, meta = read_tagged_safetensors(path, FORMAT, "judge", JudgeError)
     if int(meta.get("format_version", "0")) > FORMAT_VERSION:
         raise JudgeError(f"{path}: judge format_version {meta['format_version']} is newer than this clel supports")
     try:

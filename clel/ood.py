@@ -27,11 +27,11 @@ from typing import Callable, Mapping
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
-from .energy import energy, ood_score
+from .energy import ood_scores
 from .metrics import auroc, tpr_threshold
+from .weights import read_tagged_safetensors
 
 __all__ = ["REFERENCE_NAME", "REFERENCE_LABELS", "OODReference", "compute_reference", "load_reference",
            "model_fingerprint", "reference_from_raw", "reference_sets", "save_reference", "score_images"]
@@ -64,7 +64,7 @@ def score_images(model, images: Tensor, beta: float, batch_size: int = 256,
                  progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """s(x) and the marginal energy E(x) for images [N, 3, H, W] (uint8, or float in [0, 1]) at the model's size.
 
-    Both come from :mod:`clel.energy` (``ood_score`` and ``energy``) on the model in eval mode.
+    Both come from :func:`clel.energy.ood_scores` (one pass of f) on the model in eval mode.
     """
     from .data import resize_images, to_float
 
@@ -85,8 +85,9 @@ def score_images(model, images: Tensor, beta: float, batch_size: int = 256,
             xb = torch.nn.functional.interpolate(xb.float(), size=(size, size), mode="bicubic", antialias=True,
                                                  align_corners=False).clamp(0, 1)
         xb = xb.to(device)
-        scores.append(ood_score(model, xb, beta).float().cpu())
-        energies.append(energy(model, xb).float().cpu())
+        s, e = ood_scores(model, xb, beta)
+        scores.append(s.float().cpu())
+        energies.append(e.float().cpu())
         if progress is not None:
             progress(min(i + batch_size, n), n)
     if not scores:
@@ -160,14 +161,7 @@ def load_reference(path: str | Path) -> OODReference | None:
         path = path / REFERENCE_NAME
     if not path.is_file():
         return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a clel OOD reference (metadata format={meta.get('format')!r})")
+    tensors, meta = read_tagged_safetensors(path, FORMAT, "OOD reference", ValueError)
     keys = sorted({k.rsplit(".", 1)[0] for k in tensors})
     missing = [k for k in keys if f"{k}.score" not in tensors or f"{k}.energy" not in tensors]
     if missing:

@@ -446,6 +446,23 @@ def load_pretrained(path_or_repo: str | os.PathLike, *, device: str | torch.devi
     return model, cfg, extras
 
 
+def read_tagged_safetensors(path: str | os.PathLike, fmt: str, what: str,
+                            error: type[Exception] = WeightsError) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and string metadata of a safetensors file whose metadata says ``format=fmt``.
+
+    Anything else (unreadable, truncated, another kind of file) raises ``error`` naming the path and ``what``.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise error(f"{path}: not a readable safetensors file ({e})") from None
+    if meta.get("format") != fmt:
+        raise error(f"{path}: not a clel {what} (metadata format={meta.get('format')!r})")
+    return tensors, meta
+
+
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata of a safetensors file (without loading its tensors)."""
     with safe_open(str(path), framework="pt") as f:

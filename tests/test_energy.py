@@ -103,3 +103,9 @@ def test_ood_score_is_joint_energy_with_own_latent(model, x):
     assert torch.allclose(latent(model, x), z)
     assert torch.allclose(ood_score(model, x, beta=0.1), joint_energy(model, x, z, 0.1), atol=1e-6)
     assert not ood_score(model, x).requires_grad
+
+
+def test_ood_scores_returns_score_and_marginal(model, x):
+    from clel.energy import ood_scores
+    s, e = ood_scores(model, x, beta=0.3)
+    assert torch.allclose(s, ood_score(model, x, beta=0.3)) and torch.allclose(e, energy(model, x))
