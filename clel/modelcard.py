@@ -23,11 +23,16 @@ def training_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     starts = [e for e in events if e.get("event") == "start"]
     steps = [e for e in events if "iter" in e]
-    ends = [e for e in events if e.get("event") == "end"]
+    # "time" counts from each session's start; a killed session has no "end" event, so sum each session's last.
+    seconds, last = 0.0, 0.0
+    for e in events:
+        if e.get("event") == "start":
+            seconds, last = seconds + last, 0.0
+        last = max(last, float(e.get("time", 0.0)))
     return {
         "config": starts[0]["config"] if starts else None,
         "iterations": steps[-1]["iter"] if steps else 0,
-        "seconds": sum(e.get("seconds", 0.0) for e in ends),
+        "seconds": seconds + last,
         "sessions": len(starts),
         "last": steps[-1] if steps else {},
     }
@@ -108,7 +113,7 @@ Weights are the EMA copies, stored as {meta.get("dtype", "float32")} safetensors
 ## How it was made
 
 - Preset: `{preset}`; changed from the preset: `{json.dumps(changes, sort_keys=True)}`
-- Iterations: {training.get("iterations")} (of a {cfg.iters:,}-iteration schedule), wall time {hours:.2f} h, hardware: {hardware}
+- Iterations: {training.get("iterations")} (of a {cfg.iters:,}-iteration schedule), wall time {hours:.2f} h (training and export), hardware: {hardware}
 - Data: the shared offline {dataset} copy (see the repository's data notes).
 - Commands:
 
