@@ -46,7 +46,7 @@ An energy-based model scores images with an energy E(x) = ½‖f(x)‖²: low fo
 Sampling is **SGLD**, a noisy gradient descent on E starting from uniform noise; a contrastive encoder's latent
 space lets the energy be guided toward a photo, a class or attributes
 ([Lee et al., ICLR 2023](https://openreview.net/forum?id=AHpmOPqzYt)). Press **Sample** and watch the chain;
-**Stop** cancels it. Pixels are upscaled for display; the full-resolution grid is downloadable at the end.
+**Stop** ends it after the current step. Pixels are upscaled for display; the full-resolution grid is downloadable at the end.
 """
 
 
@@ -61,7 +61,7 @@ class DemoApp:
         self.store = store
         self.limits = limits or D.Limits.from_env()
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="clel-demo-"))
-        self._chains: dict[str, int] = {}  # browser session -> its latest chain (a key of D.ACTIVE_CHAINS)
+        self._stop_requests: set[str] = set()  # browser sessions whose chain should end at the next step
 
     # -- the shared live loop ---------------------------------------------------------------------------------
     def _live(self, kind: str, controls: tuple, make_plan: Callable[[D.LoadedModel, D.ChainRequest], D.ChainPlan],
@@ -76,20 +76,21 @@ class DemoApp:
             raise gr.Error(str(e), print_exception=False) from None
         notes = req.notes + plan.notes
         session = getattr(request, "session_hash", None)
-        if session:
-            self._chains[session] = id(plan)  # so that Stop can wait for this chain to end
         first = True
         try:
-            for frame in D.stream_frames(plan, req.steps):
+            for frame in D.stream_frames(plan, req.steps, should_stop=lambda: session in self._stop_requests):
                 grid = frame.grid(plan.nrow)
                 shown = D.upscale(grid)
                 fig = D.energy_figure(frame.history, req.steps, ylabel=plan.label)
                 e = f" · mean energy {frame.history.mean[-1]:.4g}" if len(frame.history) else ""
-                head = ("**Done**" if frame.final else "**Running**") + f" · step {frame.step}/{frame.total}"
+                head = ("**Stopped**" if frame.stopped else "**Done**" if frame.final else "**Running**")
+                head += f" · step {frame.step}/{frame.total}"
                 status = (f"{head}{e} · {frame.elapsed:.1f} s · seed {req.seed} · {req.n} samples "
                           f"({lm.cfg.image_size}px, shown x{shown.shape[0] // grid.shape[0]})  \n"
                           f"Weights: {lm.describe()}" + "".join(f"  \n⚠ {m}" for m in notes))
                 download = None  # the full-resolution PNG appears when the chain is done
+                if frame.stopped:
+                    self._stop_requests.discard(session)
                 if frame.final:
                     self._prune()
                     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.out_dir))  # one per run: no clashes
@@ -217,22 +218,22 @@ class DemoApp:
     def _wire(self, run: gr.Button, stop: gr.Button, fn: Callable, inputs: list, outputs: list, seed: gr.Number,
               api_name: str, extra_outputs: list | None = None) -> None:
         img, plot, download, status = outputs
-        event = run.click(fn, inputs=inputs, outputs=[img, plot, download, status, seed, *(extra_outputs or [])],
-                          api_name=api_name, concurrency_id="sgld", concurrency_limit=1, show_progress="minimal")
-        # Stop: cancel the chain first (the generator is closed after the frame in progress), then mark the
-        # status line once this session's chain has really ended, so no late frame overwrites it.
-        stop.click(None, None, None, cancels=[event]).then(self._stopped, inputs=status, outputs=status,
-                                                           queue=False, api_visibility="private")
+        # Sample first clears this session's Stop request (instantly, outside the queue), then queues the chain.
+        # Stop asks the running chain to end after its current step: the chain itself then shows its last
+        # samples as the final frame, marked Stopped, with the download. Stopping from inside rather than
+        # cancelling the event leaves no half-finished request for the page to report as an error.
+        run.click(self._arm, None, None, queue=False, show_progress="hidden", api_visibility="private").then(
+            fn, inputs=inputs, outputs=[img, plot, download, status, seed, *(extra_outputs or [])],
+            api_name=api_name, concurrency_id="sgld", concurrency_limit=1, show_progress="minimal")
+        stop.click(self._request_stop, None, None, queue=False, show_progress="hidden", api_visibility="private")
 
-    def _stopped(self, status: str | None, request: gr.Request = None) -> str:
-        """The status line after Stop: the last frame stays on screen, marked as stopped."""
-        chain = self._chains.get(getattr(request, "session_hash", None) or "")
-        deadline = time.monotonic() + 30
-        while chain is not None and chain in D.ACTIVE_CHAINS and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if status and status.startswith("**Running**"):
-            return "**Stopped**" + status[len("**Running**"):]
-        return status or ""
+    def _arm(self, request: gr.Request = None) -> None:
+        self._stop_requests.discard(getattr(request, "session_hash", None) or "")
+
+    def _request_stop(self, request: gr.Request = None) -> None:
+        session = getattr(request, "session_hash", None)
+        if session:
+            self._stop_requests.add(session)
 
     def _header(self) -> str:
         lines = []

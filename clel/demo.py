@@ -612,6 +612,7 @@ class Frame:
     history: EnergyHistory
     elapsed: float
     final: bool = False
+    stopped: bool = False  # final because the user asked the chain to stop early
 
     def grid(self, nrow: int | None = None) -> np.ndarray:
         return make_grid(self.x, nrow)
@@ -628,12 +629,14 @@ _active_lock = threading.Lock()
 
 
 def stream_frames(plan: ChainPlan, total: int, every: int | None = None, min_interval: float = 1.0,
-                  on_step: Callable[[int], None] | None = None) -> Iterator[Frame]:
+                  on_step: Callable[[int], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> Iterator[Frame]:
     """Run ``plan.chain`` and yield frames: the starting noise at once, then every ``every`` steps.
 
     A frame is also yielded when ``min_interval`` seconds passed since the previous one (slow CPUs), and always
-    after the last step, with the energy of the final samples added to the curve. Closing the generator (a
-    cancelled request) stops the chain after the step in progress.
+    after the last step, with the energy of the final samples added to the curve. ``should_stop`` is asked
+    after every step: when it says yes the chain ends there with a final frame marked ``stopped`` (the Stop
+    button). Closing the generator (a cancelled request) also stops the chain after the step in progress.
     """
     every = every or frame_every(total)
     history = EnergyHistory()
@@ -645,7 +648,8 @@ def stream_frames(plan: ChainPlan, total: int, every: int | None = None, min_int
         yield Frame(0, total, plan.x0, history, 0.0)
         x = plan.x0
         done = 0
-        for s in plan.chain:
+        stopped = should_stop is not None and should_stop()  # stopped while it waited in the queue
+        for s in () if stopped else plan.chain:
             done = s.step + 1
             x = s.x
             history.add(s.step, s.energy)
@@ -653,13 +657,16 @@ def stream_frames(plan: ChainPlan, total: int, every: int | None = None, min_int
                 ACTIVE_CHAINS[key] = done
             if on_step is not None:
                 on_step(done)
+            if should_stop is not None and should_stop():
+                stopped = done < total
+                break
             now = time.perf_counter()
             if done < total and (done % every == 0 or now - last >= min_interval):
                 last = now
                 yield Frame(done, total, x, history, now - t0)
         with torch.no_grad():
             history.add(done, plan.energy(x))
-        yield Frame(done, total, x, history, time.perf_counter() - t0, final=True)
+        yield Frame(done, total, x, history, time.perf_counter() - t0, final=True, stopped=stopped)
     finally:
         with _active_lock:
             ACTIVE_CHAINS.pop(key, None)

@@ -242,6 +242,29 @@ def test_closing_the_stream_stops_the_chain(store):
     assert D.ACTIVE_CHAINS == {}
 
 
+def test_stop_request_ends_the_chain_with_its_samples_so_far(store):
+    lm = store.get("cifar10")
+    req = D.clamp_request(2, 1000, 100, 0.001, 1.0, 3)
+    steps_done = []
+    frames = list(D.stream_frames(D.unconditional_plan(lm, req), req.steps, every=1, on_step=steps_done.append,
+                                  should_stop=lambda: len(steps_done) >= 5))
+    assert [f.step for f in frames] == [0, 1, 2, 3, 4, 5] and steps_done == [1, 2, 3, 4, 5]
+    assert frames[-1].final and frames[-1].stopped and not any(f.stopped for f in frames[:-1])
+    ref = sample(lm.model, 2, settings=ChainSettings(5, 100, 0.001), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(frames[-1].x, ref)  # the samples after 5 steps of the same chain
+    assert frame_energy_matches(lm, frames[-1]) and D.ACTIVE_CHAINS == {}
+    # a stop requested before the chain started (while it was queued) gives the starting noise, no steps
+    frames = list(D.stream_frames(D.unconditional_plan(lm, req), req.steps, should_stop=lambda: True))
+    assert [(f.step, f.final, f.stopped) for f in frames] == [(0, False, False), (0, True, True)]
+    # a chain that finishes its last step is done, not stopped
+    req = D.clamp_request(2, 3, 100, 0.001, 1.0, 3)
+    *_, last = D.stream_frames(D.unconditional_plan(lm, req), req.steps, should_stop=lambda: True)
+    assert last.step == 0 and last.stopped  # asked before any step: stopped at 0
+    *_, last = D.stream_frames(D.unconditional_plan(lm, req), req.steps, on_step=steps_done.append,
+                               should_stop=lambda: len(steps_done) >= 8)
+    assert last.step == 3 and last.final and not last.stopped
+
+
 def test_interpolation_plan_is_the_library_chain(store, tmp_path):
     lm = store.get("cifar10")
     a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
