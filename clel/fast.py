@@ -7,15 +7,19 @@ Each switch is independent and tested on CPU against the plain path
   spectral-normalised weights are computed once and reused for every step
   (otherwise every forward repeats the power iteration and the division).
 - ``channels_last``: NHWC activations, which cuDNN and oneDNN convolve faster.
-- ``bf16``: autocast of the energy network only (CUDA); x, the update and the
-  noise stay fp32 because the noise (1e-3) is below bf16's resolution near 1.
+- ``bf16``: autocast of the energy network only; x, the update and the noise
+  stay fp32 because the noise (1e-3) is below bf16's resolution near 1. On by
+  default on CUDA and on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX),
+  where oneDNN's bf16 convolutions are about twice as fast as fp32.
 - ``cuda_graph``: one SGLD step captured as a CUDA graph and replayed, which
   removes the per-kernel launch cost that dominates small batches (CUDA only).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -38,9 +42,28 @@ class FastPath:
 
     @classmethod
     def best(cls, device: torch.device | str) -> "FastPath":
-        """Every switch that helps on this device (bf16 and graphs only on CUDA)."""
-        cuda = torch.device(device).type == "cuda"
-        return cls(cache_sn=True, channels_last=True, bf16=cuda, cuda_graph=cuda)
+        """Every switch that helps on this device (graphs only on CUDA; bf16 where it is native)."""
+        device = torch.device(device)
+        cuda = device.type == "cuda"
+        return cls(cache_sn=True, channels_last=True, bf16=native_bf16(device), cuda_graph=cuda)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic natively (AVX512-BF16 or AMX); without it bf16 is emulated, slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """bf16 autocast pays off here: a CUDA GPU with bf16 support, or a CPU with native bf16."""
+    device = torch.device(device)
+    if device.type == "cuda":  # every GPU since Ampere; older ones are told apart once one is visible
+        return not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
 
 
 @contextlib.contextmanager
@@ -69,13 +92,13 @@ def prepare(module: nn.Module, fast: FastPath) -> nn.Module:
 
 def wrap_energy(fn: EnergyFn, fast: FastPath, device: torch.device | str) -> EnergyFn:
     """The energy in the chain's precision and memory format; energies come back fp32."""
-    cuda = torch.device(device).type == "cuda"
+    kind = torch.device(device).type
 
     def wrapped(x: Tensor) -> Tensor:
         if fast.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if fast.bf16 and cuda:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+        if fast.bf16:
+            with torch.autocast(kind, dtype=torch.bfloat16):
                 return fn(x).float()
         return fn(x)
 

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fast import native_bf16
+
 __all__ = [
     "CELEBA_ATTRIBUTES", "CELEBA_JUDGE", "CIFAR10_JUDGE", "JUDGE_DIR", "Judge", "JudgeError", "JudgeNet",
     "JudgeSpec", "TrainRecipe", "augment_batch", "celeba_judge_data", "cifar10_judge_data", "evaluate_judge",
@@ -234,20 +236,10 @@ def augment_batch(x: Tensor, translate: int, flip: bool, generator: torch.Genera
     return x.contiguous()
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def _use_bf16(recipe: TrainRecipe, device: torch.device) -> bool:
     if recipe.bf16 is not None:
         return recipe.bf16
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and _cpu_has_bf16()
+    return native_bf16(device)
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
