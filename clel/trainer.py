@@ -50,9 +50,14 @@ from .weights import (CONFIG_NAME, WeightsError, export_pretrained, fsync_dir, l
                       read_config, remove_tree, unpack_tree)
 
 __all__ = ["TrainOptions", "Trainer", "TrainError", "DivergenceError", "train", "find_checkpoints",
-           "load_checkpoint", "resolve_resume", "saved_config", "ema_update", "MODEL_FIELDS"]
+           "load_checkpoint", "resolve_resume", "saved_config", "ema_update", "save_replay_buffer", "MODEL_FIELDS",
+           "REPLAY_BUFFER_NAME"]
 
 CKPT_FORMAT_VERSION = 1
+# A replay buffer saved beside an export (uint8 images, metadata format=REPLAY_BUFFER_FORMAT): --resume EXPORT
+# starts from it instead of noise (scripts/gpu/pack_result.py writes one; checkpoints hold theirs inline).
+REPLAY_BUFFER_NAME = "replay_buffer.safetensors"
+REPLAY_BUFFER_FORMAT = "clel-replay-buffer"
 # Fields that define the networks (and their input): a checkpoint with other values is another model.
 MODEL_FIELDS = ("dataset", "image_size", "mean", "std", "arch", "feature_dim", "head_hidden", "projection",
                 "encoder_hidden", "encoder_width")
@@ -88,6 +93,9 @@ class TrainOptions:
     max_minutes: float | None = _opt(None, "stop (checkpoint + export) after this many minutes of training")
     resume: str | None = _opt(None, "run folder, checkpoint folder or export folder to continue from",
                               metavar="DIR")
+    resume_buffer: str | None = _opt(None, "with --resume EXPORT: start the replay buffer from these images (a "
+                                           "uint8 replay_buffer.safetensors from scripts/gpu/pack_result.py; "
+                                           "default: that file in the export folder, if there)", metavar="FILE")
     device: str = _opt("auto", "cpu, cuda or auto (cuda when available)", choices=("auto", "cpu", "cuda"))
     precision: str = _opt("fp32", "fp32 (strict), tf32 (TF32 matmuls/convs on CUDA) or bf16 (autocast for "
                                   "the networks, CUDA only; SGLD images and updates stay fp32)",
@@ -337,6 +345,19 @@ def saved_config(resume: str | os.PathLike) -> CLELConfig:
         raise TrainError(f"{path}: cannot read its config ({e})") from None
 
 
+def save_replay_buffer(images: Tensor, path: str | os.PathLike, iteration: int | None = None) -> Path:
+    """Write replay-buffer images (float in [0, 1] or uint8) as the uint8 file ``--resume EXPORT`` reads."""
+    from .weights import write_safetensors_atomic
+
+    if images.dtype != torch.uint8:
+        images = (images.float() * 255).round().clamp(0, 255).to(torch.uint8)
+    meta = {"format": REPLAY_BUFFER_FORMAT, "count": str(len(images))}
+    if iteration is not None:
+        meta["iteration"] = str(iteration)
+    write_safetensors_atomic({"images": images.contiguous()}, path, metadata=meta)
+    return Path(path)
+
+
 def _tidy_checkpoint_dir(root: Path) -> None:
     """Clean up after a writer that was killed: drop temporary folders, restore a swapped-out checkpoint."""
     if not root.is_dir():
@@ -394,7 +415,9 @@ class Trainer:
             except WeightsError as e:
                 raise TrainError(str(e)) from None
             self._check_same_model(cfg, ex_cfg, resume_path)
-        elif find_checkpoints(self.out):
+        if opts.resume_buffer and self.resume_kind != "export":
+            raise TrainError("--resume-buffer applies to --resume EXPORT only (a checkpoint holds its own buffer)")
+        if self.resume_kind is None and find_checkpoints(self.out):
             raise TrainError(f"{self.out} already holds checkpoints of a run; continue it with --resume "
                              f"{self.out}, or choose another --out (nothing was changed)")
         self.cfg = cfg
@@ -744,8 +767,31 @@ class Trainer:
             load_into(self.ema, state, source=f"weights in {path}")
         except WeightsError as e:
             raise TrainError(str(e)) from None
+        buffer_file = Path(self.opts.resume_buffer) if self.opts.resume_buffer else path / REPLAY_BUFFER_NAME
+        if self.opts.resume_buffer or buffer_file.is_file():
+            n = self._load_buffer_file(buffer_file)
+            self._say(f"resuming from the export in {path}: weights and {n} replay-buffer images from "
+                      f"{buffer_file} (no optimiser state), so the optimisers, warm-up and schedules start fresh at "
+                      f"iteration 0")
+            return
         self._say(f"resuming from the export in {path}: weights only (no optimiser state), so the optimisers, "
                   f"warm-up, schedules and replay buffer start fresh at iteration 0")
+
+    def _load_buffer_file(self, path: Path) -> int:
+        """Fill the first slots of the replay buffer from a saved uint8 buffer; the rest keep their U(0, 1) start."""
+        from .weights import read_tagged_safetensors
+
+        tensors, _ = read_tagged_safetensors(path, REPLAY_BUFFER_FORMAT, "replay buffer", error=TrainError)
+        images = tensors.get("images")
+        shape = tuple(self.buffer.images.shape[1:])
+        if images is None or images.dtype != torch.uint8 or tuple(images.shape[1:]) != shape:
+            raise TrainError(f"{path}: expected uint8 images [N, {', '.join(map(str, shape))}], got "
+                             f"{None if images is None else (images.dtype, tuple(images.shape))}")
+        if self.world > 1:  # every rank its own share, so the ranks' buffers differ as they did in training
+            images = images[self.rank::self.world]
+        n = min(len(images), len(self.buffer))
+        self.buffer.images[:n] = images[:n].to(self.buffer.images.device).float() / 255
+        return n
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 

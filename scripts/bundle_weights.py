@@ -40,6 +40,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=64, help="images in samples.png")
     p.add_argument("--sample-steps", type=int, default=None, help="SGLD steps for samples.png (default: 5x training)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu",
+                   help="device that draws samples.png: cpu (default) or cuda; the weight files do not depend on it")
     args = p.parse_args()
 
     model, cfg, extras = load_pretrained(args.run)
@@ -50,17 +52,19 @@ def main() -> None:
                       extra_names=names, info={"weights": meta.get("weights", "ema"), "iteration": meta.get("iteration")},
                       encoder=not args.no_encoder)
     # The grid comes from the bundled (fp16-rounded) weights: what users will get.
-    bundled, _, _ = load_pretrained(args.out)
+    bundled, _, _ = load_pretrained(args.out, device=args.device)
     steps = args.sample_steps or 5 * cfg.sgld_steps
     x = sample(bundled, args.samples, settings=ChainSettings.from_model(bundled, steps=steps),
-               generator=torch.Generator().manual_seed(args.seed))
+               generator=torch.Generator(args.device).manual_seed(args.seed)).cpu()
     save_grid(x, args.out / "samples.png", upscale=2)
     evaluation = None
     if args.eval:
         evaluation = json.loads(args.eval.read_text())
         shutil.copyfile(args.eval, args.out / "eval.json")
     _, out_meta = read_config(args.out)
-    status = f"{args.status} (samples.png: {args.samples} samples, {steps} SGLD steps from uniform noise, seed {args.seed}.)"
+    where = "" if args.device == "cpu" else f" on {args.device}"
+    status = (f"{args.status} (samples.png: {args.samples} samples, {steps} SGLD steps from uniform noise, "
+              f"seed {args.seed}{where}.)")
     training = training_summary(args.run)
     training["iterations"] = meta.get("iteration", training["iterations"])  # the exported iteration
     card = render_model_card(cfg, out_meta, evaluation=evaluation, training=training,
