@@ -44,7 +44,7 @@ from .data import DataError, ImageSet, RandomBatches, load_dataset, to_float
 from .energy import class_prototypes, marginal, mean_latent
 from .losses import EBMLoss, NTXentLoss
 from .models import CLEL
-from .fast import FastPath, fast_sgld
+from .fast import FastPath, fast_sgld, native_bf16
 from .sgld import ReplayBuffer
 from .weights import (CONFIG_NAME, WeightsError, export_pretrained, fsync_dir, load_into, load_sharded, pack_tree,
                       read_config, remove_tree, unpack_tree)
@@ -98,7 +98,8 @@ class TrainOptions:
                                            "default: that file in the export folder, if there)", metavar="FILE")
     device: str = _opt("auto", "cpu, cuda or auto (cuda when available)", choices=("auto", "cpu", "cuda"))
     precision: str = _opt("fp32", "fp32 (strict), tf32 (TF32 matmuls/convs on CUDA) or bf16 (autocast for "
-                                  "the networks, CUDA only; SGLD images and updates stay fp32)",
+                                  "the networks, on CUDA or a CPU with native bf16; SGLD images and updates "
+                                  "stay fp32)",
                           choices=("fp32", "tf32", "bf16"))
     threads: int | None = _opt(None, "CPU threads for torch on --device cpu (default: torch's choice, but 1 "
                                      "when the machine is already busy: OpenMP threads that compete for cores "
@@ -221,8 +222,9 @@ class _Objective(nn.Module):
 
 
 def _set_precision(precision: str, device: torch.device) -> None:
-    if precision == "bf16" and device.type != "cuda":
-        raise TrainError("--precision bf16 needs a CUDA device (autocast is only used on CUDA); use fp32 on CPU")
+    if precision == "bf16" and not native_bf16(device):
+        raise TrainError(f"--precision bf16 needs a CUDA GPU or a CPU with native bf16 (AVX512-BF16 or AMX); "
+                         f"this {device.type} has none, use fp32")
     tf32 = precision == "tf32"
     if device.type == "cuda":
         matmul = torch.backends.cuda.matmul
@@ -534,7 +536,7 @@ class Trainer:
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.opts.precision == "bf16":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _marginal_energy(self, x: Tensor) -> Tensor:

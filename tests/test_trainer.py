@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -186,9 +187,19 @@ def test_ablation_switches_train(tmp_path):
     assert t.it == 2
 
 
-def test_bf16_on_cpu_is_refused(tmp_path):
-    with pytest.raises(TrainError, match="bf16 needs a CUDA device"):
-        Trainer(small_cfg(), options(tmp_path / "run", precision="bf16", device="cpu"), data=synthetic())
+def test_bf16_on_cpu_trains_where_native_and_is_refused_elsewhere(tmp_path, monkeypatch):
+    import clel.trainer as T
+
+    monkeypatch.setattr(T, "native_bf16", lambda device: False)
+    with pytest.raises(TrainError, match="bf16 needs a CUDA GPU or a CPU with native bf16"):
+        Trainer(small_cfg(), options(tmp_path / "no", precision="bf16", device="cpu"), data=synthetic())
+    assert not (tmp_path / "no").exists() or not any((tmp_path / "no").rglob("*.safetensors"))
+    monkeypatch.setattr(T, "native_bf16", lambda device: True)  # emulated where the CPU lacks it: still correct
+    t = train(small_cfg(), options(tmp_path / "yes", precision="bf16", device="cpu", max_iters=2), data=synthetic())
+    got = losses(tmp_path / "yes")
+    assert t.it == 2 and sorted(got) == [1, 2] and all(math.isfinite(v) for v in got.values())
+    assert all(p.dtype == torch.float32 for p in t.model.parameters())  # autocast, not a bf16 model
+    assert t.buffer.images.dtype != torch.bfloat16
 
 
 # -- failures ----------------------------------------------------------------------------------------------------
