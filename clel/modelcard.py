@@ -81,6 +81,27 @@ def _fid_line(fid: Mapping[str, Any] | None) -> str:
               f"published FIDs).")
 
 
+def _judged_lines(ev: Mapping[str, Any]) -> str:
+    """The judged conditional (Fig. 3c) and compositional (Fig. 4b) results, or why they are missing."""
+    lines = []
+    cond = ev.get("conditional") or {}
+    if cond.get("accuracy") is not None:
+        acc = (cond.get("judge") or {}).get("test_accuracy")
+        lines.append(f"Class-conditional samples ({cond.get('n_per_class')} per class, guidance "
+                     f"{cond.get('guidance')}) judged as their class by the CIFAR-10 judge (test accuracy "
+                     f"{_fmt(acc)}): {_fmt(cond['accuracy'])} on average (chance: 0.1).")
+    elif cond.get("status"):
+        lines.append(f"Class-conditional samples: {cond['status']}.")
+    comp = ev.get("compositional") or {}
+    if comp.get("mean_accuracy") is not None:
+        lines.append(f"Attribute compositions on the CelebA weights ({comp.get('n_per_condition')} samples each): "
+                     f"the attribute judge agrees with the asked-for terms {_fmt(comp['mean_accuracy'])} of the "
+                     f"time on average (see `eval.json`, `compositional.rows`).")
+    elif comp.get("status"):
+        lines.append(f"Attribute compositions: {comp['status']}.")
+    return "\n\n".join(lines) + ("\n" if lines else "")
+
+
 def render_model_card(cfg: CLELConfig, meta: Mapping[str, Any], *, evaluation: Mapping[str, Any] | None,
                       training: Mapping[str, Any], hardware: str, commands: list[str], status: str,
                       preset: str | None = None, repo_name: str = "clel") -> str:
@@ -128,6 +149,7 @@ Weights are the EMA copies, stored as {meta.get("dtype", "float32")} safetensors
 {_ood_table(ev.get("ood"))}
 Encoder kNN accuracy on CIFAR-10: {_fmt(knn)}.
 
+{_judged_lines(ev)}
 The full report is `eval.json` beside this card; published CLEL-Base numbers
 (FID 15.27 on CIFAR-10, OOD AUROC 0.9437 on Textures) come from 100k GPU
 iterations and are the target, not a claim about these weights.

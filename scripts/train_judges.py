@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                                              test_limit=args.test_limit, store_dtype=dtype)
             path = save_judge(judge.net, out / CIFAR10_JUDGE, rep, dtype)
             acc = rep["test"]["accuracy"]
-            summary["cifar10"] = {"path": str(path), "test_accuracy": acc, "meets_target": acc >= TARGETS["cifar10"],
+            summary["cifar10"] = {"path": path.name, "test_accuracy": acc, "meets_target": acc >= TARGETS["cifar10"],
                                   "minutes": rep["wall_s"] / 60, "images_per_s": rep["images_per_s"]}
         if args.which in ("both", "celeba"):
             log(f"CelebA attribute judge on {args.device}")
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                                             store_dtype=dtype)
             path = save_judge(judge.net, out / CELEBA_JUDGE, rep, dtype)
             accs = rep["test"]["accuracy"]
-            summary["celeba"] = {"path": str(path), "test_accuracy": accs,
+            summary["celeba"] = {"path": path.name, "test_accuracy": accs,
                                  "meets_target": all(a >= TARGETS["celeba"] for a in accs.values()),
                                  "minutes": rep["wall_s"] / 60, "images_per_s": rep["images_per_s"]}
     except (DataError, ValueError) as e:

@@ -1,0 +1,42 @@
+"""The model card says what was measured, with the numbers of eval.json, and what was not."""
+from clel import get_preset
+from clel.modelcard import render_model_card
+
+CFG = get_preset("cifar10-small")
+META = {"parts": ["f", "g", "h"], "dtype": "float16"}
+TRAINING = {"iterations": 150, "seconds": 5400.0}
+
+
+def card(evaluation):
+    return render_model_card(CFG, META, evaluation=evaluation, training=TRAINING, hardware="2 CPU cores",
+                             commands=["python scripts/train.py --preset cifar10-small"], status="Early weights.",
+                             preset="cifar10-small")
+
+
+def test_unmeasured_metrics_are_said_to_be_unmeasured():
+    text = card(None)
+    assert "FID: not measured." in text and "OOD detection: not measured." in text
+    assert "Encoder kNN accuracy on CIFAR-10: not measured." in text
+    assert "judged" not in text and "wall time 1.50 h" in text and "Iterations: 150" in text
+
+
+def test_measured_numbers_are_quoted_from_eval_json():
+    ev = {
+        "fid": {"fid_1k": 123.456, "fid_10k": None, "protocol": "reference", "settings": {"sweeps": 10, "steps": 20},
+                "reference": {"n": 2000}},
+        "ood": {"beta": 0.1, "in_distribution": {"n": 1000},
+                "sets": {"dtd": {"label": "Textures", "status": "ok", "auroc_score": 0.66, "auroc_energy": 0.765},
+                         "svhn": {"label": "SVHN", "status": "not installed"}}},
+        "encoder": {"knn_accuracy": 0.281},
+        "conditional": {"accuracy": 0.1234, "n_per_class": 100, "guidance": 1.0, "judge": {"test_accuracy": 0.91}},
+        "compositional": {"status": "skipped: no CelebA export"},
+    }
+    text = card(ev)
+    assert "FID-1K: 123.46 (reference protocol, 10 sweeps x 20 SGLD steps, against 2000 images" in text
+    assert "FID-10K" not in text  # not drawn: not shown as a number
+    assert "| s(x), β = 0.1 | not installed | 0.6600 |" in text and "| ½‖f(x)‖² only | not installed | 0.7650 |" in text
+    assert "Encoder kNN accuracy on CIFAR-10: 0.2810." in text
+    assert "judged as their class by the CIFAR-10 judge (test accuracy 0.9100): 0.1234 on average" in text
+    assert "Attribute compositions: skipped: no CelebA export." in text
+    ev["compositional"] = {"mean_accuracy": 0.5, "n_per_condition": 100}
+    assert "agrees with the asked-for terms 0.5000 of the time" in card(ev)
