@@ -2,7 +2,7 @@
 """Train the two judge classifiers that score conditional samples (writes weights/judges/*.safetensors).
 
     python scripts/train_judges.py                       # both judges, on cuda when available
-    python scripts/train_judges.py --which cifar10 --epochs 10
+    python scripts/train_judges.py --which cifar10 --epochs 20
     python scripts/train_judges.py --which celeba --device cpu --max-minutes 30
 
 - cifar10: 10-class classifier trained on the shared CIFAR-10 train set, accuracy on the shared test set
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(JUDGE_DIR), help="folder for the judge files (default weights/judges)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda when available)")
-    p.add_argument("--epochs", type=float, help="training epochs (default: 10 for cifar10, 16 for celeba)")
+    p.add_argument("--epochs", type=float, help="training epochs (default: 15 for cifar10, 16 for celeba)")
     p.add_argument("--batch-size", type=int, help="batch size (default: 256 for cifar10, 128 for celeba)")
     p.add_argument("--lr", type=float, help="peak SGD learning rate per 256 images (default: 0.2 / 0.1)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.which in ("both", "cifar10"):
             log(f"CIFAR-10 judge on {args.device}")
-            judge, rep = train_cifar10_judge(data, None, _recipe(TrainRecipe(epochs=10), args),
+            judge, rep = train_cifar10_judge(data, None, _recipe(TrainRecipe(epochs=15), args),
                                              widths=_widths(args.widths, (64, 256, 256)), device=args.device,
                                              log=log, max_minutes=args.max_minutes, train_limit=args.train_limit,
                                              test_limit=args.test_limit, store_dtype=dtype)
