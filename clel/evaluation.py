@@ -1164,7 +1164,9 @@ def markdown_report(ev: Mapping[str, Any]) -> str:
         else:
             attrs = list(comp["rows"][0]["rate"]) if comp["rows"] else []
             judge = comp.get("judge", {})
-            lines += [f"Judge: `{judge.get('path', '?')}` (held-out accuracy {judge.get('test_accuracy', '?')}). "
+            accs = judge.get("test_accuracy")
+            accs = ", ".join(f"{k} {_num(v, 3)}" for k, v in accs.items()) if isinstance(accs, dict) else _num(accs)
+            lines += [f"Judge: `{judge.get('path', '?')}` (held-out accuracy {accs}). "
                       f"{comp['n_per_condition']} samples per condition, guidance {comp['guidance']:g}. Cells: "
                       f"fraction judged to have the attribute; accuracy: agreement with the asked-for terms.", "",
                       "| condition | " + " | ".join(attrs) + " | accuracy | all terms |",

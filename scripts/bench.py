@@ -159,10 +159,10 @@ def random_images(n: int, size: int, seed: int = 0) -> ImageSet:
 
 
 def fast_precision(device: torch.device) -> str:
-    """The trainer's fastest precision here: bf16 autocast on CUDA (TF32 without bf16); CPU trains in fp32."""
-    if device.type != "cuda":
-        return "fp32"  # the trainer's bf16 is CUDA-only
-    return "bf16" if native_bf16(device) else "tf32"
+    """The trainer's fastest precision here: bf16 autocast where bf16 is native; else TF32 on CUDA, fp32 on CPU."""
+    if native_bf16(device):
+        return "bf16"
+    return "tf32" if device.type == "cuda" else "fp32"
 
 
 def build_trainer(cfg: CLELConfig, device: torch.device, fast: bool, precision: str, out: Path) -> Trainer:

@@ -118,6 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _shown_path(path: str | None) -> str | None:
+    """A path as the report shows it: relative to the repository when inside it (reports travel)."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return str(path)
+
+
 def _say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -243,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         ev.plotly_confusion_html(res["confusion"], classes, out / "figures" / "confusion.html",
                                  "Class-conditional samples: P(judged class | conditioned class)")
         test = judge.info.get("test", {})
-        res["judge"] = {"path": judge.path, "test_accuracy": test.get("accuracy")}
+        res["judge"] = {"path": _shown_path(judge.path), "test_accuracy": test.get("accuracy")}
         res["figures"] = {"grid": "figures/class_conditional.png", "confusion_png": "figures/confusion.png",
                           "confusion_html": "figures/confusion.html"}
         return res
@@ -266,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         grid = torch.cat([v[:8] for v in samples.values()])
         ev.save_grid(grid, out / "figures" / "compositional.png", nrow=min(8, args.comp_samples))
         test = judge.info.get("test", {})
-        res["judge"] = {"path": judge.path, "test_accuracy": test.get("accuracy")}
+        res["judge"] = {"path": _shown_path(judge.path), "test_accuracy": test.get("accuracy")}
         res["weights"] = str(cextras.get("path", args.celeba_weights))
         res["figures"] = {"grid": "figures/compositional.png (one row per condition, in table order)"}
         return res
