@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 
 __all__ = [
     "CIFAR10_CLASSES", "DataError", "ImageSet", "RandomBatches", "cache_dir", "cifar10_interpolation", "dequantize",
-    "load_celeba", "load_cifar10", "load_dataset", "load_dtd", "resize_images", "to_float",
+    "load_celeba", "load_cifar10", "load_dataset", "load_dtd", "resize_images", "to_float", "to_uint8",
 ]
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -129,6 +129,12 @@ def dequantize(x_uint8: torch.Tensor, generator: torch.Generator | None = None) 
 def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
     """Deterministic ``x / 255`` in [0, 1], for evaluation."""
     return x_uint8.float() / 255.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats to uint8 with rounding, the inverse of :func:`to_float` (PNG files, FID samples, compact
+    replay buffers); stays on its device."""
+    return (x.detach().float().clamp(0, 1) * 255).round_().to(torch.uint8)
 
 
 def resize_images(images_uint8: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from .data import to_uint8 as _to_uint8
 from .sampling import (ChainSettings, energy_fn, image_latent, per_sample_energy_fn, sample_chain, slerp,
                        uniform_noise)
 from .sgld import EnergyFn, SGLDStep
@@ -310,7 +311,7 @@ def images_to_tensor(images: Sequence[DecodedImage | Image.Image], size: int) ->
 
 def to_uint8(x: Tensor) -> np.ndarray:
     """[N, 3, H, W] or [3, H, W] floats in [0, 1] → uint8 [..., H, W, 3]."""
-    x = x.detach().float().clamp(0, 1).mul(255).round_().to(torch.uint8).cpu()
+    x = _to_uint8(x).cpu()
     return (x.permute(0, 2, 3, 1) if x.ndim == 4 else x.permute(1, 2, 0)).numpy()
 
 

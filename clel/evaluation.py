@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .data import to_uint8
 from .energy import latent
 from .fast import FastPath, fast_chain, prepare
 from .sampling import ChainSettings, energy_fn, image_latent, per_sample_energy_fn, slerp
@@ -101,11 +102,6 @@ def load_images(paths: Sequence[str | os.PathLike], size: int) -> Tensor:
         rgb = rgb.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
         out.append(torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
     return torch.stack(out).float() / 255
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """[0, 1] floats to uint8 with rounding (what PNG files and FID see)."""
-    return (x.detach().float().clamp(0, 1) * 255).round_().to(torch.uint8).cpu()
 
 
 def grid_array(x: Tensor, nrow: int | None = None, padding: int = 2, upscale: int = 1) -> np.ndarray:
@@ -449,7 +445,7 @@ def generate(model, n: int, out_dir: str | os.PathLike, settings: GenerateSettin
                 for step in fast_chain(model, fn, x, st.steps, st.step_size, st.noise, st.grad_clip, fast, gen):
                     last = step.x
                 x = last.detach().clone()
-            x8 = to_uint8(x)
+            x8 = to_uint8(x).cpu()
             _write_tensor(img_path, "images", x8, {"format": "clel-samples", "start": str(start), "end": str(end)})
             feat_path.unlink(missing_ok=True)
             done += 1

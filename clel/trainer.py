@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .augment import StrongAugment
 from .config import CLELConfig
-from .data import DataError, ImageSet, RandomBatches, load_dataset, to_float
+from .data import DataError, ImageSet, RandomBatches, load_dataset, to_float, to_uint8
 from .energy import class_prototypes, marginal, mean_latent
 from .losses import EBMLoss, NTXentLoss
 from .models import CLEL
@@ -352,7 +352,7 @@ def save_replay_buffer(images: Tensor, path: str | os.PathLike, iteration: int |
     from .weights import write_safetensors_atomic
 
     if images.dtype != torch.uint8:
-        images = (images.float() * 255).round().clamp(0, 255).to(torch.uint8)
+        images = to_uint8(images)
     meta = {"format": REPLAY_BUFFER_FORMAT, "count": str(len(images))}
     if iteration is not None:
         meta["iteration"] = str(iteration)
@@ -718,7 +718,7 @@ class Trainer:
     def _rank_state(self, buffer_uint8: bool = False) -> dict[str, Any]:
         images = self.buffer.images
         if buffer_uint8:
-            images = (images * 255).round().clamp(0, 255).to(torch.uint8)
+            images = to_uint8(images)
         return {"buffer": images, "sampler_gen": self.sampler_gen.get_state(),
                 "batches": self.batches.state_dict(), "rng": _rng_state(self.device)}
 
@@ -792,7 +792,7 @@ class Trainer:
         if self.world > 1:  # every rank its own share, so the ranks' buffers differ as they did in training
             images = images[self.rank::self.world]
         n = min(len(images), len(self.buffer))
-        self.buffer.images[:n] = images[:n].to(self.buffer.images.device).float() / 255
+        self.buffer.images[:n] = to_float(images[:n].to(self.buffer.images.device))
         return n
 
     # -- checkpoints ---------------------------------------------------------------------------------------------

@@ -176,20 +176,14 @@ def build_trainer(cfg: CLELConfig, device: torch.device, fast: bool, precision: 
 
 def time_train_steps(trainer: Trainer, device: torch.device, repeats: int, warmup: int) -> tuple[float, float]:
     """(median seconds per train_step, peak MB). Warm-up iterations pay cuDNN autotuning and first allocations."""
-    reset_peak_memory(device)
-    for _ in range(warmup):
-        trainer.train_step()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        stats = trainer.train_step()
-        sync(device)
-        times.append(time.perf_counter() - t)
-        if stats is None:  # a rollback is extra work that a healthy run does not do; say so rather than hide it
+
+    def step() -> None:
+        if trainer.train_step() is None:  # a rollback is extra work a healthy run does not do; say so
             print(f"warning: iteration {trainer.it} diverged and was rolled back; its time is in the median",
                   file=sys.stderr)
-    return statistics.median(times), peak_memory_mb(device)
+
+    reset_peak_memory(device)
+    return timeit(step, device, repeats, warmup), peak_memory_mb(device)
 
 
 def iteration_flops(trainer: Trainer) -> int:
