@@ -112,6 +112,9 @@ def render_model_card(cfg: CLELConfig, meta: Mapping[str, Any], *, evaluation: M
     dataset = {"cifar10": "CIFAR-10", "celeba": "CelebA 64x64"}.get(cfg.dataset, cfg.dataset)
     parts = meta.get("parts", ["f", "g", "h"])
     hours = training.get("seconds", 0.0) / 3600
+    # The trainer exports the EMA copy unless told otherwise (--export-weights live).
+    which = ("the EMA copies" if meta.get("weights", "ema") == "ema"
+             else "the live training weights (not the EMA copies)")
     return f"""---
 license: mit
 library_name: {repo_name}
@@ -123,7 +126,7 @@ tags: [energy-based-model, image-generation, clel, {cfg.dataset}]
 An energy-based model trained with Contrastive Latent-guided Energy Learning
 (Lee et al., ICLR 2023). Networks in this folder: {", ".join(parts)}
 ({"the encoder h is included" if "h" in parts else "the encoder h is left out to keep the download small: sampling, class prototypes and attribute latents work; encoding new images does not"}).
-Weights are the EMA copies, stored as {meta.get("dtype", "float32")} safetensors.
+Weights are {which}, stored as {meta.get("dtype", "float32")} safetensors.
 
 ## Status
 

@@ -119,7 +119,9 @@ class TrainOptions:
     energy_bound: float = _opt(1e4, "treat |E(x)| above this as divergence")
     max_failures: int = _opt(3, "give up at the N-th divergence; the ones before roll back to the last good "
                                 "state, halve the learning rates and reseed")
-    export_weights: str = _opt("ema", "which weights model.safetensors holds", choices=("ema", "live"))
+    export_weights: str = _opt("ema", "which weights model.safetensors holds: ema (right for long runs) or live (for "
+                                "runs shorter than a few EMA half-lives, whose average is a flatter energy)",
+                               choices=("ema", "live"))
     export_dtype: str = _opt("fp32", "dtype of the exported weights", choices=("fp32", "fp16"))
     max_shard_mb: float = _opt(15.0, "shard model.safetensors into files of at most this many MiB")
     prototypes: bool = _opt(True, "export class prototypes (labelled data) or attribute latents (CelebA)")

@@ -40,3 +40,10 @@ def test_measured_numbers_are_quoted_from_eval_json():
     assert "Attribute compositions: skipped: no CelebA export." in text
     ev["compositional"] = {"mean_accuracy": 0.5, "n_per_condition": 100}
     assert "agrees with the asked-for terms 0.5000 of the time" in card(ev)
+
+
+def test_card_names_which_weights_the_export_holds():
+    live = render_model_card(CFG, {**META, "weights": "live"}, evaluation=None, training=TRAINING,
+                             hardware="2 CPU cores", commands=[], status="Early weights.", preset="cifar10-small")
+    assert "Weights are the live training weights (not the EMA copies)" in live
+    assert "Weights are the EMA copies" in card(None)  # an export without the field is the trainer's default, EMA
