@@ -102,12 +102,49 @@ def _judged_lines(ev: Mapping[str, Any]) -> str:
     return "\n\n".join(lines) + ("\n" if lines else "")
 
 
+def _compositional_table(comp: Mapping[str, Any]) -> str:
+    """One row per asked-for composition: agreement and how often the judge sees each attribute."""
+    rows = comp.get("rows") or []
+    attrs = sorted({a for r in rows for a in (r.get("rate") or {})})
+    lines = ["| asked for | agreement | " + " | ".join(f"judged {a}" for a in attrs) + " |",
+             "|---" * (len(attrs) + 2) + "|"]
+    for r in rows:
+        agree = _fmt(r.get("accuracy")) if r.get("terms") else "–"
+        lines.append(f"| {r.get('condition')} | {agree} | "
+                     + " | ".join(_fmt((r.get("rate") or {}).get(a)) for a in attrs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _scores(cfg: CLELConfig, ev: Mapping[str, Any]) -> str:
+    """The card's "What it scores": everything eval.json measured about these weights, or that nothing was."""
+    if cfg.dataset == "cifar10":
+        knn = (ev.get("encoder") or {}).get("knn_accuracy")
+        return (f"{_fid_line(ev.get('fid'))}\n\n{_ood_table(ev.get('ood'))}\n"
+                f"Encoder kNN accuracy on CIFAR-10: {_fmt(knn)}.\n\n{_judged_lines(ev)}"
+                "The full report is `eval.json` beside this card; published CLEL-Base numbers\n"
+                "(FID 15.27 on CIFAR-10, OOD AUROC 0.9437 on Textures) come from 100k GPU\n"
+                "iterations and are the target, not a claim about these weights.\n")
+    # scripts/evaluate.py measures FID and OOD for CIFAR-10 models; for CelebA weights it
+    # measures the judged compositions (its compositional section samples them).
+    text = "FID and OOD detection: not measured (`scripts/evaluate.py` measures them for CIFAR-10 models).\n\n"
+    comp = ev.get("compositional") or {}
+    if comp.get("mean_accuracy") is None:
+        return text + "Attribute compositions: not measured.\n"
+    judge = (comp.get("judge") or {}).get("test_accuracy") or {}
+    chain = comp.get("chain") or {}
+    return (text + f"Attribute compositions ({comp.get('n_per_condition')} samples each, {chain.get('steps')} "
+            f"SGLD steps from noise, guidance {comp.get('guidance')}), scored by the attribute judge "
+            f"(test accuracy " + ", ".join(f"{a} {_fmt(v)}" for a, v in sorted(judge.items())) + "): "
+            f"agreement with the asked-for terms {_fmt(comp['mean_accuracy'])} on average.\n\n"
+            + _compositional_table(comp)
+            + "\nThe numbers are the compositional section of `eval.json` beside this card.\n")
+
+
 def render_model_card(cfg: CLELConfig, meta: Mapping[str, Any], *, evaluation: Mapping[str, Any] | None,
                       training: Mapping[str, Any], hardware: str, commands: list[str], status: str,
                       preset: str | None = None, repo_name: str = "clel") -> str:
     """The README.md of an export folder."""
     ev = evaluation or {}
-    knn = (ev.get("encoder") or {}).get("knn_accuracy")
     changes = _config_changes(cfg, preset)
     dataset = {"cifar10": "CIFAR-10", "celeba": "CelebA 64x64"}.get(cfg.dataset, cfg.dataset)
     parts = meta.get("parts", ["f", "g", "h"])
@@ -147,15 +184,7 @@ Weights are {which}, stored as {meta.get("dtype", "float32")} safetensors.
 
 ## What it scores
 
-{_fid_line(ev.get('fid'))}
-
-{_ood_table(ev.get("ood"))}
-Encoder kNN accuracy on CIFAR-10: {_fmt(knn)}.
-
-{_judged_lines(ev)}
-The full report is `eval.json` beside this card; published CLEL-Base numbers
-(FID 15.27 on CIFAR-10, OOD AUROC 0.9437 on Textures) come from 100k GPU
-iterations and are the target, not a claim about these weights.
+{_scores(cfg, ev)}
 
 ## Use
 

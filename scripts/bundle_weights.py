@@ -36,7 +36,8 @@ def main() -> None:
     p.add_argument("--hardware", required=True, help="what the run trained on, for the card")
     p.add_argument("--status", required=True, help="an honest sentence or two on quality, for the card")
     p.add_argument("--command", action="append", default=[], help="a command that made the weights (repeat)")
-    p.add_argument("--eval", type=Path, default=None, help="eval.json to copy beside the card and quote")
+    p.add_argument("--eval", type=Path, default=None, help="eval.json to copy beside the card and quote (for CelebA weights: its compositional "
+                   "section, which must have sampled --out)")
     p.add_argument("--samples", type=int, default=64, help="images in samples.png")
     p.add_argument("--sample-steps", type=int, default=None, help="SGLD steps for samples.png (default: 5x training)")
     p.add_argument("--seed", type=int, default=0)
@@ -60,7 +61,18 @@ def main() -> None:
     evaluation = None
     if args.eval:
         evaluation = json.loads(args.eval.read_text())
-        shutil.copyfile(args.eval, args.out / "eval.json")
+        if cfg.dataset == "cifar10":
+            shutil.copyfile(args.eval, args.out / "eval.json")
+        else:
+            # scripts/evaluate.py evaluates a CIFAR-10 model; only its compositional section sampled these weights.
+            comp = evaluation.get("compositional") or {}
+            sampled = Path(comp.get("weights") or "")
+            sampled = sampled if sampled.is_absolute() else Path(__file__).resolve().parents[1] / sampled
+            if not comp.get("weights") or sampled.resolve() != args.out.resolve():
+                sys.exit(f"{args.eval}: its compositional section sampled {comp.get('weights') or 'no weights'}, "
+                         f"not {args.out}")
+            evaluation = {k: evaluation[k] for k in ("compositional", "device", "seed") if k in evaluation}
+            (args.out / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     _, out_meta = read_config(args.out)
     where = "" if args.device == "cpu" else f" on {args.device}"
     status = (f"{args.status} (samples.png: {args.samples} samples, {steps} SGLD steps from uniform noise, "

@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
         ev.save_grid(grid, out / "figures" / "compositional.png", nrow=min(8, args.comp_samples))
         test = judge.info.get("test", {})
         res["judge"] = {"path": _shown_path(judge.path), "test_accuracy": test.get("accuracy")}
-        res["weights"] = str(cextras.get("path", args.celeba_weights))
+        res["weights"] = _shown_path(str(cextras.get("path", args.celeba_weights)))
         res["figures"] = {"grid": "figures/compositional.png (one row per condition, in table order)"}
         return res
 

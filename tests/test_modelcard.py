@@ -47,3 +47,19 @@ def test_card_names_which_weights_the_export_holds():
                              hardware="2 CPU cores", commands=[], status="Early weights.", preset="cifar10-small")
     assert "Weights are the live training weights (not the EMA copies)" in live
     assert "Weights are the EMA copies" in card(None)  # an export without the field is the trainer's default, EMA
+
+
+def test_celeba_card_quotes_the_compositions_and_no_cifar_numbers():
+    comp = {"mean_accuracy": 0.3, "n_per_condition": 100, "guidance": 1.0, "chain": {"steps": 100},
+            "judge": {"test_accuracy": {"Young": 0.876}},
+            "rows": [{"condition": "unconditional", "terms": [], "rate": {"Young": 0.05}},
+                     {"condition": "AND Young", "terms": [["Young", 1.0]], "accuracy": 0.94, "rate": {"Young": 0.94}}]}
+    text = render_model_card(get_preset("celeba64-base"), META, evaluation={"compositional": comp},
+                             training=TRAINING, hardware="2 CPU cores", commands=[], status="Early weights.",
+                             preset="celeba64-base")
+    assert "FID and OOD detection: not measured" in text and "kNN" not in text and "FID 15.27" not in text
+    assert "agreement with the asked-for terms 0.3000 on average" in text
+    assert "| unconditional | – | 0.0500 |" in text and "| AND Young | 0.9400 | 0.9400 |" in text
+    assert "Attribute compositions: not measured." in render_model_card(
+        get_preset("celeba64-base"), META, evaluation=None, training=TRAINING, hardware="", commands=[],
+        status="", preset="celeba64-base")
