@@ -119,9 +119,10 @@ class TrainOptions:
     energy_bound: float = _opt(1e4, "treat |E(x)| above this as divergence")
     max_failures: int = _opt(3, "give up at the N-th divergence; the ones before roll back to the last good "
                                 "state, halve the learning rates and reseed")
-    export_weights: str = _opt("ema", "which weights model.safetensors holds: ema (right for long runs) or live (for "
-                                "runs shorter than a few EMA half-lives, whose average is a flatter energy)",
-                               choices=("ema", "live"))
+    export_weights: str = _opt("auto", "which weights model.safetensors holds: ema, live, or auto: the EMA once "
+                                "the run is at least 10 EMA half-lives long, else the live weights (an EMA "
+                                "that lags a short run by a large part of it is a flatter energy)",
+                               choices=("auto", "ema", "live"))
     export_dtype: str = _opt("fp32", "dtype of the exported weights", choices=("fp32", "fp16"))
     max_shard_mb: float = _opt(15.0, "shard model.safetensors into files of at most this many MiB")
     prototypes: bool = _opt(True, "export class prototypes (labelled data) or attribute latents (CelebA)")
@@ -878,18 +879,31 @@ class Trainer:
                 names["attribute_latents"] = kept
         return extras, names
 
+    def export_choice(self) -> str:
+        """"ema" or "live": ``--export-weights``, where "auto" picks the EMA once the run is 10 half-lives long.
+
+        The EMA's mean age is about 1.4 half-lives; a 1,000-iteration CPU run with a 625-iteration half-life
+        exports an average of networks from its first half, whose energy is flat enough that chains from noise
+        barely move (docs/training-log.md, run 2). A long GPU run's EMA is the better model.
+        """
+        if self.opts.export_weights != "auto":
+            return self.opts.export_weights
+        half_life_iters = self.cfg.ema_half_life_images / (self.cfg.batch_size * self.world)
+        return "ema" if self.it - self.cfg.ema_start_iter >= 10 * half_life_iters else "live"
+
     def export(self, folder: str | os.PathLike | None = None) -> Path | None:
-        """Write the pretrained folder (EMA weights by default) to ``folder`` (default: the run folder)."""
+        """Write the pretrained folder (see :meth:`export_choice`) to ``folder`` (default: the run folder)."""
         path = None
         error = None
         if self.is_main:
             path = Path(folder) if folder is not None else self.out
-            model = self.ema if self.opts.export_weights == "ema" else self.model
+            which = self.export_choice()
+            model = self.ema if which == "ema" else self.model
             extras, names = self.concept_latents(model) if self.opts.prototypes else ({}, {})
             try:
                 export_pretrained(model, path, dtype=torch.float16 if self.opts.export_dtype == "fp16"
                                   else torch.float32, extras=extras, extra_names=names,
-                                  info={"weights": self.opts.export_weights, "iteration": self.it},
+                                  info={"weights": which, "iteration": self.it},
                                   max_shard_bytes=int(self.opts.max_shard_mb * 2**20))
             except OSError as e:
                 error = f"could not write the export to {path}: {e.strerror or e}; the checkpoints are intact"

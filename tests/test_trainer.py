@@ -118,7 +118,8 @@ def test_resume_is_exact(tmp_path):
 
 def test_run_writes_export_metrics_and_samples(tmp_path):
     run = tmp_path / "run"
-    t = train(small_cfg(), options(run, max_iters=4, ckpt_every=2, keep_ckpts=1), data=synthetic())
+    t = train(small_cfg(), options(run, max_iters=4, ckpt_every=2, keep_ckpts=1, export_weights="ema"),
+              data=synthetic())
     for name in ("model.safetensors", "config.json", "extras.safetensors", "metrics.jsonl"):
         assert (run / name).is_file(), name
     assert list((run / "samples").glob("*.png"))
@@ -406,3 +407,19 @@ def test_acceptance_tiny_preset_on_cifar10(tmp_path):
     assert list((run / "samples").glob("*.png"))
     _, _, extras = load_pretrained(run)
     assert extras["class_prototypes"].shape[0] == 10
+
+
+def test_auto_export_takes_the_ema_only_once_the_run_is_ten_half_lives_long(tmp_path):
+    run = tmp_path / "run"
+    t = train(small_cfg(ema_half_life_images=80.0), options(run, max_iters=4), data=synthetic())
+    # half-life 80 images / batch 8 = 10 iterations; the EMA starts at iteration 3, so it wins from 103 on
+    assert t.opts.export_weights == "auto" and load_pretrained(run)[2]["weights"] == "live"
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(energy(load_pretrained(run)[0], x), energy(t.model.eval(), x))
+    t.it = 102
+    assert t.export_choice() == "live"
+    t.it = 103
+    assert t.export_choice() == "ema"
+    t.opts.export_weights = "live"
+    assert t.export_choice() == "live"
