@@ -149,7 +149,7 @@ def render_model_card(cfg: CLELConfig, meta: Mapping[str, Any], *, evaluation: M
     dataset = {"cifar10": "CIFAR-10", "celeba": "CelebA 64x64"}.get(cfg.dataset, cfg.dataset)
     parts = meta.get("parts", ["f", "g", "h"])
     hours = training.get("seconds", 0.0) / 3600
-    # The trainer exports the EMA copy unless told otherwise (--export-weights live).
+    # Exports without the field predate --export-weights and hold the EMA copy.
     which = ("the EMA copies" if meta.get("weights", "ema") == "ema"
              else "the live training weights (not the EMA copies)")
     return f"""---

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from clel.evaluation import save_grid  # noqa: E402
 from clel.modelcard import render_model_card, training_summary  # noqa: E402
@@ -36,8 +37,9 @@ def main() -> None:
     p.add_argument("--hardware", required=True, help="what the run trained on, for the card")
     p.add_argument("--status", required=True, help="an honest sentence or two on quality, for the card")
     p.add_argument("--command", action="append", default=[], help="a command that made the weights (repeat)")
-    p.add_argument("--eval", type=Path, default=None, help="eval.json to copy beside the card and quote (for CelebA weights: its compositional "
-                   "section, which must have sampled --out)")
+    p.add_argument("--eval", type=Path, default=None,
+                   help="eval.json to copy beside the card and quote (for CelebA weights: its "
+                   "compositional section, which must have sampled --out)")
     p.add_argument("--samples", type=int, default=64, help="images in samples.png")
     p.add_argument("--sample-steps", type=int, default=None, help="SGLD steps for samples.png (default: 5x training)")
     p.add_argument("--seed", type=int, default=0)
@@ -47,6 +49,17 @@ def main() -> None:
 
     model, cfg, extras = load_pretrained(args.run)
     _, meta = read_config(args.run)
+    evaluation = None
+    if args.eval:  # checked before anything in --out is overwritten
+        evaluation = json.loads(args.eval.read_text())
+        if cfg.dataset != "cifar10":
+            # scripts/evaluate.py evaluates a CIFAR-10 model; only its compositional section sampled these weights.
+            comp = evaluation.get("compositional") or {}
+            # evaluate.py writes repo-relative paths; an absolute one replaces REPO in the join
+            if not comp.get("weights") or (REPO / comp["weights"]).resolve() != args.out.resolve():
+                sys.exit(f"{args.eval}: its compositional section sampled {comp.get('weights') or 'no weights'}, "
+                         f"not {args.out}")
+            evaluation = {k: evaluation[k] for k in ("compositional", "device", "seed") if k in evaluation}
     names = {k: extras[n] for k, n in (("class_prototypes", "classes"), ("attribute_latents", "attributes"))
              if k in extras}
     export_pretrained(model, args.out, dtype=torch.float16, extras={k: extras[k] for k in names},
@@ -58,20 +71,10 @@ def main() -> None:
     x = sample(bundled, args.samples, settings=ChainSettings.from_model(bundled, steps=steps),
                generator=torch.Generator(args.device).manual_seed(args.seed)).cpu()
     save_grid(x, args.out / "samples.png", upscale=2)
-    evaluation = None
-    if args.eval:
-        evaluation = json.loads(args.eval.read_text())
+    if evaluation is not None:
         if cfg.dataset == "cifar10":
             shutil.copyfile(args.eval, args.out / "eval.json")
         else:
-            # scripts/evaluate.py evaluates a CIFAR-10 model; only its compositional section sampled these weights.
-            comp = evaluation.get("compositional") or {}
-            sampled = Path(comp.get("weights") or "")
-            sampled = sampled if sampled.is_absolute() else Path(__file__).resolve().parents[1] / sampled
-            if not comp.get("weights") or sampled.resolve() != args.out.resolve():
-                sys.exit(f"{args.eval}: its compositional section sampled {comp.get('weights') or 'no weights'}, "
-                         f"not {args.out}")
-            evaluation = {k: evaluation[k] for k in ("compositional", "device", "seed") if k in evaluation}
             (args.out / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     _, out_meta = read_config(args.out)
     where = "" if args.device == "cpu" else f" on {args.device}"
