@@ -66,10 +66,10 @@ class DemoApp:
     # -- the shared live loop ---------------------------------------------------------------------------------
     def _live(self, kind: str, controls: tuple, make_plan: Callable[[D.LoadedModel, D.ChainRequest], D.ChainPlan],
               extra_first: tuple = (), request: gr.Request | None = None) -> Iterator[tuple]:
-        n, steps, step_size, noise, guidance, seed, randomize = controls
+        n, steps, step_size, noise, guidance, seed, randomize, sweeps = controls
         try:
             seed = D.random_seed() if randomize else seed
-            req = D.clamp_request(n, steps, step_size, noise, guidance, seed, self.limits)
+            req = D.clamp_request(n, steps, step_size, noise, guidance, seed, self.limits, sweeps)
             lm = self.store.get(kind)
             plan = make_plan(lm, req)
         except D.DemoError as e:
@@ -78,13 +78,16 @@ class DemoApp:
         session = getattr(request, "session_hash", None)
         first = True
         try:
-            for frame in D.stream_frames(plan, req.steps, should_stop=lambda: session in self._stop_requests):
+            for frame in D.stream_frames(plan, req.total_steps,
+                                         should_stop=lambda: session in self._stop_requests):
                 grid = frame.grid(plan.nrow)
                 shown = D.upscale(grid)
-                fig = D.energy_figure(frame.history, req.steps, ylabel=plan.label)
+                fig = D.energy_figure(frame.history, req.total_steps, ylabel=plan.label)
                 e = f" · mean energy {frame.history.mean[-1]:.4g}" if len(frame.history) else ""
                 head = ("**Stopped**" if frame.stopped else "**Done**" if frame.final else "**Running**")
                 head += f" · step {frame.step}/{frame.total}"
+                if req.sweeps > 1:
+                    head += f" · sweep {min(req.sweeps, max(1, -(-frame.step // req.steps)))}/{req.sweeps}"
                 status = (f"{head}{e} · {frame.elapsed:.1f} s · seed {req.seed} · {req.n} samples "
                           f"({lm.cfg.image_size}px, shown x{shown.shape[0] // grid.shape[0]})  \n"
                           f"Weights: {lm.describe()}" + "".join(f"  \n⚠ {m}" for m in notes))
@@ -134,12 +137,13 @@ class DemoApp:
                 for d in decoded]
 
     # -- tab handlers (also the API endpoints) ----------------------------------------------------------------
-    def unconditional(self, weights, n, steps, step_size, noise, seed, randomize, request: gr.Request = None):
+    def unconditional(self, weights, n, steps, step_size, noise, seed, randomize, sweeps=1,
+                      request: gr.Request = None):
         kind = MODEL_CHOICES.get(weights, "cifar10")
-        yield from self._live(kind, (n, steps, step_size, noise, 0.0, seed, randomize), D.unconditional_plan,
+        yield from self._live(kind, (n, steps, step_size, noise, 0.0, seed, randomize, sweeps), D.unconditional_plan,
                               request=request)
 
-    def lookalikes(self, files, weights, n, steps, step_size, noise, guidance, seed, randomize,
+    def lookalikes(self, files, weights, n, steps, step_size, noise, guidance, seed, randomize, sweeps=1,
                    request: gr.Request = None):
         kind = MODEL_CHOICES.get(weights, "cifar10")
         try:
@@ -148,20 +152,21 @@ class DemoApp:
         except D.DemoError as e:
             raise gr.Error(str(e), print_exception=False) from None
         preview = self._preview(decoded, lm.cfg.image_size)
-        yield from self._live(kind, (n, steps, step_size, noise, guidance, seed, randomize),
+        yield from self._live(kind, (n, steps, step_size, noise, guidance, seed, randomize, sweeps),
                               lambda lm, req: D.lookalike_plan(lm, x, req), extra_first=(preview,), request=request)
 
-    def classes(self, class_name, n, steps, step_size, noise, guidance, seed, randomize, request: gr.Request = None):
-        yield from self._live("cifar10", (n, steps, step_size, noise, guidance, seed, randomize),
+    def classes(self, class_name, n, steps, step_size, noise, guidance, seed, randomize, sweeps=1,
+                request: gr.Request = None):
+        yield from self._live("cifar10", (n, steps, step_size, noise, guidance, seed, randomize, sweeps),
                               lambda lm, req: D.class_plan(lm, class_name, req), request=request)
 
-    def faces(self, young, female, smiling, n, steps, step_size, noise, guidance, seed, randomize,
+    def faces(self, young, female, smiling, n, steps, step_size, noise, guidance, seed, randomize, sweeps=1,
               request: gr.Request = None):
         choices = {"Young": young, "Female": female, "Smiling": smiling}
-        yield from self._live("celeba", (n, steps, step_size, noise, guidance, seed, randomize),
+        yield from self._live("celeba", (n, steps, step_size, noise, guidance, seed, randomize, sweeps),
                               lambda lm, req: D.attribute_plan(lm, choices, req), request=request)
 
-    def interpolate(self, file_a, file_b, weights, n, steps, step_size, noise, guidance, seed, randomize,
+    def interpolate(self, file_a, file_b, weights, n, steps, step_size, noise, guidance, seed, randomize, sweeps=1,
                     request: gr.Request = None):
         kind = MODEL_CHOICES.get(weights, "cifar10")
         try:
@@ -171,7 +176,7 @@ class DemoApp:
         except D.DemoError as e:
             raise gr.Error(str(e), print_exception=False) from None
         preview = self._preview(da + db, lm.cfg.image_size)
-        yield from self._live(kind, (n, steps, step_size, noise, guidance, seed, randomize),
+        yield from self._live(kind, (n, steps, step_size, noise, guidance, seed, randomize, sweeps),
                               lambda lm, req: D.interpolation_plan(lm, xa, xb, req), extra_first=(preview,),
                               request=request)
 
@@ -183,7 +188,10 @@ class DemoApp:
                 c_n = gr.Slider(1, lim.max_samples, value=min(n, lim.max_samples), step=1, label="Samples",
                                 elem_id=f"{prefix}-n")
                 c_steps = gr.Slider(1, lim.max_steps, value=min(DEFAULT_STEPS, lim.max_steps), step=1,
-                                    label="SGLD steps", elem_id=f"{prefix}-steps")
+                                    label="SGLD steps (per sweep)", elem_id=f"{prefix}-steps")
+                c_sweeps = gr.Slider(1, lim.max_sweeps, value=1, step=1, label="Sweeps", elem_id=f"{prefix}-sweeps",
+                                     info="each after a random crop, flip and colour jitter, as in training's "
+                                          "replay buffer (the reference sampler: 10)")
             with gr.Row():
                 c_size = gr.Slider(0, 300, value=100, step=1, label="Step size", info="training: 100")
                 c_noise = gr.Slider(0, 0.05, value=0.001, step=0.0005, label="Noise", info="training: 0.001")
@@ -192,7 +200,7 @@ class DemoApp:
             with gr.Row():
                 c_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
                 c_rand = gr.Checkbox(value=True, label="Randomize seed")
-        return [c_n, c_steps, c_size, c_noise, c_guid, c_seed, c_rand]
+        return [c_n, c_steps, c_size, c_noise, c_guid, c_seed, c_rand, c_sweeps]
 
     def _outputs(self, prefix: str) -> list[gr.components.Component]:
         """The live view: the sample grid beside the energy curve, the status line and the download below it."""
@@ -256,11 +264,13 @@ class DemoApp:
                             run, stop = self._buttons("unconditional")
                         with gr.Column(scale=4):
                             outs = self._outputs("unconditional")
-                    inputs = [weights, *ctl[:4], ctl[5], ctl[6]]
+                    inputs = [weights, *ctl[:4], *ctl[5:]]
                     self._wire(run, stop, self.unconditional, inputs, outs, ctl[5], "unconditional")
-                    gr.Examples([["CIFAR-10", 16, 60], ["CelebA 64", 9, 60], ["CIFAR-10", 64, 200]],
-                                inputs=[weights, ctl[0], ctl[1]], label="Settings to try",
-                                example_labels=["CIFAR-10, 16 x 60 steps", "Faces, 9 x 60 steps",
+                    gr.Examples([["CIFAR-10", 16, 60, 1], ["CIFAR-10", 16, 20, 10], ["CelebA 64", 9, 60, 1],
+                                 ["CelebA 64", 9, 10, 10], ["CIFAR-10", 64, 200, 1]],
+                                inputs=[weights, ctl[0], ctl[1], ctl[7]], label="Settings to try",
+                                example_labels=["CIFAR-10, 16 x 60 steps", "CIFAR-10, reference sampler: 10 sweeps "
+                                                "x 20 steps", "Faces, 9 x 60 steps", "Faces, 10 sweeps x 10 steps",
                                                 "CIFAR-10, 64 x 200 steps (slow on CPU)"])
 
                 with gr.Tab("Look-alikes", id="lookalikes"):

@@ -69,7 +69,8 @@ class Limits:
     """What one request may cost, enforced on the server whatever the client sends."""
 
     max_samples: int = 64
-    max_steps: int = 1000
+    max_steps: int = 1000  # SGLD steps per request, all sweeps together
+    max_sweeps: int = 20
     max_upload_bytes: int = 25 * 2**20
     max_pixels: int = 25_000_000  # 25 megapixels; PIL's own bomb check starts at ~89 MP
     max_reference_images: int = 32  # look-alikes: reference images per request
@@ -96,16 +97,22 @@ class ChainRequest:
     """One sampling request after clamping: what the chain will actually run."""
 
     n: int = 16
-    steps: int = 60
+    steps: int = 60  # per sweep
     step_size: float = 100.0
     noise: float = 0.001
     guidance: float = 1.0
     seed: int = 0
+    sweeps: int = 1  # > 1: the reference sampler's augmented sweeps (no reset: a fresh-noise tile would puzzle)
     notes: list[str] = field(default_factory=list)  # what was changed, for the status line
 
     @property
+    def total_steps(self) -> int:
+        return self.sweeps * self.steps
+
+    @property
     def settings(self) -> ChainSettings:
-        return ChainSettings(steps=self.steps, step_size=self.step_size, noise=self.noise)
+        return ChainSettings(steps=self.steps, step_size=self.step_size, noise=self.noise, sweeps=self.sweeps,
+                             augment=self.sweeps > 1)
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)
@@ -122,8 +129,11 @@ def _number(value: Any, name: str, kind: type = float) -> float:
 
 
 def clamp_request(n: Any, steps: Any, step_size: Any = 100.0, noise: Any = 0.001, guidance: Any = 1.0,
-                  seed: Any = 0, limits: Limits | None = None) -> ChainRequest:
-    """Validate and bound a request; out-of-range values are clamped and the clamping is noted."""
+                  seed: Any = 0, limits: Limits | None = None, sweeps: Any = 1) -> ChainRequest:
+    """Validate and bound a request; out-of-range values are clamped and the clamping is noted.
+
+    ``steps`` is per sweep; sweeps × steps may not exceed ``limits.max_steps`` (the steps per sweep give way).
+    """
     lim = limits or Limits()
     req = ChainRequest()
     notes: list[str] = []
@@ -137,6 +147,12 @@ def clamp_request(n: Any, steps: Any, step_size: Any = 100.0, noise: Any = 0.001
 
     req.n = int(bound("n", _number(n, "number of samples", int), 1, lim.max_samples, "number of samples"))
     req.steps = int(bound("steps", _number(steps, "steps", int), 1, lim.max_steps, "steps"))
+    req.sweeps = int(bound("sweeps", _number(sweeps, "sweeps", int), 1, lim.max_sweeps, "sweeps"))
+    if req.total_steps > lim.max_steps:
+        per = max(1, lim.max_steps // req.sweeps)
+        notes.append(f"{req.sweeps} sweeps x {req.steps} steps exceed {lim.max_steps} steps (server limit); "
+                     f"using {per} steps per sweep")
+        req.steps = per
     req.step_size = bound("step_size", _number(step_size, "step size"), *lim.step_size, "step size")
     req.noise = bound("noise", _number(noise, "noise"), *lim.noise, "noise")
     req.guidance = bound("guidance", _number(guidance, "guidance"), *lim.guidance, "guidance")

@@ -42,8 +42,8 @@ from torch import Tensor
 
 from .data import to_uint8
 from .energy import latent
-from .fast import FastPath, fast_chain, prepare
-from .sampling import ChainSettings, energy_fn, image_latent, per_sample_energy_fn, slerp
+from .fast import FastPath, prepare
+from .sampling import ChainSettings, energy_fn, image_latent, per_sample_energy_fn, sample, sample_chain, slerp
 
 __all__ = [
     "EvaluationError", "Draw", "GenerateSettings", "OOD_COLUMNS", "attribute_terms", "class_latents",
@@ -260,6 +260,7 @@ def draw(model, n: int, fn: Callable[[Tensor], Tensor] | None = None, settings: 
          seed: int = 0, fast: FastPath | None = None, frame_every: int = 0, x0: Tensor | None = None) -> Draw:
     """Run SGLD for ``n`` samples from uniform noise (or ``x0``) on ``fn`` (default: the marginal energy).
 
+    ``settings`` may ask for several augmented sweeps (``ChainSettings.reference``); frames count steps across them.
     Uses the fast path (cached spectral norm, channels_last; bf16 and CUDA graphs on GPU). ``seed`` fixes the
     start and the noise (CPU and CUDA without graphs). ``frame_every`` > 0 keeps the start and every k-th step
     (and the last) as CPU copies, for GIFs.
@@ -278,9 +279,9 @@ def draw(model, n: int, fn: Callable[[Tensor], Tensor] | None = None, settings: 
     t0 = time.perf_counter()
     last = x
     done = 0
-    for step in fast_chain(model, fn, x, st.steps, st.step_size, st.noise, st.grad_clip, fast, gen):
+    for step in sample_chain(model, n, settings=st, generator=gen, x0=x, fn=fn, fast=fast):
         last, done = step.x, step.step + 1
-        if frame_every > 0 and (done % frame_every == 0 or done == st.steps):
+        if frame_every > 0 and (done % frame_every == 0 or done == st.total_steps):
             frames.append(last.detach().float().cpu().clone())
             steps.append(done)
     out = last.detach().float().cpu().clone().contiguous()
@@ -292,19 +293,16 @@ def draw(model, n: int, fn: Callable[[Tensor], Tensor] | None = None, settings: 
 # ----------------------------------------------------------------------------------------------------------------
 
 @dataclass
-class GenerateSettings:
+class GenerateSettings(ChainSettings):
     """How FID samples are drawn (recorded with the shards; a resume with other settings is refused).
 
     ``reference`` protocol (the default; the reference implementation): ``sweeps`` sweeps of ``steps`` SGLD
     steps over a fresh uniform batch, each sweep preceded by the strong augmentation and the 0.1% reset, as
-    in training. ``paper`` protocol: ``sweeps * steps`` plain steps from uniform noise (600 for Base).
+    in training (``ChainSettings.reference``). ``paper`` protocol: ``sweeps * steps`` plain steps from uniform
+    noise (600 for Base).
     """
 
     sweeps: int = 10
-    steps: int = 60
-    step_size: float = 100.0
-    noise: float = 0.001
-    grad_clip: float | None = 100.0
     augment: bool = True
     reinit_prob: float = 0.001
     seed: int = 0
@@ -327,10 +325,6 @@ class GenerateSettings:
         if base.sweeps < 1 or base.steps < 1 or base.batch_size < 1:
             raise EvaluationError("sweeps, steps and batch size must be at least 1")
         return base
-
-    @property
-    def total_steps(self) -> int:
-        return self.sweeps * self.steps
 
     def key(self) -> dict[str, Any]:
         """What determines the samples (the batch size does too: seeds are per batch)."""
@@ -392,8 +386,6 @@ def generate(model, n: int, out_dir: str | os.PathLike, settings: GenerateSettin
 
     Returns a summary (batches done / skipped, seconds, images per second) for this rank.
     """
-    from .augment import StrongAugment
-
     out = Path(out_dir)
     sdir = out / "samples"
     sdir.mkdir(parents=True, exist_ok=True)
@@ -417,7 +409,6 @@ def generate(model, n: int, out_dir: str | os.PathLike, settings: GenerateSettin
         write_json_atomic(ident, ident_path)
     model.eval()
     prepare(model.f, fast)
-    aug = StrongAugment(model.cfg.image_size).to(dev) if st.augment else None
     fn = energy_fn(model)
     inception = None
     done = skipped = 0
@@ -430,22 +421,8 @@ def generate(model, n: int, out_dir: str | os.PathLike, settings: GenerateSettin
         x8 = _read_tensor(img_path, "images") if resume and img_path.is_file() else None
         fresh = x8 is None or x8.shape[0] != end - start
         if fresh:
-            seed = _batch_seed(st.seed, start)
-            torch.manual_seed(seed)
-            gen = torch.Generator(device=dev).manual_seed(seed)
-            s = model.cfg.image_size
-            x = torch.rand(end - start, 3, s, s, generator=gen, device=dev)
-            for _ in range(st.sweeps):
-                if aug is not None:
-                    x = aug(x)
-                if st.reinit_prob > 0:
-                    reset = torch.rand(x.shape[0], device=dev, generator=gen) < st.reinit_prob
-                    x = torch.where(reset.view(-1, 1, 1, 1), torch.rand(x.shape, device=dev, generator=gen), x)
-                last = x
-                for step in fast_chain(model, fn, x, st.steps, st.step_size, st.noise, st.grad_clip, fast, gen):
-                    last = step.x
-                x = last.detach().clone()
-            x8 = to_uint8(x).cpu()
+            gen = torch.Generator(device=dev).manual_seed(_batch_seed(st.seed, start))
+            x8 = to_uint8(sample(model, end - start, settings=st, generator=gen, fn=fn, fast=fast)).cpu()
             _write_tensor(img_path, "images", x8, {"format": "clel-samples", "start": str(start), "end": str(end)})
             feat_path.unlink(missing_ok=True)
             done += 1

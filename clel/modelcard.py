@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .config import PRESETS, CLELConfig
 
@@ -142,8 +142,9 @@ def _scores(cfg: CLELConfig, ev: Mapping[str, Any]) -> str:
 
 def render_model_card(cfg: CLELConfig, meta: Mapping[str, Any], *, evaluation: Mapping[str, Any] | None,
                       training: Mapping[str, Any], hardware: str, commands: list[str], status: str,
-                      preset: str | None = None, repo_name: str = "clel") -> str:
-    """The README.md of an export folder."""
+                      preset: str | None = None, repo_name: str = "clel",
+                      grids: Sequence[tuple[str, str]] = (("samples", "samples.png"),)) -> str:
+    """The README.md of an export folder; ``grids``: (alt text, file) of each sample grid shown under Status."""
     ev = evaluation or {}
     changes = _config_changes(cfg, preset)
     dataset = {"cifar10": "CIFAR-10", "celeba": "CelebA 64x64"}.get(cfg.dataset, cfg.dataset)
@@ -169,7 +170,7 @@ Weights are {which}, stored as {meta.get("dtype", "float32")} safetensors.
 
 {status}
 
-![samples](samples.png)
+{chr(10).join(f"![{alt}]({file})" for alt, file in grids)}
 
 ## How it was made
 
@@ -190,8 +191,9 @@ Weights are {which}, stored as {meta.get("dtype", "float32")} safetensors.
 
 ```python
 from clel.weights import load_pretrained
-from clel.sampling import sample
+from clel.sampling import ChainSettings, sample
 model, cfg, extras = load_pretrained("weights/{"cifar10" if cfg.dataset == "cifar10" else "celeba64"}")
-images = sample(model, 16)
+images = sample(model, 16)                                                # one chain from uniform noise
+images = sample(model, 16, settings=ChainSettings.reference(model))       # the reference sampler
 ```
 """

@@ -1,7 +1,8 @@
 """Sampling from a trained CLEL model: unconditional, conditional, compositional, interpolation.
 
 Every mode is SGLD (``clel.sgld.sgld_chain``) on one energy, started from uniform
-noise; only the energy differs:
+noise (one plain chain, or the reference sampler's augmented sweeps, see
+``ChainSettings``); only the energy differs:
 
 - unconditional: the marginal E(x) = ½‖f(x)‖²;
 - instance- or class-conditional, attributes: ``compositional_energy`` over one
@@ -28,12 +29,26 @@ from .sgld import EnergyFn, SGLDStep
 
 @dataclass
 class ChainSettings:
-    """SGLD knobs exposed to users (defaults: the model's training chain)."""
+    """SGLD knobs exposed to users (defaults: the model's training chain, one sweep from uniform noise).
+
+    ``sweeps`` runs the chain that many times, each sweep continuing from the previous one's images. With
+    ``augment`` every sweep starts with the strong augmentation, and with ``reinit_prob`` the training reset,
+    which is what a chain drawn from the training replay buffer goes through; 10 such sweeps are the reference
+    implementation's sampler (``reference``). Its crops upsample the images, which clears the pixel noise that
+    a plain chain from uniform noise keeps for hundreds of steps.
+    """
 
     steps: int = 60
     step_size: float = 100.0
     noise: float = 0.001
     grad_clip: float | None = 100.0
+    sweeps: int = 1
+    augment: bool = False
+    reinit_prob: float = 0.0
+
+    @property
+    def total_steps(self) -> int:
+        return self.sweeps * self.steps
 
     @classmethod
     def from_model(cls, model: CLEL, **overrides) -> "ChainSettings":
@@ -43,6 +58,12 @@ class ChainSettings:
             if v is not None:
                 setattr(base, k, v)
         return base
+
+    @classmethod
+    def reference(cls, model: CLEL, sweeps: int = 10, **overrides) -> "ChainSettings":
+        """The reference sampler: ``sweeps`` training chains, each after the augmentation and the reset."""
+        return cls.from_model(model, **{"sweeps": sweeps, "augment": True, "reinit_prob": model.cfg.reinit_prob,
+                                        **overrides})
 
 
 def uniform_noise(model: CLEL, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -105,10 +126,39 @@ def sample_chain(model: CLEL, n: int, latents: Tensor | None = None, weights: Se
     """
     model.eval()
     st = settings or ChainSettings.from_model(model)
+    if st.sweeps < 1 or st.steps < 1:
+        raise ValueError(f"sweeps and steps must be at least 1, got {st.sweeps} and {st.steps}")
     x = uniform_noise(model, n, generator) if x0 is None else x0
     fn = fn or energy_fn(model, latents, weights, guidance)
     fast = fast or FastPath.best(x.device)
-    return fast_chain(model, fn, x, st.steps, st.step_size, st.noise, st.grad_clip, fast, generator)
+    if st.sweeps == 1 and not st.augment and not st.reinit_prob:
+        return fast_chain(model, fn, x, st.steps, st.step_size, st.noise, st.grad_clip, fast, generator)
+    return _sweeps(model, fn, x, st, fast, generator)
+
+
+def _sweeps(model: CLEL, fn: EnergyFn, x: Tensor, st: ChainSettings, fast: FastPath,
+            generator: torch.Generator | None) -> Iterator[SGLDStep]:
+    """``st.sweeps`` chains in a row; steps are numbered across sweeps (0 … sweeps·steps − 1)."""
+    from .augment import StrongAugment  # kornia: only needed by this sampler
+
+    aug = StrongAugment(model.cfg.image_size).to(x.device) if st.augment else None
+    # kornia draws its crops from the global RNG: a private stream seeded from the chain's generator makes a
+    # seed reproduce the same samples, and leaves the caller's global RNG as it was.
+    aug_seed = None
+    if aug is not None and generator is not None:
+        aug_seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device).item())
+    for sweep in range(st.sweeps):
+        if aug is not None:
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                if aug_seed is not None:
+                    torch.manual_seed(aug_seed + sweep)
+                x = aug(x)
+        if st.reinit_prob > 0:
+            reset = torch.rand(x.shape[0], device=x.device, generator=generator) < st.reinit_prob
+            x = torch.where(reset.view(-1, 1, 1, 1), torch.rand(x.shape, device=x.device, generator=generator), x)
+        for s in fast_chain(model, fn, x, st.steps, st.step_size, st.noise, st.grad_clip, fast, generator):
+            x = s.x
+            yield SGLDStep(sweep * st.steps + s.step, s.x, s.energy)
 
 
 def sample(model: CLEL, n: int, **kwargs) -> Tensor:

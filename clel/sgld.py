@@ -49,7 +49,8 @@ def sgld_chain(energy_fn: EnergyFn, x: Tensor, steps: int = 60, step_size: float
     """
     x = x.detach().clone()
     for step in range(steps):
-        x, e = langevin_step(energy_fn, x.requires_grad_(True), step_size, noise, grad_clip, generator)
+        # a fresh leaf: the tensor yielded last step stays as the consumer got it (no grad flag set on it)
+        x, e = langevin_step(energy_fn, x.detach().requires_grad_(True), step_size, noise, grad_clip, generator)
         yield SGLDStep(step, x, e)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Turn a training run into a bundled weights folder: fp16 EMA export, sample grid, model card.
+"""Turn a training run into a bundled weights folder: fp16 export, sample grids, model card.
 
     python scripts/bundle_weights.py --run runs/cifar10 --out weights/cifar10 --preset cifar10-small \\
         --hardware "2 CPU cores" --status "..." --eval eval/cifar10/eval.json \\
@@ -42,6 +42,9 @@ def main() -> None:
                    "compositional section, which must have sampled --out)")
     p.add_argument("--samples", type=int, default=64, help="images in samples.png")
     p.add_argument("--sample-steps", type=int, default=None, help="SGLD steps for samples.png (default: 5x training)")
+    p.add_argument("--reference-sweeps", type=int, default=10,
+                   help="also draw samples-reference.png with the reference sampler: this many augmented sweeps "
+                   "of the training chain, as the FID protocol (0: no second grid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu",
                    help="device that draws samples.png: cpu (default) or cuda; the weight files do not depend on it")
@@ -71,6 +74,14 @@ def main() -> None:
     x = sample(bundled, args.samples, settings=ChainSettings.from_model(bundled, steps=steps),
                generator=torch.Generator(args.device).manual_seed(args.seed)).cpu()
     save_grid(x, args.out / "samples.png", upscale=2)
+    grids = [("samples", "samples.png")]
+    (args.out / "samples-reference.png").unlink(missing_ok=True)
+    if args.reference_sweeps > 0:
+        ref = ChainSettings.reference(bundled, sweeps=args.reference_sweeps)
+        x = sample(bundled, args.samples, settings=ref,
+                   generator=torch.Generator(args.device).manual_seed(args.seed)).cpu()
+        save_grid(x, args.out / "samples-reference.png", upscale=2)
+        grids.append(("samples, reference sampler", "samples-reference.png"))
     if evaluation is not None:
         if cfg.dataset == "cifar10":
             shutil.copyfile(args.eval, args.out / "eval.json")
@@ -79,11 +90,15 @@ def main() -> None:
     _, out_meta = read_config(args.out)
     where = "" if args.device == "cpu" else f" on {args.device}"
     status = (f"{args.status} (samples.png: {args.samples} samples, {steps} SGLD steps from uniform noise, "
-              f"seed {args.seed}{where}.)")
+              f"seed {args.seed}{where}"
+              + (f"; samples-reference.png, second: the same start, {args.reference_sweeps} sweeps x "
+                 f"{cfg.sgld_steps} steps, each after the training augmentation, the reference sampler of the FID"
+                 if args.reference_sweeps > 0 else "") + ".)")
     training = training_summary(args.run)
     training["iterations"] = meta.get("iteration", training["iterations"])  # the exported iteration
     card = render_model_card(cfg, out_meta, evaluation=evaluation, training=training,
-                             hardware=args.hardware, commands=args.command, status=status, preset=args.preset)
+                             hardware=args.hardware, commands=args.command, status=status, preset=args.preset,
+                             grids=grids)
     (args.out / "README.md").write_text(card)
     print(f"bundled {args.run} -> {args.out}")
 

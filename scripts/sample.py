@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = common.add_argument_group("chain and output")
     c.add_argument("--n", type=int, default=16,
                    help="samples (per class in class mode; points along the path in interpolate mode); default 16")
-    c.add_argument("--steps", type=int, help="SGLD steps from uniform noise (default: 10 x the model's, 600)")
+    c.add_argument("--steps", type=int, help="SGLD steps from uniform noise (default: 10 x the model's, 600; "
+                   "with --sweeps: per sweep, default the model's)")
+    c.add_argument("--sweeps", type=int, default=1,
+                   help="the reference sampler: this many sweeps, each after the training augmentation (random "
+                   "crop, flip, colour jitter) and reset; 10 is the FID protocol (default 1: one plain chain)")
     c.add_argument("--step-size", type=float, help="SGLD step size (default: the model's, 100)")
     c.add_argument("--noise", type=float, help="SGLD noise scale (default: the model's, 0.001)")
     c.add_argument("--grad-clip", type=float, help="clamp gradients to ±this (default: the model's, 100)")
@@ -94,11 +98,16 @@ def run(args: argparse.Namespace) -> int:
         raise EvaluationError(f"--weights {args.weights}: {e}") from None
     model.requires_grad_(False)
     size = cfg.image_size
-    settings = ChainSettings.from_model(model, steps=args.steps or 10 * cfg.sgld_steps, step_size=args.step_size,
-                                        noise=args.noise, grad_clip=args.grad_clip)
+    if args.sweeps < 1:
+        raise EvaluationError("--sweeps must be at least 1")
+    chain = dict(step_size=args.step_size, noise=args.noise, grad_clip=args.grad_clip)
+    if args.sweeps > 1:
+        settings = ChainSettings.reference(model, sweeps=args.sweeps, steps=args.steps, **chain)
+    else:
+        settings = ChainSettings.from_model(model, steps=args.steps or 10 * cfg.sgld_steps, **chain)
     if settings.steps < 1:
         raise EvaluationError("--steps must be at least 1")
-    every = max(1, settings.steps // max(1, args.gif_frames)) if args.gif else 0
+    every = max(1, settings.total_steps // max(1, args.gif_frames)) if args.gif else 0
     info: dict = {"mode": args.mode, "weights": str(extras.get("path", args.weights)), "n": args.n,
                   "seed": args.seed, "guidance": args.guidance, "chain": vars(settings)}
     out = Path(args.out)

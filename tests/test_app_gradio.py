@@ -140,6 +140,13 @@ def test_server_caps_samples_and_steps(app):
     assert D.ACTIVE_CHAINS == {}
 
 
+def test_sweeps_through_the_api(app):
+    _, client = app
+    out = client.predict("CIFAR-10", 2, 2, 100, 0.001, 3, False, 3, api_name="/unconditional")
+    assert "step 6/6" in out[3] and "sweep 3/3" in out[3] and out[3].startswith("**Done**")
+    assert "sweep" not in client.predict("CIFAR-10", 2, 2, 100, 0.001, 3, False, api_name="/unconditional")[3]
+
+
 @pytest.fixture(scope="module")
 def upload_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("uploads")

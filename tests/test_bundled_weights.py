@@ -39,6 +39,8 @@ def test_app_loads_the_bundled_weights_offline(store, kind):
     card = (folder / "README.md").read_text()
     assert f"Iterations: {meta['iteration']} " in card
     assert ("EMA copies" if meta["weights"] == "ema" else "live training weights") in card
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", card)
+    assert "samples.png" in linked and all((folder / f).is_file() for f in linked), linked
     if kind == "cifar10":
         assert lm.extras["classes"] == CIFAR10_CLASSES
         assert lm.extras["class_prototypes"].shape == (10, lm.cfg.feature_dim)

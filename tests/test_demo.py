@@ -222,6 +222,27 @@ def test_stream_frames_noise_first_then_every_k(store):
     assert frame_energy_matches(lm, frames[-1])
 
 
+def test_sweeps_stream_across_sweeps_and_match_the_library_sampler(store):
+    lm = store.get("cifar10")
+    req = D.clamp_request(2, 4, 100, 0.001, 1.0, 9, None, 3)
+    assert (req.sweeps, req.total_steps) == (3, 12) and req.settings.augment
+    frames = list(D.stream_frames(D.unconditional_plan(lm, req), req.total_steps, every=4, min_interval=1e9))
+    assert [f.step for f in frames] == [0, 4, 8, 12] and len(frames[-1].history) == 13
+    st = ChainSettings(4, 100, 0.001, sweeps=3, augment=True)
+    ref = sample(lm.model, 2, settings=st, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(frames[-1].x, ref)
+    assert not D.clamp_request(2, 4).settings.augment  # one sweep: the plain chain
+
+
+def test_sweeps_are_capped_and_share_the_step_budget():
+    req = D.clamp_request(2, 600, 100, 0.001, 1.0, 0, None, 50)
+    assert req.sweeps == 20 and req.steps == 50 and req.total_steps == 1000
+    assert any("sweeps 50 is outside [1, 20]" in n for n in req.notes)
+    assert any("using 50 steps per sweep" in n for n in req.notes)
+    with pytest.raises(D.DemoError, match="sweeps must be a number"):
+        D.clamp_request(2, 10, sweeps="lots")
+
+
 def frame_energy_matches(lm, frame) -> bool:
     with torch.no_grad():
         return abs(float(energy(lm.model, frame.x).mean()) - frame.history.mean[-1]) < 1e-5

@@ -63,3 +63,13 @@ def test_celeba_card_quotes_the_compositions_and_no_cifar_numbers():
     assert "Attribute compositions: not measured." in render_model_card(
         get_preset("celeba64-base"), META, evaluation=None, training=TRAINING, hardware="", commands=[],
         status="", preset="celeba64-base")
+
+
+def test_card_shows_each_sample_grid_and_the_reference_sampler_snippet():
+    one = card(None)
+    assert "![samples](samples.png)" in one and "samples-reference.png" not in one
+    two = render_model_card(CFG, META, evaluation=None, training=TRAINING, hardware="", commands=[], status="",
+                            preset="cifar10-small", grids=[("samples", "samples.png"),
+                                                           ("reference", "samples-reference.png")])
+    assert "![samples](samples.png)\n![reference](samples-reference.png)" in two
+    assert "ChainSettings.reference(model)" in two

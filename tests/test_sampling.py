@@ -128,6 +128,71 @@ def test_unconditional_chain_descends_the_marginal_energy(tiny):
     assert (e1 < e0).all()
 
 
+def _neighbour_diff(x):
+    """Mean |x[i, j] − x[i, j+1]|: 1/3 for uniform noise, small for smooth images."""
+    return float((x[..., 1:] - x[..., :-1]).abs().mean())
+
+
+def test_one_plain_sweep_is_the_plain_chain(tiny):
+    from clel.sampling import sample
+
+    plain = ChainSettings(steps=4, step_size=1.0, noise=0.01)
+    one = ChainSettings(steps=4, step_size=1.0, noise=0.01, sweeps=1, augment=False, reinit_prob=0.0)
+    a = sample(tiny, 3, settings=plain, generator=torch.Generator().manual_seed(2))
+    b = sample(tiny, 3, settings=one, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+
+
+def test_sweeps_number_steps_across_sweeps_and_restart_from_the_previous_sweep(tiny):
+    from clel.sampling import sample_chain
+
+    # step size 0 and no noise: SGLD leaves x alone, so only what happens between sweeps changes it
+    still = ChainSettings(steps=3, step_size=0.0, noise=0.0, sweeps=4)
+    x0 = images(2, 1)
+    steps = list(sample_chain(tiny, 2, settings=still, x0=x0))
+    assert [s.step for s in steps] == list(range(12)) and still.total_steps == 12
+    assert all(torch.equal(s.x, x0) for s in steps)  # no augmentation, no reset: sweeps just continue
+
+
+def test_augmented_sweeps_change_the_images_between_sweeps_only(tiny):
+    from clel.sampling import sample_chain
+
+    st = ChainSettings(steps=3, step_size=0.0, noise=0.0, sweeps=3, augment=True)
+    xs = [s.x for s in sample_chain(tiny, 4, settings=st, x0=images(4, 2), generator=torch.Generator().manual_seed(0))]
+    for k in range(3):  # constant inside a sweep, different from one sweep to the next
+        assert torch.equal(xs[3 * k], xs[3 * k + 2])
+    assert not torch.equal(xs[2], xs[3]) and not torch.equal(xs[5], xs[6])
+    assert all(0 <= float(x.min()) and float(x.max()) <= 1 for x in xs)
+
+
+def test_reset_probability_one_restarts_every_image_from_fresh_noise(tiny):
+    from clel.sampling import sample
+
+    x0 = torch.full((3, 3, 32, 32), 0.5)
+    st = ChainSettings(steps=1, step_size=0.0, noise=0.0, sweeps=1, reinit_prob=1.0)
+    x = sample(tiny, 3, settings=st, x0=x0, generator=torch.Generator().manual_seed(0))
+    assert not torch.isclose(x, x0).any() and x.std() > 0.25  # U(0, 1) again
+
+
+def test_reference_sampler_is_seeded_leaves_the_global_rng_alone_and_smooths_noise(tiny):
+    from clel.sampling import sample
+
+    st = ChainSettings.reference(tiny, sweeps=5, steps=2, step_size=0.0, noise=0.0)
+    assert st.augment and st.reinit_prob == tiny.cfg.reinit_prob and st.total_steps == 10
+    state = torch.get_rng_state()
+    a, b, c = (sample(tiny, 8, settings=st, generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # the crops upsample: pixel noise fades even where the energy does nothing (uniform noise: 1/3)
+    assert _neighbour_diff(images(8, 0)) > 0.3 and _neighbour_diff(a) < 0.15, _neighbour_diff(a)
+
+
+def test_draw_follows_the_sweeps_and_keeps_frames_across_them(tiny):
+    st = ChainSettings(steps=2, step_size=1.0, noise=0.0, sweeps=3, augment=True)
+    d = draw(tiny, 2, None, st, seed=0, frame_every=2)
+    assert d.frame_steps == [0, 2, 4, 6]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # By design: h = g∘f
 # ---------------------------------------------------------------------------------------------------------------
@@ -294,6 +359,16 @@ def test_sample_cli_modes(exports, tmp_path, mode):
     with Image.open(tmp_path / f"{mode[0]}.png") as im:
         rows = 1 if mode[0] == "interpolate" else 2  # class: a row per class; interpolate: one row; else 2x2
         assert im.size[1] == 2 * (rows * 32 + (rows + 1) * 2)  # upscale 2
+
+
+def test_sample_cli_reference_sweeps(exports, tmp_path):
+    rc = _sample(["--weights", exports / "cifar10", "--out", tmp_path, "unconditional", "--n", "2", "--steps", "2",
+                  "--sweeps", "3", "--gif", "--gif-frames", "3"])
+    info = json.loads((tmp_path / "unconditional.json").read_text())
+    assert rc == 0 and info["chain"]["sweeps"] == 3 and info["chain"]["augment"] and info["chain"]["steps"] == 2
+    with Image.open(tmp_path / "unconditional.gif") as im:
+        assert im.n_frames == 4  # start + every 2nd of 6 steps
+    assert _sample(["--weights", exports / "cifar10", "--out", tmp_path, "unconditional", "--sweeps", "0"]) == 2
 
 
 @pytest.mark.parametrize("argv, message", [
