@@ -46,7 +46,10 @@ An energy-based model scores images with an energy E(x) = ½‖f(x)‖²: low fo
 Sampling is **SGLD**, a noisy gradient descent on E starting from uniform noise; a contrastive encoder's latent
 space lets the energy be guided toward a photo, a class or attributes
 ([Lee et al., ICLR 2023](https://openreview.net/forum?id=AHpmOPqzYt)). Press **Sample** and watch the chain;
-**Stop** ends it after the current step. Pixels are upscaled for display; the full-resolution grid is downloadable at the end.
+**Stop** ends it after the current step. With **Sweeps** above 1 the chain restarts from its own images after a
+random crop, flip and colour jitter, as training does with its replay buffer: the sampler the FID is measured with,
+which clears the pixel noise a single chain keeps. Pixels are upscaled for display; the full-resolution grid is
+downloadable at the end.
 """
 
 
