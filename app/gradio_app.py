@@ -35,7 +35,8 @@ from clel.data import CIFAR10_CLASSES  # noqa: E402
 EXAMPLES = REPO / "app" / "examples"
 MODEL_CHOICES = {"CIFAR-10": "cifar10", "CelebA 64": "celeba"}
 DEFAULT_SAMPLES = 16
-DEFAULT_STEPS = 60
+DEFAULT_STEPS = 20  # per sweep: the CIFAR-10 training chain
+DEFAULT_SWEEPS = 5  # augmented sweeps clear the pixel noise one chain from noise keeps (see clel.sampling)
 CSS = """
 .live-grid img { image-rendering: pixelated; image-rendering: crisp-edges; }
 .status-line { min-height: 3em; }
@@ -192,7 +193,8 @@ class DemoApp:
                                 elem_id=f"{prefix}-n")
                 c_steps = gr.Slider(1, lim.max_steps, value=min(DEFAULT_STEPS, lim.max_steps), step=1,
                                     label="SGLD steps (per sweep)", elem_id=f"{prefix}-steps")
-                c_sweeps = gr.Slider(1, lim.max_sweeps, value=1, step=1, label="Sweeps", elem_id=f"{prefix}-sweeps",
+                c_sweeps = gr.Slider(1, lim.max_sweeps, value=min(DEFAULT_SWEEPS, lim.max_sweeps), step=1,
+                                     label="Sweeps", elem_id=f"{prefix}-sweeps",
                                      info="each after a random crop, flip and colour jitter, as in training's "
                                           "replay buffer (the reference sampler: 10)")
             with gr.Row():
@@ -269,12 +271,13 @@ class DemoApp:
                             outs = self._outputs("unconditional")
                     inputs = [weights, *ctl[:4], *ctl[5:]]
                     self._wire(run, stop, self.unconditional, inputs, outs, ctl[5], "unconditional")
-                    gr.Examples([["CIFAR-10", 16, 60, 1], ["CIFAR-10", 16, 20, 10], ["CelebA 64", 9, 60, 1],
-                                 ["CelebA 64", 9, 10, 10], ["CIFAR-10", 64, 200, 1]],
+                    gr.Examples([["CIFAR-10", 16, 20, 5], ["CIFAR-10", 16, 60, 1], ["CIFAR-10", 16, 20, 10],
+                                 ["CelebA 64", 9, 10, 5], ["CIFAR-10", 64, 20, 10]],
                                 inputs=[weights, ctl[0], ctl[1], ctl[7]], label="Settings to try",
-                                example_labels=["CIFAR-10, 16 x 60 steps", "CIFAR-10, reference sampler: 10 sweeps "
-                                                "x 20 steps", "Faces, 9 x 60 steps", "Faces, 10 sweeps x 10 steps",
-                                                "CIFAR-10, 64 x 200 steps (slow on CPU)"])
+                                example_labels=["CIFAR-10, 5 sweeps x 20 steps (default)",
+                                                "one chain of 60 steps from noise (no sweeps)",
+                                                "the FID's sampler: 10 sweeps x 20 steps", "Faces, 9 x 5 sweeps x 10 steps",
+                                                "CIFAR-10, 64 x 10 sweeps x 20 steps (slow on CPU)"])
 
                 with gr.Tab("Look-alikes", id="lookalikes"):
                     gr.Markdown("Upload one or more photos: their encoder latents z̄ guide SGLD on E(x, z̄), so the "

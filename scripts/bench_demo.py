@@ -55,10 +55,10 @@ def weights_for(kind: str, given: str | None, preset: str, tmp: Path) -> tuple[s
     return str(tmp / ("cifar10" if kind == "cifar10" else "celeba64")), f"random init ({preset})"
 
 
-def args_for(tab: str, n: int, steps: int) -> tuple[list, str]:
-    chain = [n, steps, 100.0, 0.001, 1.0, 0, False]
+def args_for(tab: str, n: int, steps: int, sweeps: int = 1) -> tuple[list, str]:
+    chain = [n, steps, 100.0, 0.001, 1.0, 0, False, sweeps]
     if tab == "unconditional":
-        return ["CIFAR-10", n, steps, 100.0, 0.001, 0, False], "/unconditional"
+        return ["CIFAR-10", n, steps, 100.0, 0.001, 0, False, sweeps], "/unconditional"
     if tab == "classes":
         return ["cat", *chain], "/classes"
     if tab == "faces":
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tab", default="unconditional", help="unconditional, classes or faces")
     p.add_argument("--n", type=int, default=16, help="samples (demo default 16)")
-    p.add_argument("--steps", type=int, default=60, help="SGLD steps (demo default 60)")
+    p.add_argument("--steps", type=int, default=60, help="SGLD steps per sweep (default 60: the speed target's "
+                   "chain; the demo's default is 5 sweeps x 20)")
+    p.add_argument("--sweeps", type=int, default=1, help="sweeps (default 1: one plain chain)")
     p.add_argument("--frames", type=int, default=3, help="streamed frames to wait for before cancelling")
     p.add_argument("--full", action="store_true", help="run the whole chain instead of cancelling")
     p.add_argument("--repeats", type=int, default=3, help="clicks to time (the first-frame latency is their median)")
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
     client = Client(url, verbose=False)
     lm = demo.clel_app.store.get("celeba" if a.tab == "faces" else "cifar10")
-    args, endpoint = args_for(a.tab, a.n, a.steps)
+    args, endpoint = args_for(a.tab, a.n, a.steps, a.sweeps)
 
     runs = []
     for r in range(a.repeats):

@@ -117,7 +117,8 @@ def test_faces_female_and_smiling_streams_into_the_page(browser, gradio_url, wei
     page.locator("#faces-sample").click()
     status = page.locator("#faces-status")
     status.get_by_text("Done").wait_for(timeout=weights["timeout_ms"])
-    assert "step 60/60" in status.inner_text() and "AND Female AND Smiling" in page.locator(
+    # the default chain: 5 augmented sweeps of 20 steps
+    assert "step 100/100 · sweep 5/5" in status.inner_text() and "AND Female AND Smiling" in page.locator(
         "#faces-energy").inner_text(), status.inner_text()
     page.locator("#faces-download a").first.wait_for(timeout=30_000)  # the full-resolution PNG
     time.sleep(0.5)

@@ -53,12 +53,12 @@ def f(path) -> dict:
     return gradio_client.handle_file(str(path))
 
 
-def chain(n=3, steps=STEPS, guidance=1.0, seed=3):
-    return [n, steps, 100, 0.001, guidance, seed, False]
+def chain(n=3, steps=STEPS, guidance=1.0, seed=3, sweeps=1):
+    return [n, steps, 100, 0.001, guidance, seed, False, sweeps]
 
 
 CALLS = {
-    "/unconditional": lambda: ["CIFAR-10", 3, STEPS, 100, 0.001, 3, False],
+    "/unconditional": lambda: ["CIFAR-10", 3, STEPS, 100, 0.001, 3, False, 1],
     "/lookalikes": lambda: [[f(EX / "cifar10_cat.jpg"), f(EX / "cifar10_horse.jpg")], "CIFAR-10", *chain()],
     "/classes": lambda: ["ship", *chain()],
     "/faces": lambda: ["off", "AND", "AND", *chain()],
@@ -144,7 +144,9 @@ def test_sweeps_through_the_api(app):
     _, client = app
     out = client.predict("CIFAR-10", 2, 2, 100, 0.001, 3, False, 3, api_name="/unconditional")
     assert "step 6/6" in out[3] and "sweep 3/3" in out[3] and out[3].startswith("**Done**")
-    assert "sweep" not in client.predict("CIFAR-10", 2, 2, 100, 0.001, 3, False, api_name="/unconditional")[3]
+    assert "sweep" not in client.predict("CIFAR-10", 2, 2, 100, 0.001, 3, False, 1, api_name="/unconditional")[3]
+    # left out, sweeps take the slider's default (the UI's 5), as any other input would
+    assert "sweep 5/5" in client.predict("CIFAR-10", 2, 2, 100, 0.001, 3, False, api_name="/unconditional")[3]
 
 
 @pytest.fixture(scope="module")
