@@ -91,8 +91,8 @@ def main() -> None:
     where = "" if args.device == "cpu" else f" on {args.device}"
     status = (f"{args.status} (samples.png: {args.samples} samples, {steps} SGLD steps from uniform noise, "
               f"seed {args.seed}{where}"
-              + (f"; samples-reference.png, second: the same start, {args.reference_sweeps} sweeps x "
-                 f"{cfg.sgld_steps} steps, each after the training augmentation, the reference sampler of the FID"
+              + (f"; samples-reference.png: the same starts, {args.reference_sweeps} sweeps x {cfg.sgld_steps} "
+                 f"steps, each after the training augmentation (the reference sampler, which the FID scores)"
                  if args.reference_sweeps > 0 else "") + ".)")
     training = training_summary(args.run)
     training["iterations"] = meta.get("iteration", training["iterations"])  # the exported iteration
