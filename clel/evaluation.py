@@ -310,18 +310,14 @@ class GenerateSettings(ChainSettings):
 
     @classmethod
     def for_model(cls, model, protocol: str = "reference", **overrides: Any) -> "GenerateSettings":
-        c = model.cfg
+        given = {k: v for k, v in overrides.items() if v is not None}
         if protocol == "reference":
-            base = cls(sweeps=10, steps=c.sgld_steps, step_size=c.sgld_step_size, noise=c.sgld_noise,
-                       grad_clip=c.sgld_grad_clip, augment=True, reinit_prob=c.reinit_prob)
+            base = cls.reference(model, **given)
         elif protocol == "paper":
-            base = cls(sweeps=1, steps=10 * c.sgld_steps, step_size=c.sgld_step_size, noise=c.sgld_noise,
-                       grad_clip=c.sgld_grad_clip, augment=False, reinit_prob=0.0)
+            base = cls.from_model(model, **{"sweeps": 1, "steps": 10 * model.cfg.sgld_steps, "augment": False,
+                                            "reinit_prob": 0.0, **given})
         else:
             raise EvaluationError(f"unknown FID protocol {protocol!r}; use reference or paper")
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(base, k, v)
         if base.sweeps < 1 or base.steps < 1 or base.batch_size < 1:
             raise EvaluationError("sweeps, steps and batch size must be at least 1")
         return base

@@ -148,11 +148,12 @@ def _sweeps(model: CLEL, fn: EnergyFn, x: Tensor, st: ChainSettings, fast: FastP
     if aug is not None and generator is not None:
         aug_seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device).item())
     for sweep in range(st.sweeps):
-        if aug is not None:
+        if aug is not None and aug_seed is not None:
             with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                if aug_seed is not None:
-                    torch.manual_seed(aug_seed + sweep)
+                torch.manual_seed(aug_seed + sweep)
                 x = aug(x)
+        elif aug is not None:  # no generator: the global RNG, like any unseeded torch call
+            x = aug(x)
         if st.reinit_prob > 0:
             reset = torch.rand(x.shape[0], device=x.device, generator=generator) < st.reinit_prob
             x = torch.where(reset.view(-1, 1, 1, 1), torch.rand(x.shape, device=x.device, generator=generator), x)

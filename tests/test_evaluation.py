@@ -98,6 +98,9 @@ def test_generate_protocols(tiny):
     c = tiny.cfg
     assert (ref.sweeps, ref.steps, ref.augment, ref.reinit_prob) == (10, c.sgld_steps, True, c.reinit_prob)
     assert (paper.sweeps, paper.steps, paper.augment) == (1, 10 * c.sgld_steps, False)
+    # unset CLI options (None) leave each protocol as it is; set ones override it
+    assert GenerateSettings.for_model(tiny, "paper", sweeps=None, steps=None) == paper
+    assert GenerateSettings.for_model(tiny, "reference", sweeps=2, batch_size=None).sweeps == 2
     with pytest.raises(EvaluationError, match="unknown FID protocol"):
         GenerateSettings.for_model(tiny, "fancy")
 

@@ -187,6 +187,16 @@ def test_reference_sampler_is_seeded_leaves_the_global_rng_alone_and_smooths_noi
     assert _neighbour_diff(images(8, 0)) > 0.3 and _neighbour_diff(a) < 0.15, _neighbour_diff(a)
 
 
+def test_augmented_sweeps_without_a_generator_draw_new_crops_each_time(tiny):
+    from clel.sampling import sample
+
+    st = ChainSettings(steps=1, step_size=0.0, noise=0.0, sweeps=1, augment=True)
+    x0 = images(4, 3)
+    torch.manual_seed(0)
+    a, b = sample(tiny, 4, settings=st, x0=x0), sample(tiny, 4, settings=st, x0=x0)
+    assert not torch.equal(a, b)  # the global RNG moves on, as for any unseeded call
+
+
 def test_draw_follows_the_sweeps_and_keeps_frames_across_them(tiny):
     st = ChainSettings(steps=2, step_size=1.0, noise=0.0, sweeps=3, augment=True)
     d = draw(tiny, 2, None, st, seed=0, frame_every=2)
