@@ -58,6 +58,9 @@ CKPT_FORMAT_VERSION = 1
 # starts from it instead of noise (scripts/gpu/pack_result.py writes one; checkpoints hold theirs inline).
 REPLAY_BUFFER_NAME = "replay_buffer.safetensors"
 REPLAY_BUFFER_FORMAT = "clel-replay-buffer"
+# The EMA of f and g beside an export of the live weights, so a run continued from the export keeps its average.
+EMA_NAME = "ema.safetensors"
+EMA_FORMAT = "clel-ema"
 # Fields that define the networks (and their input): a checkpoint with other values is another model.
 MODEL_FIELDS = ("dataset", "image_size", "mean", "std", "arch", "feature_dim", "head_hidden", "projection",
                 "encoder_hidden", "encoder_width")
@@ -91,8 +94,13 @@ class TrainOptions:
     max_iters: int | None = _opt(None, "stop when the iteration counter reaches N (absolute, so a resumed run "
                                        "stops at the same place); schedules still follow --iters")
     max_minutes: float | None = _opt(None, "stop (checkpoint + export) after this many minutes of training")
-    resume: str | None = _opt(None, "run folder, checkpoint folder or export folder to continue from",
-                              metavar="DIR")
+    resume: str | None = _opt(None, "run folder, checkpoint folder or export folder to continue from; auto: the "
+                                    "newest complete checkpoint in --out, else --init, else from scratch (run "
+                                    "the same command again and again)", metavar="DIR|auto")
+    init: str | None = _opt(None, "with --resume auto: the export to start from when --out holds no checkpoint "
+                                  "yet (e.g. weights/cifar10)", metavar="EXPORT")
+    init_iteration: int | None = _opt(None, "with an export to start from: the iterations already behind it, for "
+                                            "an export that does not record them (default: its config.json's)")
     resume_buffer: str | None = _opt(None, "with --resume EXPORT: start the replay buffer from these images (a "
                                            "uint8 replay_buffer.safetensors from scripts/gpu/pack_result.py; "
                                            "default: that file in the export folder, if there)", metavar="FILE")
@@ -111,6 +119,10 @@ class TrainOptions:
     log_every: int = _opt(10, "write metrics.jsonl / TensorBoard every N iterations")
     sample_every: int = _opt(500, "save a PNG grid of the current SGLD samples every N iterations")
     ckpt_every: int = _opt(1000, "write a checkpoint every N iterations (and always at the end)")
+    ckpt_minutes: float = _opt(10.0, "also write a checkpoint after this many minutes without one (and on "
+                                     "SIGINT/SIGTERM)")
+    nice: int | None = _opt(None, "lower this process's CPU priority by N (os.nice) so a machine in use stays "
+                                  "responsive")
     keep_ckpts: int = _opt(3, "keep the last N checkpoints")
     buffer_uint8: bool = _opt(False, "store the replay buffer as uint8 in checkpoints (4x smaller, resume "
                                      "then is not bit-exact)")
@@ -150,9 +162,12 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, copy_weights: boo
         be.copy_(b)
 
 
-def ebm_lr(cfg: CLELConfig, it: int) -> float:
-    """Adam lr of f and g: linear warm-up over ``warmup_iters``, then constant."""
-    return cfg.lr * min(1.0, (it + 1) / max(1, cfg.warmup_iters))
+def ebm_lr(cfg: CLELConfig, it: int, warm_from: int = 0) -> float:
+    """Adam lr of f and g: linear warm-up over ``warmup_iters`` (counted from ``warm_from``), then constant.
+
+    A run continued from an export has no Adam moments; it warms up again from the iteration it continues at.
+    """
+    return cfg.lr * min(1.0, (it - warm_from + 1) / max(1, cfg.warmup_iters))
 
 
 def encoder_lr(cfg: CLELConfig, it: int) -> float:
@@ -190,6 +205,27 @@ def _gather_keep_grad(t: Tensor, world: int, rank: int) -> Tensor:
     dist.all_gather(parts, t.detach().contiguous())
     parts[rank] = t
     return torch.cat(parts)
+
+
+def _raise_on_sigterm() -> Any:
+    """SIGTERM (``kill``, a scheduler's stop) ends training like Ctrl-C: checkpoint, then exit."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(old: Any) -> None:
+    import signal
+
+    if old is not None:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _clone_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -339,6 +375,20 @@ def resolve_resume(resume: str | os.PathLike, warn: Any = None) -> tuple[str, Pa
                      f"({CONFIG_NAME} + model.safetensors) in this folder")
 
 
+def resolve_auto(out: str | os.PathLike, init: str | os.PathLike | None) -> tuple[str | None, str]:
+    """What ``--resume auto`` continues from: (folder or None, a sentence saying so).
+
+    The run folder ``out`` when it holds a complete checkpoint, else the ``init`` export, else nothing (scratch).
+    """
+    if find_checkpoints(out):
+        return str(out), f"--resume auto: continuing the run in {out} from its newest checkpoint"
+    if init is not None:
+        kind, path = resolve_resume(init)
+        return str(init), (f"--resume auto: no checkpoint in {out} yet, starting from the "
+                           f"{'export' if kind == 'export' else 'checkpoint'} {path}")
+    return None, f"--resume auto: no checkpoint in {out} and no --init, starting from scratch"
+
+
 def saved_config(resume: str | os.PathLike) -> CLELConfig:
     """The CLELConfig stored with a run, checkpoint or export (so ``--resume`` alone rebuilds the model)."""
     kind, path = resolve_resume(resume)
@@ -394,11 +444,22 @@ class Trainer:
         self.opts = opts
         self._messages: list[str] = []
         self._init_distributed(opts.device)
-        if self.device.type == "cpu":
-            self._set_threads(opts.threads, opts.resume)
         _set_precision(opts.precision, self.device)
         self.out = Path(opts.out)
         self._t_start = time.time()
+        if opts.nice:
+            try:
+                os.nice(int(opts.nice))
+            except (AttributeError, OSError) as e:
+                self._say(f"warning: --nice {opts.nice} not applied ({e})")
+        if opts.resume == "auto":
+            target, msg = resolve_auto(self.out, opts.init)
+            self._say(msg)
+            self.opts = opts = dataclasses.replace(opts, resume=target)
+        elif opts.init is not None:
+            raise TrainError("--init applies to --resume auto only (use --resume EXPORT to start from an export)")
+        if self.device.type == "cpu":
+            self._set_threads(opts.threads, opts.resume)
 
         # What are we continuing from?
         self.resume_kind, resume_path = self._find_resume(opts.resume)
@@ -471,6 +532,7 @@ class Trainer:
         self.it = 0
         self.lr_scale = 1.0  # halved by every divergence rollback
         self.failures = 0
+        self.warm_from = 0  # iteration the EBM warm-up counts from (a resumed export's fresh Adam warms up again)
         self._pending_nan = set(opts.inject_nan_at)
         if self.resume_kind == "checkpoint":
             self._load_state(ck_meta, ck_tensors, source=str(resume_path))
@@ -552,7 +614,7 @@ class Trainer:
         """One iteration; returns its statistics, or None when it diverged (and was rolled back)."""
         cfg, n = self.cfg, self.cfg.batch_size
         for group in self.opt_ebm.param_groups:
-            group["lr"] = ebm_lr(cfg, self.it) * self.lr_scale
+            group["lr"] = ebm_lr(cfg, self.it, self.warm_from) * self.lr_scale
         for group in self.opt_enc.param_groups:
             group["lr"] = encoder_lr(cfg, self.it) * self.lr_scale
 
@@ -631,7 +693,9 @@ class Trainer:
                 self._log_event("message", text=msg)
         bar = self._progress(max_iters)
         t_last, it_last = time.time(), self.it
+        self._t_ckpt = time.time()
         interrupted = False
+        old_term = _raise_on_sigterm()
         try:
             while self.it < max_iters:
                 if deadline is not None and self._any_rank(time.time() > deadline):
@@ -658,12 +722,14 @@ class Trainer:
                                         e_neg=f"{stats['e_neg']:.3g}", lr=f"{stats['lr']:.1e}", refresh=False)
                 if self.it % opts.sample_every == 0:
                     self.save_samples()
-                if self.it % opts.ckpt_every == 0 and self.it < max_iters:
+                overdue = time.time() - self._t_ckpt > 60 * opts.ckpt_minutes
+                if (self.it % opts.ckpt_every == 0 or self._any_rank(overdue)) and self.it < max_iters:
                     self.save_checkpoint()
         except KeyboardInterrupt:
             interrupted = True
             self._say(f"interrupted at iteration {self.it}: writing a checkpoint")
         finally:
+            _restore_sigterm(old_term)
             if bar is not None:
                 bar.close()
         self.save_samples()
@@ -716,7 +782,8 @@ class Trainer:
     def _shared_state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "opt_ebm": self.opt_ebm.state_dict(), "opt_enc": self.opt_enc.state_dict(),
-                "iteration": self.it, "lr_scale": self.lr_scale, "failures": self.failures}
+                "iteration": self.it, "lr_scale": self.lr_scale, "failures": self.failures,
+                "warm_from": self.warm_from}
 
     def _rank_state(self, buffer_uint8: bool = False) -> dict[str, Any]:
         images = self.buffer.images
@@ -746,6 +813,7 @@ class Trainer:
         self.opt_ebm.load_state_dict(s["opt_ebm"])
         self.opt_enc.load_state_dict(s["opt_enc"])
         self.it, self.lr_scale, self.failures = int(s["iteration"]), float(s["lr_scale"]), int(s["failures"])
+        self.warm_from = int(s.get("warm_from", 0))
 
     def _apply_rank(self, r: dict[str, Any]) -> None:
         self.buffer.load_state_dict({"images": r["buffer"]})
@@ -766,21 +834,49 @@ class Trainer:
                       f"weights and optimisers resume exactly, random streams restart")
 
     def _load_export(self, path: Path) -> None:
+        """Continue from an export: its weights, EMA and schedule position; fresh optimisers (an export has none).
+
+        An export without its encoder (``parts`` lacks h) gets a fresh, randomly initialised h, said in the log.
+        """
         try:
+            _, meta = read_config(path)
             state = load_sharded(path)
+            parts = set(meta.get("parts", ("f", "g", "h")))
+            if "h" not in parts:
+                fresh_h = {k: v for k, v in self.model.state_dict().items() if k.startswith("h.")}
+                state = {**state, **fresh_h}
             load_into(self.model, state, source=f"weights in {path}")
             load_into(self.ema, state, source=f"weights in {path}")
+            ema_file = path / EMA_NAME
+            if ema_file.is_file():
+                from .weights import read_tagged_safetensors
+
+                ema_fg, _ = read_tagged_safetensors(ema_file, EMA_FORMAT, "EMA weights", error=TrainError)
+                load_into(self.ema, {**state, **ema_fg}, source=f"EMA weights in {ema_file}")
         except WeightsError as e:
             raise TrainError(str(e)) from None
+        schedule = meta.get("schedule") or {}
+        recorded = int(schedule.get("iteration", meta.get("iteration", 0)) or 0)
+        self.it = int(self.opts.init_iteration) if self.opts.init_iteration is not None else recorded
+        self.lr_scale = float(schedule.get("lr_scale", 1.0))
+        self.warm_from = self.it
+        said = [f"continuing at iteration {self.it}"
+                + (f" (--init-iteration; the export records {recorded})" if self.opts.init_iteration is not None
+                   and self.it != recorded else "")
+                + ", so the encoder's cosine schedule and the EMA continue; fresh optimisers (an export has no "
+                  f"optimiser state), so the EBM learning rate warms up again over {self.cfg.warmup_iters} "
+                  "iterations"]
+        said.append(f"EMA from {EMA_NAME}" if ema_file.is_file() else "EMA restarts from these weights")
+        if "h" not in parts:
+            said.append("this export has no encoder h: a fresh, randomly initialised encoder starts training "
+                        "(look-alikes and OOD scores need it to learn again)")
         buffer_file = Path(self.opts.resume_buffer) if self.opts.resume_buffer else path / REPLAY_BUFFER_NAME
         if self.opts.resume_buffer or buffer_file.is_file():
             n = self._load_buffer_file(buffer_file)
-            self._say(f"resuming from the export in {path}: weights and {n} replay-buffer images from "
-                      f"{buffer_file} (no optimiser state), so the optimisers, warm-up and schedules start fresh at "
-                      f"iteration 0")
-            return
-        self._say(f"resuming from the export in {path}: weights only (no optimiser state), so the optimisers, "
-                  f"warm-up, schedules and replay buffer start fresh at iteration 0")
+            said.append(f"{n} replay-buffer images from {buffer_file}")
+        else:
+            said.append("the replay buffer starts from uniform noise")
+        self._say(f"resuming from the export in {path}: " + "; ".join(said))
 
     def _load_buffer_file(self, path: Path) -> int:
         """Fill the first slots of the replay buffer from a saved uint8 buffer; the rest keep their U(0, 1) start."""
@@ -833,6 +929,7 @@ class Trainer:
                 for old in find_checkpoints(self.out)[:-max(1, self.opts.keep_ckpts)]:
                     remove_tree(old)
                 self._log_event("checkpoint", iteration=self.it, path=str(path))
+        self._t_ckpt = time.time()
         if self._any_rank(error is not None):
             raise TrainError(error or "checkpoint failed on rank 0")
         return path
@@ -901,10 +998,13 @@ class Trainer:
             model = self.ema if which == "ema" else self.model
             extras, names = self.concept_latents(model) if self.opts.prototypes else ({}, {})
             try:
-                export_pretrained(model, path, dtype=torch.float16 if self.opts.export_dtype == "fp16"
-                                  else torch.float32, extras=extras, extra_names=names,
-                                  info={"weights": which, "iteration": self.it},
+                dtype = torch.float16 if self.opts.export_dtype == "fp16" else torch.float32
+                export_pretrained(model, path, dtype=dtype, extras=extras, extra_names=names,
+                                  info={"weights": which, "iteration": self.it,
+                                        "schedule": {"iteration": self.it, "lr_scale": self.lr_scale,
+                                                     "iters": self.cfg.iters}},
                                   max_shard_bytes=int(self.opts.max_shard_mb * 2**20))
+                self._write_ema(path / EMA_NAME, dtype, which)
             except OSError as e:
                 error = f"could not write the export to {path}: {e.strerror or e}; the checkpoints are intact"
             else:
@@ -912,6 +1012,17 @@ class Trainer:
         if self._any_rank(error is not None):
             raise TrainError(error or "export failed on rank 0")
         return path
+
+    def _write_ema(self, file: Path, dtype: torch.dtype, exported: str) -> None:
+        """Beside an export of the live weights, the EMA of f and g (a few MB), which a continued run resumes."""
+        from .weights import write_safetensors_atomic
+
+        if exported == "ema":  # the export is the EMA itself
+            file.unlink(missing_ok=True)
+            return
+        ema = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+               for k, v in self.ema.state_dict().items() if not k.startswith("h.")}
+        write_safetensors_atomic(ema, file, metadata={"format": EMA_FORMAT, "iteration": str(self.it)})
 
     def save_samples(self) -> Path | None:
         """PNG grid of the latest SGLD samples (rank 0's) in ``out/samples/iter-N.png``."""

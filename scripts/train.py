@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
-    from clel.trainer import DivergenceError, TrainError, TrainOptions, saved_config, train
+    from clel.trainer import DivergenceError, TrainError, TrainOptions, resolve_auto, saved_config, train
     from clel.weights import WeightsError
 
     preset = args.pop("preset")
@@ -148,8 +148,19 @@ def main(argv: list[str] | None = None) -> int:
         resume = opt_values.get("resume")
         if preset is None and not resume:
             parser.error("choose a --preset (or --resume a run)")
+        if resume == "auto":  # the config comes from what auto will continue: checkpoint, --init, or preset
+            if "out" not in opt_values:
+                if preset is None:
+                    parser.error("--resume auto needs --out (or --preset, whose default run folder it uses)")
+                opt_values["out"] = str(Path("runs") / preset)
+            resume, _ = resolve_auto(opt_values["out"], opt_values.get("init"))
+            if resume is None and preset is None:
+                parser.error(f"--resume auto: {opt_values['out']} holds no checkpoint yet; pass --init EXPORT or "
+                             f"--preset to start it")
+        auto = opt_values.get("resume") == "auto"
         try:
-            base = get_preset(preset) if preset else saved_config(resume)
+            # --resume auto: a run's own config once it has one; the preset only starts it.
+            base = saved_config(resume) if resume and (auto or not preset) else get_preset(preset)
             cfg = base.replace(**overrides)
         except (TypeError, ValueError) as e:
             if isinstance(e, (TrainError, WeightsError)):

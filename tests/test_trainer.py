@@ -1,6 +1,7 @@
 """Training: exact resume, crash safety, divergence recovery, DDP, export, and the CLI's clear errors."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -147,19 +148,148 @@ def test_checkpoint_holds_everything_without_pickle(tmp_path):
     assert not list((run / "checkpoints").glob("*.pt"))
 
 
-def test_resume_from_export_only_starts_fresh(tmp_path, capsys):
+def test_resume_from_an_export_continues_the_count_schedules_and_ema(tmp_path, capsys):
     run = tmp_path / "run"
-    first = train(small_cfg(), options(run, max_iters=3), data=synthetic())
+    first = train(small_cfg(), options(run, max_iters=4, export_weights="live"), data=synthetic())
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["schedule"]["iteration"] == 4 and (run / "ema.safetensors").is_file()
     export = tmp_path / "export"
     export.mkdir()
-    for name in ("model.safetensors", "config.json"):
+    for name in ("model.safetensors", "config.json", "ema.safetensors"):
         (export / name).write_bytes((run / name).read_bytes())
     t = Trainer(small_cfg(), options(tmp_path / "again", resume=str(export)), data=synthetic())
-    assert "weights only" in capsys.readouterr().err and t.it == 0 and t.resume_kind == "export"
-    for k, v in first.ema.state_dict().items():
+    err = capsys.readouterr().err
+    assert t.it == 4 and t.resume_kind == "export" and "continuing at iteration 4" in err
+    for k, v in first.model.state_dict().items():
         assert torch.equal(t.model.state_dict()[k], v), k
+    for k, v in first.ema.state_dict().items():  # the EMA of f and g continues; h's restarts from the weights
+        if not k.startswith("h."):
+            assert torch.equal(t.ema.state_dict()[k], v), k
+    t.fit()
+    rows = [json.loads(line) for line in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
+    steps = {r["iter"]: r for r in rows if "iter" in r}
+    assert sorted(steps) == list(range(5, 11))  # the count continues: 5..10, not 1..10
+    cfg = small_cfg()
+    from clel.trainer import encoder_lr
+    # the encoder's cosine continues from iteration 4; the EBM warms up again (fresh Adam) from there
+    assert math.isclose(steps[5]["lr_encoder"], encoder_lr(cfg, 4), rel_tol=1e-9)
+    assert math.isclose(steps[5]["lr"], cfg.lr / cfg.warmup_iters, rel_tol=1e-9)
+    assert math.isclose(steps[8]["lr"], cfg.lr, rel_tol=1e-9)
+
+
+def test_init_iteration_overrides_what_an_export_records(tmp_path):
+    run = tmp_path / "run"
+    train(small_cfg(), options(run, max_iters=2), data=synthetic())
+    t = Trainer(small_cfg(iters=100), options(tmp_path / "again", resume=str(run / "checkpoints" / ".."),
+                                              init_iteration=7), data=synthetic())
+    assert t.resume_kind == "checkpoint" and t.it == 2  # a checkpoint is exact: the option is for exports
+    (run / "checkpoints").rename(tmp_path / "moved")
+    t = Trainer(small_cfg(iters=100), options(tmp_path / "again2", resume=str(run), init_iteration=7),
+                data=synthetic())
+    assert t.resume_kind == "export" and t.it == 7 and t.warm_from == 7
+
+
+def test_an_export_without_its_encoder_resumes_with_a_fresh_one(tmp_path, capsys):
+    run = tmp_path / "run"
+    first = train(small_cfg(), options(run, max_iters=2, export_weights="live"), data=synthetic())
+    export = tmp_path / "no-encoder"
+    W.export_pretrained(first.model, export, encoder=False, info={"iteration": 2})
+    assert json.loads((export / "config.json").read_text())["parts"] == ["f", "g"]
+    t = Trainer(small_cfg(), options(tmp_path / "again", resume=str(export)), data=synthetic())
+    assert "no encoder h: a fresh, randomly initialised encoder" in capsys.readouterr().err
+    for k, v in first.model.state_dict().items():
+        if not k.startswith("h."):
+            assert torch.equal(t.model.state_dict()[k], v), k
+    assert not all(torch.equal(t.model.state_dict()[k], v) for k, v in first.model.state_dict().items()
+                   if k.startswith("h.") and v.is_floating_point())
     t.fit()
     assert t.it == 10
+
+
+def test_resume_auto_twice_equals_one_run(tmp_path, capsys):
+    """The long-run workflow: the same command again and again gives the losses of one uninterrupted run."""
+    cfg, data = small_cfg(), synthetic()
+    train(cfg, options(tmp_path / "full", max_iters=10), data=data)
+    auto = options(tmp_path / "auto", resume="auto")
+    train(cfg, dataclasses.replace(auto, max_iters=5), data=data)
+    assert "no checkpoint in" in capsys.readouterr().err and "starting from scratch" in \
+        (tmp_path / "auto" / "metrics.jsonl").read_text()
+    t = train(cfg, dataclasses.replace(auto, max_iters=10), data=data)
+    assert "continuing the run in" in capsys.readouterr().err and t.resume_kind == "checkpoint"
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "auto")
+    assert sorted(b) == list(range(1, 11))
+    for it in range(1, 11):
+        assert abs(a[it] - b[it]) <= 1e-6, (it, a[it], b[it])
+
+
+def test_resume_auto_starts_from_init_then_continues_its_own_run(tmp_path):
+    data, run = fake_cifar(tmp_path / "cifar"), tmp_path / "run"
+    small = ["--encoder-width", "8", "--head-hidden", "32", "--encoder-hidden", "32", "--feature-dim", "16",
+             "--batch-size", "8", "--buffer-size", "32", "--sgld-steps", "2", "--iters", "6"]
+    assert train_cli.main(["--preset", "tiny", "--data", str(data), "--out", str(run), "--max-iters", "2",
+                           "--no-progress", *small]) == 0
+    cont = tmp_path / "cont"
+    cmd = ["--resume", "auto", "--init", str(run), "--data", str(data), "--out", str(cont), "--no-progress",
+           "--max-iters", "4"]
+    (run / "checkpoints").rename(tmp_path / "elsewhere")  # run/ is now an export only
+    assert train_cli.main(cmd) == 0
+    assert json.loads((cont / "config.json").read_text())["iteration"] == 4
+    assert train_cli.main(cmd[:-1] + ["6"]) == 0
+    starts = events(cont, "start")
+    assert [s["iteration"] for s in starts] == [2, 4] and [s["resume"] for s in starts] == ["export", "checkpoint"]
+    assert json.loads((cont / "config.json").read_text())["iteration"] == 6
+
+
+def test_resume_auto_without_checkpoint_init_or_preset_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--resume", "auto", "--out", str(tmp_path / "empty"), "--no-progress"])
+    assert e.value.code == 2 and "pass --init EXPORT or --preset" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()
+
+
+def test_checkpoint_after_ckpt_minutes_without_one(tmp_path):
+    run = tmp_path / "run"
+    train(small_cfg(), options(run, max_iters=3, ckpt_every=100, ckpt_minutes=0.0, keep_ckpts=5), data=synthetic())
+    assert [p.name for p in find_checkpoints(run)] == ["iter-0000001", "iter-0000002", "iter-0000003"]
+
+
+SIGTERM_SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+import pathlib, clel.trainer as T
+from test_trainer import small_cfg, synthetic, options
+orig = T.Trainer.train_step
+def step(self):
+    out = orig(self)
+    if self.it == 3:
+        pathlib.Path({marker!r}).touch()
+    return out
+T.Trainer.train_step = step
+try:
+    T.train(small_cfg(iters=10**6), options({run!r}, ckpt_every=10**6, nice=1), data=synthetic())
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_sigterm_writes_a_checkpoint_and_exits(tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "at3"
+    script = SIGTERM_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), marker=str(marker), run=str(run))
+    env = {**os.environ, "CLEL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 150
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 130, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ckpts = find_checkpoints(run)
+    assert ckpts and load_checkpoint(ckpts[-1])[0]["iteration"] >= 3
 
 
 def test_resume_of_another_model_is_refused(tmp_path):
