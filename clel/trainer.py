@@ -121,6 +121,9 @@ class TrainOptions:
     ckpt_every: int = _opt(1000, "write a checkpoint every N iterations (and always at the end)")
     ckpt_minutes: float = _opt(10.0, "also write a checkpoint after this many minutes without one (and on "
                                      "SIGINT/SIGTERM)")
+    probe_every: int = _opt(0, "every N iterations append a quality probe to metrics.jsonl (clel.probe: FID of "
+                               "500 reference-sampler samples against 2,000 training images, judged accuracy or "
+                               "attribute agreement, clamped pixels) and its grid to probes/; 0: off")
     nice: int | None = _opt(None, "lower this process's CPU priority by N (os.nice) so a machine in use stays "
                                   "responsive")
     keep_ckpts: int = _opt(3, "keep the last N checkpoints")
@@ -722,6 +725,8 @@ class Trainer:
                                         e_neg=f"{stats['e_neg']:.3g}", lr=f"{stats['lr']:.1e}", refresh=False)
                 if self.it % opts.sample_every == 0:
                     self.save_samples()
+                if opts.probe_every and self.it % opts.probe_every == 0:
+                    self.run_probe()
                 overdue = time.time() - self._t_ckpt > 60 * opts.ckpt_minutes
                 if (self.it % opts.ckpt_every == 0 or self._any_rank(overdue)) and self.it < max_iters:
                     self.save_checkpoint()
@@ -1012,6 +1017,31 @@ class Trainer:
         if self._any_rank(error is not None):
             raise TrainError(error or "export failed on rank 0")
         return path
+
+    def run_probe(self) -> dict[str, Any] | None:
+        """A quality probe (:mod:`clel.probe`) of the weights an export would hold, logged as a ``probe`` event."""
+        if not self.is_main:
+            return None
+        from torchvision.utils import save_image
+
+        from . import probe as probe_mod
+
+        if getattr(self, "_probe", None) is None:
+            self._probe = probe_mod.Probe(self.data, device=self.device)
+            self._t_probe = self._t_start
+        which = self.export_choice()
+        t0 = time.time()
+        result = self._probe(self.ema if which == "ema" else self.model)  # fp32: FID features are not for bf16
+        trained = max(t0 - self._t_probe, 1e-9)
+        self._t_probe = time.time()
+        result.update(weights=which, cost=round(result["seconds"] / trained, 4))
+        path = self.out / "probes" / f"iter-{self.it:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(self._probe.last_samples[:64], str(path), nrow=8)
+        self._log_event("probe", iteration=self.it, **result)
+        self._say("probe at iteration {}: {}".format(self.it, ", ".join(
+            f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))))
+        return result
 
     def _write_ema(self, file: Path, dtype: torch.dtype, exported: str) -> None:
         """Beside an export of the live weights, the EMA of f and g (a few MB), which a continued run resumes."""
