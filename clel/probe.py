@@ -61,6 +61,7 @@ class Probe:
         self.ref = data.subset(idx)
         self.judges_dir = Path(judges_dir) if judges_dir is not None else None
         self._inception, self._judge, self._ref_stats = inception, judge, None
+        self._standin = inception is not None
 
     # -- lazily loaded parts -------------------------------------------------------------------------------------
 
@@ -78,9 +79,12 @@ class Probe:
 
     def _reference(self) -> Any:
         if self._ref_stats is None:
-            from .metrics import fid_stats
+            from .metrics import fid_stats, reference_stats
 
-            self._ref_stats = fid_stats(self._features(self.ref.images))
+            if self._standin:  # a stand-in feature network (tests): nothing to cache
+                self._ref_stats = fid_stats(self._features(self.ref.images))
+            else:  # the Inception statistics of the fixed subset: computed once per machine (~/.cache/clel/fid)
+                self._ref_stats = reference_stats("probe", self.ref.images, device=self.device)
         return self._ref_stats
 
     def _load_judge(self) -> Any:
