@@ -458,6 +458,8 @@ class Trainer:
         if opts.resume == "auto":
             target, msg = resolve_auto(self.out, opts.init)
             self._say(msg)
+            if target != opts.init:  # the run's own checkpoint: the options for starting from --init do not apply
+                opts = dataclasses.replace(opts, resume_buffer=None, init_iteration=None)
             self.opts = opts = dataclasses.replace(opts, resume=target)
         elif opts.init is not None:
             raise TrainError("--init applies to --resume auto only (use --resume EXPORT to start from an export)")

@@ -234,7 +234,7 @@ def test_resume_auto_starts_from_init_then_continues_its_own_run(tmp_path):
     (run / "checkpoints").rename(tmp_path / "elsewhere")  # run/ is now an export only
     assert train_cli.main(cmd) == 0
     assert json.loads((cont / "config.json").read_text())["iteration"] == 4
-    assert train_cli.main(cmd[:-1] + ["6"]) == 0
+    assert train_cli.main(cmd[:-1] + ["6"] + ["--init-iteration", "9"]) == 0  # for --init only: ignored now
     starts = events(cont, "start")
     assert [s["iteration"] for s in starts] == [2, 4] and [s["resume"] for s in starts] == ["export", "checkpoint"]
     assert json.loads((cont / "config.json").read_text())["iteration"] == 6
