@@ -165,9 +165,25 @@ def parse_term(spec: str, sign: float = 1.0) -> tuple[str, float]:
     return name, sign * weight
 
 
-def class_latents(extras: Mapping[str, Any], names: Sequence[str]) -> Tensor:
-    """Prototype latents [len(names), D] of the named classes; unknown names raise, listing the known ones."""
-    protos, known = extras.get("class_prototypes"), list(extras.get("classes") or [])
+DIRECTIONS = ("mean", "contrast")  # the paper's mean direction z̄; z̄ of the concept minus z̄ of the rest
+
+
+def _concept_key(kind: str, direction: str, extras: Mapping[str, Any]) -> str:
+    if direction not in DIRECTIONS:
+        raise EvaluationError(f"unknown concept direction {direction!r}; use {' or '.join(DIRECTIONS)}")
+    key = {"mean": f"{kind}_prototypes" if kind == "class" else f"{kind}_latents",
+           "contrast": f"{kind}_contrasts"}[direction]
+    if direction == "contrast" and extras.get(key) is None and extras.get(_concept_key(kind, "mean", {})) is not None:
+        raise EvaluationError(f"these weights ({extras.get('path', '?')}) store no {kind} contrast directions (an "
+                              f"export from before they existed); use the mean direction, or re-export them "
+                              f"with scripts/bundle_weights.py")
+    return key
+
+
+def class_latents(extras: Mapping[str, Any], names: Sequence[str], direction: str = "mean") -> Tensor:
+    """Concept latents [len(names), D] of the named classes: their prototypes (``mean``) or ``contrast``
+    directions; unknown names raise, listing the known ones."""
+    protos, known = extras.get(_concept_key("class", direction, extras)), list(extras.get("classes") or [])
     if protos is None:
         raise EvaluationError(f"these weights ({extras.get('path', '?')}) carry no class prototypes; export them "
                               f"with extras={{'class_prototypes': ...}} (scripts/train.py does for labelled data)")
@@ -184,13 +200,16 @@ def class_latents(extras: Mapping[str, Any], names: Sequence[str]) -> Tensor:
     return protos[rows]
 
 
-def attribute_terms(extras: Mapping[str, Any], terms: Sequence[tuple[str, float]]) -> tuple[Tensor, list[float]]:
+def attribute_terms(extras: Mapping[str, Any], terms: Sequence[tuple[str, float]],
+                    direction: str = "mean") -> tuple[Tensor, list[float]]:
     """Attribute latents [A, D] and signed weights for terms like [("Young", 1), ("Male", -0.5)].
 
     A positive weight is AND, a negative one NOT. "Female" falls back to the "Male" latent with the opposite
     sign (and vice versa) when the weights store only one of the two. Unknown names raise, listing the known.
+    ``direction``: the attributes' mean latents (the paper's) or their ``contrast`` directions.
     """
-    latents, known = extras.get("attribute_latents"), list(extras.get("attributes") or [])
+    latents = extras.get(_concept_key("attribute", direction, extras))
+    known = list(extras.get("attributes") or [])
     if latents is None or not known:
         raise EvaluationError(f"these weights ({extras.get('path', '?')}) carry no attribute latents; use a CelebA "
                               f"export (extras={{'attribute_latents': ...}})")

@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .augment import StrongAugment
 from .config import CLELConfig
 from .data import DataError, ImageSet, RandomBatches, load_dataset, to_float, to_uint8
-from .energy import class_prototypes, marginal, mean_latent
+from .energy import class_contrasts, class_prototypes, contrast_direction, marginal, mean_latent
 from .losses import EBMLoss, NTXentLoss
 from .models import CLEL
 from .fast import FastPath, fast_sgld, native_bf16
@@ -968,19 +968,22 @@ class Trainer:
             present = torch.bincount(d.labels, minlength=num) > 0
             if bool(present.all()):
                 extras["class_prototypes"] = class_prototypes(z, d.labels, num)
-                names["class_prototypes"] = list(d.classes or map(str, range(num)))
+                extras["class_contrasts"] = class_contrasts(z, d.labels, num)
+                names["class_prototypes"] = names["class_contrasts"] = list(d.classes or map(str, range(num)))
         if d.attrs is not None and d.attr_names:
             attrs = list(d.attr_names) + (["Female"] if "Male" in d.attr_names and "Female" not in d.attr_names
                                           else [])
-            rows, kept = [], []
+            rows, contrasts, kept = [], [], []
             for a in attrs:
                 mask = d.attr(a)
-                if bool(mask.any()):
+                if bool(mask.any()) and not bool(mask.all()):
                     rows.append(mean_latent(z[mask]))
+                    contrasts.append(contrast_direction(z, mask))
                     kept.append(a)
             if rows:
                 extras["attribute_latents"] = torch.stack(rows)
-                names["attribute_latents"] = kept
+                extras["attribute_contrasts"] = torch.stack(contrasts)
+                names["attribute_latents"] = names["attribute_contrasts"] = kept
         return extras, names
 
     def export_choice(self) -> str:

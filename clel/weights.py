@@ -440,7 +440,8 @@ def load_pretrained(path_or_repo: str | os.PathLike, *, device: str | torch.devi
             if key not in tensors:
                 raise WeightsError(f"{folder / EXTRAS_NAME}: missing {key!r} named in {CONFIG_NAME}")
             extras[key] = tensors[key].to(device)
-            names = {"class_prototypes": "classes", "attribute_latents": "attributes"}.get(key, f"{key}_names")
+            names = {"class_prototypes": "classes", "attribute_latents": "attributes",
+                     "class_contrasts": "classes", "attribute_contrasts": "attributes"}.get(key, f"{key}_names")
             extras[names] = list(spec.get("names", []))
     log.info("clel: model %s (arch %s) from %s [%s]", folder.name, cfg.arch, folder, source)
     return model, cfg, extras

@@ -109,3 +109,24 @@ def test_ood_scores_returns_score_and_marginal(model, x):
     from clel.energy import ood_scores
     s, e = ood_scores(model, x, beta=0.3)
     assert torch.allclose(s, ood_score(model, x, beta=0.3)) and torch.allclose(e, energy(model, x))
+
+
+def test_contrast_direction_is_the_normalised_difference_of_means():
+    from clel.energy import class_contrasts, contrast_direction
+
+    # Hand-computed: with = (1,0) and (0,1) -> mean (.5,.5); without = (1,0) -> difference (-.5,.5).
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    d = contrast_direction(z, torch.tensor([True, True, False]))
+    torch.testing.assert_close(d, torch.tensor([-1.0, 1.0]) / 2 ** 0.5)
+    # Two concepts that share a large common part: their means are nearly parallel, their contrasts opposite.
+    common = torch.tensor([10.0, 0.0, 0.0])
+    z = torch.stack([common + torch.tensor([0.0, 1.0, 0.0]), common + torch.tensor([0.0, 0.0, 1.0])] * 4)
+    mask = torch.tensor([True, False] * 4)
+    a, b = contrast_direction(z, mask), contrast_direction(z, ~mask)
+    assert torch.dot(a, b) < -0.99
+    assert torch.dot(F.normalize(z[mask].sum(0), dim=0), F.normalize(z[~mask].sum(0), dim=0)) > 0.98
+    # Classes: class mean minus the mean of all images.
+    labels = torch.tensor([0, 1] * 4)
+    torch.testing.assert_close(class_contrasts(z, labels, 2), torch.stack([a, b]))
+    with pytest.raises(ValueError, match="with and without"):
+        contrast_direction(z, torch.ones(8, dtype=torch.bool))

@@ -130,6 +130,12 @@ def test_run_writes_export_metrics_and_samples(tmp_path):
     model, cfg, extras = load_pretrained(run)
     assert cfg == t.cfg and extras["weights"] == "ema" and extras["iteration"] == 4
     assert extras["class_prototypes"].shape == (10, cfg.feature_dim) and extras["classes"] == CLASSES
+    assert extras["class_contrasts"].shape == (10, cfg.feature_dim)
+    from clel.evaluation import EvaluationError, class_latents
+    torch.testing.assert_close(class_latents(extras, ["cat"], "contrast"), extras["class_contrasts"][3:4])
+    torch.testing.assert_close(class_latents(extras, ["cat"]), extras["class_prototypes"][3:4])
+    with pytest.raises(EvaluationError, match="store no class contrast"):
+        class_latents({k: v for k, v in extras.items() if k != "class_contrasts"}, ["cat"], "contrast")
     x = torch.rand(5, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(energy(model, x), energy(t.ema.eval(), x))
