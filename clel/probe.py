@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .data import ImageSet, to_float
-from .energy import class_prototypes, mean_latent
+from .concepts import attribute_names, concept_latents, encode_images
+from .data import ImageSet
 
 PROBE_ATTRIBUTES = ("Young", "Female", "Smiling")
 
@@ -97,12 +96,6 @@ class Probe:
 
     # -- the probe -----------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def _latents(self, model: Any) -> Tensor:
-        h = model.h.eval()
-        zs = [F.normalize(h(to_float(c).to(self.device)).float(), dim=1).cpu() for c in self.ref.images.split(250)]
-        return torch.cat(zs)
-
     def __call__(self, model: Any) -> dict[str, Any]:
         from .evaluation import draw
         from .metrics import fid_stats, frechet_distance
@@ -131,17 +124,16 @@ class Probe:
 
         judge = self._load_judge()
         chain = ChainSettings.from_model(m, steps=10 * m.cfg.sgld_steps)  # scripts/evaluate.py's judged chain
-        z = self._latents(m)
+        extras, _ = concept_latents(encode_images(m.h, self.ref.images, self.device), self.ref)
         if self.ref.labels is not None:
             classes = list(self.ref.classes or map(str, range(int(self.ref.labels.max()) + 1)))
-            protos = class_prototypes(z, self.ref.labels, len(classes))
             per = max(1, self.st.judged_samples // len(classes))
-            res, _ = class_conditional_eval(m, protos, classes, judge, per, self.st.guidance, chain, self.st.seed,
-                                            self.st.batch_size)
+            res, _ = class_conditional_eval(m, extras["class_prototypes"], classes, judge, per, self.st.guidance,
+                                            chain, self.st.seed, self.st.batch_size)
             return {"judged_accuracy": res["accuracy"]}
-        names = [a for a in PROBE_ATTRIBUTES if _has(self.ref, a)]
-        extras = {"attribute_latents": torch.stack([mean_latent(z[self.ref.attr(a)]) for a in names]),
-                  "attributes": names}
+        known = set(attribute_names(self.ref))
+        extras["attributes"] = attribute_names(self.ref)
+        names = [a for a in PROBE_ATTRIBUTES if a in known]
         per = max(1, self.st.judged_samples // len(names))
         res, _ = compositional_eval(m, extras, judge, [[(a, 1.0)] for a in names], per, self.st.guidance, chain,
                                     self.st.seed, self.st.batch_size, include_unconditional=False,
@@ -153,10 +145,3 @@ class Probe:
 
     def settings(self) -> dict[str, Any]:
         return asdict(self.st)
-
-
-def _has(data: ImageSet, name: str) -> bool:
-    try:
-        return bool(data.attr(name).any())
-    except KeyError:
-        return False

@@ -41,7 +41,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .augment import StrongAugment
 from .config import CLELConfig
 from .data import DataError, ImageSet, RandomBatches, load_dataset, to_float, to_uint8
-from .energy import class_contrasts, class_prototypes, contrast_direction, marginal, mean_latent
+from .concepts import concept_latents, encode_images
+from .energy import marginal
 from .losses import EBMLoss, NTXentLoss
 from .models import CLEL
 from .fast import FastPath, fast_sgld, native_bf16
@@ -943,48 +944,13 @@ class Trainer:
 
     # -- export, samples, prototypes -----------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def latents(self, model: CLEL, batch_size: int = 500) -> Tensor:
-        """z = h(x)/‖h(x)‖ of every training image (no augmentation, no dequantisation), eval mode."""
-        # A channels-last copy of the encoder: 2-3x faster convolutions, and the model itself is left untouched.
-        h = copy.deepcopy(model.h).eval().to(memory_format=torch.channels_last)
-        zs = []
-        for chunk in self.data.images.split(batch_size):
-            x = to_float(chunk).to(self.device).contiguous(memory_format=torch.channels_last)
-            with self._autocast():
-                zs.append(F.normalize(h(x).float(), dim=1).cpu())
-        return torch.cat(zs)
-
     def concept_latents(self, model: CLEL) -> tuple[dict[str, Tensor], dict[str, list[str]]]:
-        """Class prototypes (labelled data) and attribute latents (CelebA, incl. Female = not Male)."""
+        """Class prototypes and contrasts (labelled data), attribute latents and contrasts (CelebA)."""
         d = self.data
         if not self.use_encoder or (d.labels is None and d.attrs is None):
             return {}, {}
-        z = self.latents(model)
-        extras: dict[str, Tensor] = {}
-        names: dict[str, list[str]] = {}
-        if d.labels is not None:
-            num = len(d.classes) if d.classes else int(d.labels.max()) + 1
-            present = torch.bincount(d.labels, minlength=num) > 0
-            if bool(present.all()):
-                extras["class_prototypes"] = class_prototypes(z, d.labels, num)
-                extras["class_contrasts"] = class_contrasts(z, d.labels, num)
-                names["class_prototypes"] = names["class_contrasts"] = list(d.classes or map(str, range(num)))
-        if d.attrs is not None and d.attr_names:
-            attrs = list(d.attr_names) + (["Female"] if "Male" in d.attr_names and "Female" not in d.attr_names
-                                          else [])
-            rows, contrasts, kept = [], [], []
-            for a in attrs:
-                mask = d.attr(a)
-                if bool(mask.any()) and not bool(mask.all()):
-                    rows.append(mean_latent(z[mask]))
-                    contrasts.append(contrast_direction(z, mask))
-                    kept.append(a)
-            if rows:
-                extras["attribute_latents"] = torch.stack(rows)
-                extras["attribute_contrasts"] = torch.stack(contrasts)
-                names["attribute_latents"] = names["attribute_contrasts"] = kept
-        return extras, names
+        z = encode_images(model.h, d.images, self.device, bf16=self.opts.precision == "bf16")
+        return concept_latents(z, d)
 
     def export_choice(self) -> str:
         """"ema" or "live": ``--export-weights``, where "auto" picks the EMA once the run is 10 half-lives long.

@@ -63,11 +63,21 @@ def main() -> None:
                 sys.exit(f"{args.eval}: its compositional section sampled {comp.get('weights') or 'no weights'}, "
                          f"not {args.out}")
             evaluation = {k: evaluation[k] for k in ("compositional", "device", "seed") if k in evaluation}
-    names = {k: extras[n] for k, n in (("class_prototypes", "classes"), ("attribute_latents", "attributes"))
+    names = {k: extras[n] for k, n in (("class_prototypes", "classes"), ("class_contrasts", "classes"),
+                                       ("attribute_latents", "attributes"), ("attribute_contrasts", "attributes"))
              if k in extras}
     export_pretrained(model, args.out, dtype=torch.float16, extras={k: extras[k] for k in names},
-                      extra_names=names, info={"weights": meta.get("weights", "ema"), "iteration": meta.get("iteration")},
+                      extra_names=names, info={"weights": meta.get("weights", "ema"), "iteration": meta.get("iteration"),
+                                               "schedule": meta.get("schedule")},
                       encoder=not args.no_encoder)
+    ema = args.run / "ema.safetensors"  # the EMA of f and g: a run continued from the bundle keeps its average
+    if ema.is_file() and meta.get("weights") == "live":
+        from safetensors.torch import load_file, save_file
+
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(ema).items()},
+                  str(args.out / "ema.safetensors"), metadata={"format": "clel-ema", "iteration": str(meta.get("iteration"))})
+    else:
+        (args.out / "ema.safetensors").unlink(missing_ok=True)
     # The grid comes from the bundled (fp16-rounded) weights: what users will get.
     bundled, _, _ = load_pretrained(args.out, device=args.device)
     steps = args.sample_steps or 5 * cfg.sgld_steps

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--grad-clip", type=float, help="clamp gradients to ±this (default: the model's, 100)")
     c.add_argument("--guidance", type=float, default=1.0,
                    help="sampling-time β multiplying the latent term (conditional modes; default 1.0)")
+    c.add_argument("--direction", choices=("mean", "contrast"), default="mean",
+                   help="class / attribute latents: the paper's mean direction z̄, or the contrast z̄(concept) − "
+                   "z̄(rest), which removes what all concepts share (default mean)")
     c.add_argument("--seed", type=int, default=0, help="seed of the start noise and the chain noise (default 0)")
     c.add_argument("--gif", action="store_true", help="also write an animated GIF of the chain")
     c.add_argument("--gif-frames", type=int, default=30, help="about this many GIF frames (default 30)")
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         raise EvaluationError("--steps must be at least 1")
     every = max(1, settings.total_steps // max(1, args.gif_frames)) if args.gif else 0
     info: dict = {"mode": args.mode, "weights": str(extras.get("path", args.weights)), "n": args.n,
-                  "seed": args.seed, "guidance": args.guidance, "chain": vars(settings)}
+                  "seed": args.seed, "guidance": args.guidance, "direction": args.direction, "chain": vars(settings)}
     out = Path(args.out)
     nrow = args.nrow
 
@@ -120,14 +123,14 @@ def run(args: argparse.Namespace) -> int:
         runs = [("", ev.mode_energy(model, "instance", images=refs, guidance=args.guidance), args.n)]
         info["references"] = list(args.images)
     elif args.mode == "class":
-        lat = ev.class_latents(extras, args.classes)
+        lat = ev.class_latents(extras, args.classes, args.direction)
         runs = [(name, ev.mode_energy(model, "class", latents=lat[i:i + 1], weights=[1.0], guidance=args.guidance),
                  args.n) for i, name in enumerate(args.classes)]
         nrow = nrow or args.n
         info["classes"] = list(args.classes)
     elif args.mode == "attributes":
         terms = [ev.parse_term(t, 1.0) for t in args.and_] + [ev.parse_term(t, -1.0) for t in args.not_]
-        lat, weights = ev.attribute_terms(extras, terms)
+        lat, weights = ev.attribute_terms(extras, terms, args.direction)
         runs = [("", ev.mode_energy(model, "attributes", latents=lat, weights=weights, guidance=args.guidance),
                  args.n)]
         info["terms"] = [[a, w] for a, w in terms]
