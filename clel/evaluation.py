@@ -811,7 +811,7 @@ def compositional_eval(model, extras: Mapping[str, Any], judge, compositions: Se
                        n: int, guidance: float, settings: ChainSettings, seed: int = 0, batch_size: int = 250,
                        fast: FastPath | None = None, report_attributes: Sequence[str] = ("Young", "Female", "Smiling"),
                        include_unconditional: bool = True, log: Callable[[str], None] | None = None,
-                       ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+                       direction: str = "mean") -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Samples for each composition of attribute terms (AND > 0, NOT < 0), judged per attribute (Fig. 4b).
 
     For each composition: the judge's mean P(attribute) and the rate of predicted-present (p > 0.5) for every
@@ -825,7 +825,7 @@ def compositional_eval(model, extras: Mapping[str, Any], judge, compositions: Se
     for terms in comps:
         label = term_label(terms)
         if terms:
-            latents, weights = attribute_terms(extras, terms)
+            latents, weights = attribute_terms(extras, terms, direction)
             fn = energy_fn(model, latents.to(model_device(model)), weights, guidance)
         else:
             fn = energy_fn(model)
@@ -850,7 +850,8 @@ def compositional_eval(model, extras: Mapping[str, Any], judge, compositions: Se
         if log:
             log(f"compositional {label}: " + ", ".join(f"{a} {row['rate'][a]:.0%}" for a in report_attributes))
     scored = [r["accuracy"] for r in rows if "accuracy" in r]
-    return {"guidance": guidance, "chain": asdict(settings), "n_per_condition": n, "rows": rows,
+    return {"guidance": guidance, "direction": direction, "chain": asdict(settings), "n_per_condition": n,
+            "rows": rows,
             "mean_accuracy": float(np.mean(scored)) if scored else None}, samples
 
 

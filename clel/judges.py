@@ -102,12 +102,15 @@ class JudgeNet(nn.Module):
         self.head = nn.Linear(cin, len(spec.labels), bias=False)
         self.head_scale = 1 / 8  # small logits at init; the speed-run nets scale their head the same way
 
-    def forward(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:
+        """The pooled features the head reads [N, C]: the judge's view of an image, for diversity."""
         s = self.spec.image_size
         if x.shape[-2:] != (s, s):
             x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-        h = self.body((x - self.mean) / self.std)
-        return self.head(h.amax(dim=(2, 3))) * self.head_scale
+        return self.body((x - self.mean) / self.std).amax(dim=(2, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x)) * self.head_scale
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -147,6 +150,15 @@ class Judge:
             return torch.zeros(0, len(self.labels))
         return torch.cat(out)
 
+    @torch.no_grad()
+    def features(self, x: Tensor, batch_size: int = 500) -> Tensor:
+        """L2-normalised judge features [N, C] on CPU (distances between them measure visible difference)."""
+        self.net.eval()
+        device = next(self.net.parameters()).device
+        out = [F.normalize(self.net.features(_pixels(x[i:i + batch_size].to(device))).float(), dim=1).cpu()
+               for i in range(0, x.shape[0], batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, 0)
+
     def predict(self, x: Tensor, batch_size: int = 500, tta: bool = True) -> Tensor:
         """Class probabilities (softmax) or attribute probabilities (independent sigmoids), [N, L] on CPU."""
         z = self.logits(x, batch_size, tta)
@@ -156,6 +168,19 @@ class Judge:
         if name not in self.labels:
             raise JudgeError(f"this judge has no label {name!r}; it knows {', '.join(self.labels)}")
         return self.labels.index(name)
+
+
+def _pixels(x: Tensor) -> Tensor:
+    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
+
+def diversity(features: Tensor) -> float:
+    """Mean pairwise Euclidean distance between feature rows [N, C] (0: all samples look the same to the judge)."""
+    n = features.shape[0]
+    if n < 2:
+        return 0.0
+    d = torch.cdist(features.double(), features.double())
+    return float(d.sum() / (n * (n - 1)))
 
 
 def save_judge(net: JudgeNet, path: str | os.PathLike, info: dict[str, Any] | None = None,
