@@ -211,6 +211,17 @@ def _gather_keep_grad(t: Tensor, world: int, rank: int) -> Tensor:
     return torch.cat(parts)
 
 
+def _lower_priority(n: int, say: Any) -> None:
+    """os.nice for the whole process: on Linux it changes only the calling thread, and torch has started others."""
+    try:
+        prio = os.nice(n)
+        tasks = Path("/proc/self/task")
+        for tid in (tasks.iterdir() if tasks.is_dir() else ()):
+            os.setpriority(os.PRIO_PROCESS, int(tid.name), prio)
+    except (AttributeError, OSError) as e:
+        say(f"warning: --nice {n} not fully applied ({e})")
+
+
 def _raise_on_sigterm() -> Any:
     """SIGTERM (``kill``, a scheduler's stop) ends training like Ctrl-C: checkpoint, then exit."""
     import signal
@@ -452,10 +463,7 @@ class Trainer:
         self.out = Path(opts.out)
         self._t_start = time.time()
         if opts.nice:
-            try:
-                os.nice(int(opts.nice))
-            except (AttributeError, OSError) as e:
-                self._say(f"warning: --nice {opts.nice} not applied ({e})")
+            _lower_priority(int(opts.nice), self._say)
         if opts.resume == "auto":
             target, msg = resolve_auto(self.out, opts.init)
             self._say(msg)

@@ -298,6 +298,18 @@ def test_sigterm_writes_a_checkpoint_and_exits(tmp_path):
     assert ckpts and load_checkpoint(ckpts[-1])[0]["iteration"] >= 3
 
 
+def test_nice_lowers_every_thread_of_the_process(tmp_path):
+    code = ("import os, sys, threading, time; sys.path.insert(0, {tests!r}); import torch\n"
+            "ev = threading.Event(); t = threading.Thread(target=ev.wait); t.start()\n"
+            "from clel.trainer import _lower_priority\n"
+            "_lower_priority(3, print)\n"
+            "print(sorted({{os.getpriority(os.PRIO_PROCESS, int(x)) for x in os.listdir('/proc/self/task')}}))\n"
+            "ev.set()").format(tests=str(REPO / "tests"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert out.stdout.strip() == f"[{min(base + 3, 19)}]", out.stderr
+
+
 def test_resume_of_another_model_is_refused(tmp_path):
     run = tmp_path / "run"
     train(small_cfg(), options(run, max_iters=1), data=synthetic())
