@@ -10,10 +10,15 @@ or a Hugging Face Hub repo id; the default is the bundled folder. A repo id that
 Tabs (each one also an API endpoint for ``gradio_client``, named in brackets):
 Unconditional [/unconditional] · Look-alikes [/lookalikes] · Classes [/classes] · Faces [/faces] ·
 Interpolate [/interpolate]. Each streams the chain: the image grid and the energy curve update every few steps.
+A second page, /model-cards, shows each model's README.md; the header links to it.
+
+Test hook: ``CLEL_DEMO_FAIL_AT_STEP=N`` makes step N of every chain raise (see ``clel.demo``), to check what a
+visitor sees when a chain fails. Leave it unset.
 """
 from __future__ import annotations
 
 import argparse
+import html
 import os
 import sys
 import tempfile
@@ -33,10 +38,13 @@ from clel import demo as D  # noqa: E402
 from clel.data import CIFAR10_CLASSES  # noqa: E402
 
 EXAMPLES = REPO / "app" / "examples"
-MODEL_CHOICES = {"CIFAR-10": "cifar10", "CelebA 64": "celeba"}
+MODEL_CHOICES = {label: kind for kind, label in D.MODEL_LABELS.items()}  # {"CIFAR-10": "cifar10", ...}
+CARDS_PATH = "model-cards"  # the model-card page; linked relatively from the header
 DEFAULT_SAMPLES = 16
 DEFAULT_STEPS = 20  # per sweep: the CIFAR-10 training chain
 DEFAULT_SWEEPS = 5  # augmented sweeps clear the pixel noise one chain from noise keeps (see clel.sampling)
+DEFAULT_FACES = {"Young": "AND", "Female": "off", "Smiling": "AND"}  # opens on a composition, not on "all off"
+CLASS_EXAMPLES = ("cat", "ship", "horse", "airplane")
 CSS = """
 .live-grid img { image-rendering: pixelated; image-rendering: crisp-edges; }
 .status-line { min-height: 3em; }
@@ -58,6 +66,20 @@ def _example(name: str) -> str:
     return str(EXAMPLES / name)
 
 
+def _user_error(e: BaseException, where: str) -> gr.Error:
+    """A sentence for the visitor about an unexpected exception (the traceback goes to the server log only)."""
+    traceback.print_exception(e)
+    detail = D.redact_paths(str(e).strip()) or "no details"
+    return gr.Error(html.escape(f"{where} failed ({type(e).__name__}: {detail}). Try again, perhaps with fewer "
+                                f"samples or steps; the server log has the details.", quote=False),
+                    duration=None, print_exception=False)
+
+
+def _demo_error(e: D.DemoError) -> gr.Error:
+    """A DemoError's message is written for the visitor: show it as it is (escaped: the modal renders HTML)."""
+    return gr.Error(html.escape(str(e), quote=False), duration=None, print_exception=False)
+
+
 class DemoApp:
     """The Gradio UI over a :class:`clel.demo.ModelStore`; every handler is a generator of live frames."""
 
@@ -77,12 +99,20 @@ class DemoApp:
             lm = self.store.get(kind)
             plan = make_plan(lm, req)
         except D.DemoError as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            raise _demo_error(e) from None
+        except Exception as e:  # a bug or a broken export: a sentence for the visitor, not a bare "Error"
+            raise _user_error(e, "Preparing the chain") from None
         notes = req.notes + plan.notes
         session = getattr(request, "session_hash", None)
         first = True
+        done = 0  # last SGLD step finished, for the failure message
+
+        def on_step(step: int) -> None:
+            nonlocal done
+            done = step
+
         try:
-            for frame in D.stream_frames(plan, req.total_steps,
+            for frame in D.stream_frames(plan, req.total_steps, on_step=on_step,
                                          should_stop=lambda: session in self._stop_requests):
                 grid = frame.grid(plan.nrow)
                 shown = D.upscale(grid)
@@ -107,10 +137,16 @@ class DemoApp:
                 first = False
                 yield (shown, fig, download, status, req.seed, *extra)
         except D.DemoError as e:
-            raise gr.Error(str(e), print_exception=False) from None
-        except Exception as e:  # never let a bug kill the worker silently; say what happened
-            traceback.print_exc()
-            raise gr.Error(f"sampling failed: {type(e).__name__}: {e}") from None
+            error = _demo_error(e)
+        except Exception as e:  # never let a bug kill the worker silently; say what happened, and where
+            error = _user_error(e, f"Sampling at step {done + 1} of {req.total_steps}")
+        else:
+            return
+        # The status line keeps the sentence after the error modal is closed; the last samples stay shown.
+        skips = tuple(gr.skip() for _ in extra_first)
+        yield (gr.skip(), gr.skip(), None, f"**Failed** · step {done}/{req.total_steps} · {error.message}",
+               req.seed, *skips)
+        raise error
 
     def _prune(self, max_age_s: float = 3600.0) -> None:
         """Delete downloads older than an hour (Gradio keeps its own copy for the page while it needs it)."""
@@ -152,9 +188,12 @@ class DemoApp:
         kind = MODEL_CHOICES.get(weights, "cifar10")
         try:
             lm = self.store.get(kind)
+            lm.encoder_or_error("Look-alikes")
             x, decoded = self._images(files, "one or more images", lm.cfg.image_size)
         except D.DemoError as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            raise _demo_error(e) from None
+        except Exception as e:
+            raise _user_error(e, "Reading the images") from None
         preview = self._preview(decoded, lm.cfg.image_size)
         yield from self._live(kind, (n, steps, step_size, noise, guidance, seed, randomize, sweeps),
                               lambda lm, req: D.lookalike_plan(lm, x, req), extra_first=(preview,), request=request)
@@ -175,10 +214,13 @@ class DemoApp:
         kind = MODEL_CHOICES.get(weights, "cifar10")
         try:
             lm = self.store.get(kind)
+            lm.encoder_or_error("Interpolation")
             xa, da = self._images(file_a, "image A", lm.cfg.image_size)
             xb, db = self._images(file_b, "image B", lm.cfg.image_size)
         except D.DemoError as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            raise _demo_error(e) from None
+        except Exception as e:
+            raise _user_error(e, "Reading the images") from None
         preview = self._preview(da + db, lm.cfg.image_size)
         yield from self._live(kind, (n, steps, step_size, noise, guidance, seed, randomize, sweeps),
                               lambda lm, req: D.interpolation_plan(lm, xa, xb, req), extra_first=(preview,),
@@ -215,16 +257,17 @@ class DemoApp:
                                elem_id=f"{prefix}-output", elem_classes=["live-grid"],
                                buttons=["download", "fullscreen"])
             with gr.Column(scale=1, min_width=320):
-                plot = gr.Plot(label="Energy versus SGLD step", elem_id=f"{prefix}-energy")
+                # the figure carries its own title: Gradio's label badge would sit on top of it
+                plot = gr.Plot(label="Energy versus SGLD step", show_label=False, elem_id=f"{prefix}-energy")
                 status = gr.Markdown("Press **Sample** to start a chain.", elem_id=f"{prefix}-status",
                                      elem_classes=["status-line"])
                 download = gr.File(label="Full-resolution grid (PNG)", interactive=False,
                                    elem_id=f"{prefix}-download")
         return [img, plot, download, status]
 
-    def _buttons(self, prefix: str) -> tuple[gr.Button, gr.Button]:
+    def _buttons(self, prefix: str, usable: bool = True) -> tuple[gr.Button, gr.Button]:
         with gr.Row():
-            run = gr.Button("Sample", variant="primary", elem_id=f"{prefix}-sample")
+            run = gr.Button("Sample", variant="primary", elem_id=f"{prefix}-sample", interactive=usable)
             stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop")
         return run, stop
 
@@ -249,10 +292,75 @@ class DemoApp:
             self._stop_requests.add(session)
 
     def _header(self) -> str:
+        """Each model's name, size, training and model card: no server paths (visitors see this)."""
         lines = []
         for label, kind in MODEL_CHOICES.items():
-            lines.append(f"- **{label}**: {self.store.status(kind)}")
-        return "**Weights**  \n" + "\n".join(lines)
+            try:
+                lm = self.store.get(kind)
+            except D.DemoError as e:
+                lines.append(f"- **{label}**: not available: {e}")
+                continue
+            title, _, _ = lm.card()
+            parts = [title, lm.size()]
+            if lm.iteration is not None:
+                parts.append(f"{lm.iteration:,} training iterations")
+            if not lm.has_encoder:
+                parts.append("no encoder h, so no look-alikes or interpolation")
+            parts.append(lm.where())
+            if lm.hub_url:
+                parts.append(f"[model card]({lm.hub_url})")
+            elif lm.card_path() is not None:
+                parts.append(f"[model card]({CARDS_PATH}#card-{kind})")
+            else:
+                parts.append("no model card")
+            lines.append(f"- **{label}**: " + " · ".join(parts))
+        return "**Models**  \n" + "\n".join(lines)
+
+    def _encoding_choices(self) -> tuple[list[str], str]:
+        """The weights that can encode photos (look-alikes, interpolation), and a note on the ones left out."""
+        offered, left_out = [], []
+        for label, kind in MODEL_CHOICES.items():
+            try:
+                lm = self.store.get(kind)
+            except D.DemoError:
+                left_out.append(f"{label} is not offered: its weights could not be loaded (see the header).")
+                continue
+            if lm.has_encoder:
+                offered.append(label)
+            else:
+                left_out.append(f"{label} is not offered: its export has no encoder h (config.json lists only "
+                                f"{', '.join(lm.extras.get('parts', ['f', 'g']))}), and encoding a photo needs "
+                                f"it. Weights that include h will appear here.")
+        return offered, "  \n".join(f"ℹ {m}" for m in left_out)
+
+    def _encoding_weights(self, prefix: str) -> tuple[gr.Radio, list[str], bool]:
+        """The Weights radio of a tab that encodes photos, with the note saying which weights are missing and why."""
+        offered, note = self._encoding_choices()
+        usable = bool(offered)
+        radio = gr.Radio(offered or list(MODEL_CHOICES), value=(offered or list(MODEL_CHOICES))[0], label="Weights",
+                         interactive=usable, elem_id=f"{prefix}-weights")
+        gr.Markdown(note, visible=bool(note), elem_id=f"{prefix}-weights-note")
+        return radio, offered, usable
+
+    def _model_cards(self) -> None:
+        """The model-card page: each export's README.md, its images served as image components."""
+        gr.Markdown("# Model cards\nThe README.md shipped with each model's weights. [Back to the demo](./)")
+        for label, kind in MODEL_CHOICES.items():
+            try:
+                lm = self.store.get(kind)
+            except D.DemoError as e:
+                gr.Markdown(f"## {label}\nNot available: {e}", elem_id=f"card-{kind}")
+                continue
+            title, body, images = lm.card()
+            if lm.hub_url:
+                body = f"[On the Hugging Face Hub]({lm.hub_url})\n\n" + body
+            gr.Markdown(body or f"## {label}\nThese weights come without a model card (README.md).",
+                        elem_id=f"card-{kind}")
+            if images:
+                with gr.Row():
+                    for path, caption in images:
+                        gr.Image(str(path), label=f"{label}: {caption}", interactive=False, type="filepath",
+                                 buttons=["fullscreen"])
 
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="CLEL: energy-based models, live", analytics_enabled=False,
@@ -286,21 +394,20 @@ class DemoApp:
                         with gr.Column(scale=2):
                             files = gr.File(file_count="multiple", file_types=["image"], label="Reference images",
                                             elem_id="lookalikes-files")
-                            weights = gr.Radio(list(MODEL_CHOICES), value="CIFAR-10", label="Weights")
+                            weights, offered, usable = self._encoding_weights("lookalikes")
                             ctl = self._controls("lookalikes")
-                            run, stop = self._buttons("lookalikes")
+                            run, stop = self._buttons("lookalikes", usable)
                         with gr.Column(scale=4):
-                            seen = gr.Gallery(label="What the model sees", columns=8, height=160,
-                                              elem_id="lookalikes-seen")
+                            seen = self._seen("What the model sees", "lookalikes-seen")
                             outs = self._outputs("lookalikes")
                     inputs = [files, weights, *ctl]
                     self._wire(run, stop, self.lookalikes, inputs, outs, ctl[5], "lookalikes", [seen])
-                    gr.Examples([[[_example("cifar10_cat.jpg")], "CIFAR-10"],
-                                 [[_example("cifar10_ship.jpg"), _example("cifar10_airplane.jpg")], "CIFAR-10"],
-                                 [[_example("cifar10_horse.jpg")], "CIFAR-10"],
-                                 [[_example("celeba_000001.jpg"), _example("celeba_000018.jpg")], "CelebA 64"]],
-                                inputs=[files, weights], label="Examples",
-                                example_labels=["a cat", "a ship and a plane", "a horse", "two smiling women"])
+                    self._examples([([_example("cifar10_cat.jpg")], "CIFAR-10", "a cat"),
+                                    ([_example("cifar10_ship.jpg"), _example("cifar10_airplane.jpg")], "CIFAR-10",
+                                     "a ship and a plane"),
+                                    ([_example("cifar10_horse.jpg")], "CIFAR-10", "a horse"),
+                                    ([_example("celeba_000001.jpg"), _example("celeba_000018.jpg")], "CelebA 64",
+                                     "two smiling women")], [files, weights], offered)
 
                 with gr.Tab("Classes", id="classes"):
                     gr.Markdown("Guide SGLD toward a CIFAR-10 class prototype: the mean encoder latent of the "
@@ -315,6 +422,10 @@ class DemoApp:
                         with gr.Column(scale=4):
                             outs = self._outputs("classes")
                     self._wire(run, stop, self.classes, [cls, *ctl], outs, ctl[5], "classes")
+                    examples = [c for c in CLASS_EXAMPLES if c in names]
+                    if examples:
+                        gr.Examples([[c] for c in examples], inputs=[cls], label="Classes to try",
+                                    example_labels=examples)
 
                 with gr.Tab("Faces", id="faces"):
                     gr.Markdown("Compose attributes on the CelebA weights: AND pulls the samples toward an "
@@ -322,21 +433,25 @@ class DemoApp:
                     with gr.Row():
                         with gr.Column(scale=2):
                             with gr.Row():
-                                young = gr.Radio(list(D.ATTRIBUTE_CHOICES), value="off", label="Young",
+                                young = gr.Radio(list(D.ATTRIBUTE_CHOICES), value=DEFAULT_FACES["Young"],
+                                                 label="Young",
                                                  elem_id="faces-young")
-                                female = gr.Radio(list(D.ATTRIBUTE_CHOICES), value="off", label="Female",
+                                female = gr.Radio(list(D.ATTRIBUTE_CHOICES), value=DEFAULT_FACES["Female"],
+                                                 label="Female",
                                                   elem_id="faces-female")
-                                smiling = gr.Radio(list(D.ATTRIBUTE_CHOICES), value="off", label="Smiling",
+                                smiling = gr.Radio(list(D.ATTRIBUTE_CHOICES), value=DEFAULT_FACES["Smiling"],
+                                                 label="Smiling",
                                                    elem_id="faces-smiling")
                             ctl = self._controls("faces")
                             run, stop = self._buttons("faces")
                         with gr.Column(scale=4):
                             outs = self._outputs("faces")
                     self._wire(run, stop, self.faces, [young, female, smiling, *ctl], outs, ctl[5], "faces")
-                    gr.Examples([["AND", "AND", "AND"], ["off", "NOT", "AND"], ["NOT", "off", "NOT"]],
+                    gr.Examples([["AND", "off", "AND"], ["AND", "AND", "AND"], ["off", "NOT", "AND"],
+                                 ["NOT", "off", "NOT"]],
                                 inputs=[young, female, smiling], label="Combinations",
-                                example_labels=["young AND female AND smiling", "male (NOT female) AND smiling",
-                                                "NOT young, NOT smiling"])
+                                example_labels=["young AND smiling (the default)", "young AND female AND smiling",
+                                                "male (NOT female) AND smiling", "NOT young, NOT smiling"])
 
                 with gr.Tab("Interpolate", id="interpolate"):
                     gr.Markdown("Two images, and samples whose latents walk the sphere from A's to B's (slerp): "
@@ -348,20 +463,37 @@ class DemoApp:
                                              elem_id="interpolate-a")
                                 fb = gr.File(file_count="single", file_types=["image"], label="Image B",
                                              elem_id="interpolate-b")
-                            weights = gr.Radio(list(MODEL_CHOICES), value="CIFAR-10", label="Weights")
+                            weights, offered, usable = self._encoding_weights("interpolate")
                             ctl = self._controls("interpolate", n=8)
-                            run, stop = self._buttons("interpolate")
+                            run, stop = self._buttons("interpolate", usable)
                         with gr.Column(scale=4):
-                            seen = gr.Gallery(label="What the model sees (A, B)", columns=8, height=160)
+                            seen = self._seen("What the model sees (A, B)", "interpolate-seen")
                             outs = self._outputs("interpolate")
                     self._wire(run, stop, self.interpolate, [fa, fb, weights, *ctl], outs, ctl[5], "interpolate",
                                [seen])
-                    gr.Examples([[_example("cifar10_cat.jpg"), _example("cifar10_ship.jpg"), "CIFAR-10"],
-                                 [_example("cifar10_horse.jpg"), _example("cifar10_automobile.jpg"), "CIFAR-10"],
-                                 [_example("celeba_000003.jpg"), _example("celeba_000001.jpg"), "CelebA 64"]],
-                                inputs=[fa, fb, weights], label="Examples",
-                                example_labels=["cat → ship", "horse → car", "face → face"])
+                    self._examples([(_example("cifar10_cat.jpg"), _example("cifar10_ship.jpg"), "CIFAR-10",
+                                     "cat → ship"),
+                                    (_example("cifar10_horse.jpg"), _example("cifar10_automobile.jpg"), "CIFAR-10",
+                                     "horse → car"),
+                                    (_example("celeba_000003.jpg"), _example("celeba_000001.jpg"), "CelebA 64",
+                                     "face → face")], [fa, fb, weights], offered)
+        with demo.route("Model cards", CARDS_PATH):
+            self._model_cards()
         return demo
+
+    @staticmethod
+    def _seen(label: str, elem_id: str) -> gr.Gallery:
+        """Thumbnails at their own (square) aspect: fixed columns, no stretching to the row's width, no cropping."""
+        return gr.Gallery(label=label, columns=8, rows=1, height=180, object_fit="contain", fit_columns=False,
+                          allow_preview=True, elem_id=elem_id)
+
+    @staticmethod
+    def _examples(rows: list[tuple], inputs: list, offered: list[str]) -> None:
+        """Examples whose weights (the row's second-to-last item) are offered; the others could not work."""
+        rows = [r for r in rows if r[-2] in offered]
+        if rows:
+            gr.Examples([list(r[:-1]) for r in rows], inputs=inputs, label="Examples",
+                        example_labels=[r[-1] for r in rows])
 
     def _class_names(self) -> list[str]:
         try:

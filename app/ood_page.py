@@ -1,6 +1,9 @@
 """CLEL out-of-distribution page (Streamlit): drop images, see how CIFAR-10-like the model finds them.
 
-    streamlit run app/ood_page.py --server.maxUploadSize 25 --browser.gatherUsageStats false
+    streamlit run app/ood_page.py      # from the repository root: .streamlit/config.toml applies there
+
+``.streamlit/config.toml`` turns usage statistics off and caps uploads at 25 MB; from another folder pass
+``--server.maxUploadSize 25 --browser.gatherUsageStats false``.
 
 Weights: ``CLEL_WEIGHTS_CIFAR10`` (export folder or Hugging Face repo id), default the bundled
 ``weights/cifar10``. Reference scores are read from ``ood_reference.safetensors`` in the weights folder (make it
@@ -34,6 +37,9 @@ keeps the chosen share (TPR) of CIFAR-10 test images in-distribution.
 """
 
 
+ROW_HEIGHT = 72  # pixels: the thumbnails are the model's 32x32 input, enlarged
+
+
 @st.cache_resource(show_spinner="Loading the CIFAR-10 weights…")
 def get_store(spec: str) -> D.ModelStore:
     return D.ModelStore({"cifar10": spec})
@@ -64,6 +70,10 @@ def main() -> None:
         st.error(str(e))
         st.stop()
     st.caption(f"Weights: {lm.describe()}")
+    if not lm.has_encoder:  # s(x) needs h(x): say so instead of failing on the first upload
+        st.error(f"These CIFAR-10 weights ({D.shown_path(lm.path)}) were exported without their encoder h; the OOD "
+                 f"score s(x) needs it. Point CLEL_WEIGHTS_CIFAR10 at an export that includes h.")
+        st.stop()
 
     ref_path = lm.path / REFERENCE_NAME
     ref, ref_error = get_reference(str(ref_path), ref_path.stat().st_mtime if ref_path.is_file() else 0.0)
@@ -78,11 +88,11 @@ def main() -> None:
             st.table(pd.DataFrame({"set": [ref.label(k) for k in ref.aurocs()],
                                    "AUROC": [round(v, 4) for v in ref.aurocs().values()]}))
     if ref_error:
-        st.error(f"The reference scores cannot be read: {ref_error}. Uploads are still scored.")
+        st.error(f"The reference scores cannot be read: {D.redact_paths(ref_error)}. Uploads are still scored.")
     elif ref is None:
-        st.info(f"No reference scores next to the weights ({ref_path} is missing), so there is no threshold or "
-                f"reference histogram; uploads are still scored. Make them with `python -m clel.ood --weights "
-                f"{spec} --data ../shared/data`.")
+        st.info(f"No reference scores next to the weights ({D.shown_path(ref_path)} is missing), so there is no "
+                f"threshold or reference histogram; uploads are still scored. Make them with `python -m clel.ood "
+                f"--weights {D.shown_path(spec) if Path(spec).exists() else spec} --data ../shared/data`.")
     elif ref.fingerprint and ref.fingerprint != model_fingerprint(lm.model):
         st.warning("The reference scores were computed with different weights than the ones loaded; the histogram "
                    "and threshold may not match these scores. Recompute them with `python -m clel.ood`.")
@@ -124,7 +134,8 @@ def main() -> None:
                          "verdict": verdict, "note": d.note})
         df = pd.DataFrame(rows)
         st.subheader(f"Scores ({len(rows)} images)")
-        st.dataframe(df, hide_index=True, width="stretch", row_height=72, column_config={
+        # height="content": every row shows (no inner scroll bar after the fifth 72-pixel row)
+        st.dataframe(df, hide_index=True, width="stretch", height="content", row_height=ROW_HEIGHT, column_config={
             "image": st.column_config.ImageColumn("image", help="what the model sees (its input size, enlarged)"),
             "s(x)": st.column_config.NumberColumn(format="%.5g", help="OOD score, higher = more OOD"),
             "E(x)": st.column_config.NumberColumn(format="%.5g", help="marginal energy ½‖f(x)‖²"),

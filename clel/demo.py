@@ -13,7 +13,10 @@ The apps stay thin: everything here is plain Python and tested without a web ser
   (local folder, Hugging Face Hub repo id, or the bundled ``weights/<name>``) and says which one was used.
 - **Live chains**: :func:`stream_frames` runs a chain from :mod:`clel.sampling` and yields a :class:`Frame`
   (the starting noise at once, then every few steps). Sampling and energies come from :mod:`clel.sampling`
-  and :mod:`clel.energy`; nothing here re-implements them.
+  and :mod:`clel.energy`; nothing here re-implements them. ``CLEL_DEMO_FAIL_AT_STEP=N`` (or
+  :data:`FAIL_AT_STEP`) makes step N of every chain raise, so tests can check what a user sees when one fails.
+- **What visitors may see**: :func:`shown_path` and :func:`redact_paths` keep the server's absolute paths out of
+  the pages (the server log keeps them).
 - **OOD page**: :func:`ood_histogram` (uploads over the reference scores of :mod:`clel.ood`, with the threshold)
   and :func:`scores_csv`.
 - **Trying things out**: :func:`make_demo_exports` writes tiny random exports shaped like the real ones.
@@ -21,8 +24,10 @@ The apps stay thin: everything here is plain Python and tested without a web ser
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
+import re
 import threading
 import time
 import warnings
@@ -41,14 +46,16 @@ from .sampling import (ChainSettings, energy_fn, image_latent, per_sample_energy
 from .sgld import EnergyFn, SGLDStep
 
 __all__ = [
-    "ATTRIBUTE_CHOICES", "ChainPlan", "ChainRequest", "DecodedImage", "DemoError", "EnergyHistory", "Frame",
-    "ImageError", "Limits", "LoadedModel", "MODEL_SPECS", "ModelStore", "attribute_plan", "attribute_terms",
-    "clamp_request", "class_plan", "decode_image", "default_weights", "energy_figure", "fit_square", "frame_every",
-    "images_to_tensor", "interpolation_plan", "lookalike_plan", "make_demo_exports", "make_grid", "ood_histogram",
-    "png_bytes", "save_png", "scores_csv", "stream_frames", "unconditional_plan", "upscale",
+    "ATTRIBUTE_CHOICES", "ChainPlan", "ChainRequest", "DecodedImage", "DemoError", "EnergyHistory", "FAIL_AT_STEP",
+    "FAIL_AT_STEP_ENV", "Frame", "ImageError", "InjectedFailure", "Limits", "LoadedModel", "MODEL_LABELS",
+    "MODEL_SPECS", "ModelStore", "attribute_plan", "attribute_terms", "clamp_request", "class_plan", "decode_image",
+    "default_weights", "energy_figure", "fit_square", "frame_every", "images_to_tensor", "interpolation_plan",
+    "lookalike_plan", "make_demo_exports", "make_grid", "ood_histogram", "png_bytes", "redact_paths", "round_sig",
+    "save_png", "scores_csv", "shown_path", "stream_frames", "unconditional_plan", "upscale",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("clel.demo")
 ATTRIBUTE_CHOICES = ("off", "AND", "NOT")
 
 
@@ -58,6 +65,34 @@ class DemoError(ValueError):
 
 class ImageError(DemoError):
     """An uploaded file cannot be used as an image; the message names the file and says why."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Paths in what visitors see
+# ----------------------------------------------------------------------------------------------------------------
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as a visitor may see it: relative to the repository when inside it, else only its last part.
+
+    The server's layout (home folder, temporary folders, mount points) is nobody else's business.
+    """
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    try:
+        return str(p.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return p.name or str(p)
+
+
+# An absolute path's folders: "/" not preceded by a word character, ":" or "/" (so URLs and relative paths stay).
+_ABS_DIRS = re.compile(r"(?<![\w.:/~-])/(?:[^\s/:'\"()<>,;|]+/)+")
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with absolute paths shortened as :func:`shown_path` does (for messages shown on the pages)."""
+    text = text.replace(str(REPO_ROOT) + os.sep, "")
+    return _ABS_DIRS.sub("", text)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -399,7 +434,11 @@ class EnergyHistory:
 
 def energy_figure(history: EnergyHistory, total_steps: int | None = None, title: str = "Energy during SGLD",
                   ylabel: str = "E(x)"):
-    """Plotly figure of the batch's energy versus step: the mean and a min-max band."""
+    """Plotly figure of the batch's energy versus step: the mean and a min-max band.
+
+    ``ylabel`` (e.g. ``E(x, AND Young AND Smiling)``) goes into the title; the y axis is only "energy", so a long
+    label cannot run up the axis into the title. The title sits in the top margin, above the plot area.
+    """
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -411,8 +450,11 @@ def energy_figure(history: EnergyHistory, total_steps: int | None = None, title:
         fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines+markers" if len(steps) < 30
                                  else "lines", line={"color": "rgb(99, 110, 250)", "width": 2},
                                  name="mean energy"))
-    fig.update_layout(title={"text": title, "x": 0.02}, xaxis_title="SGLD step", yaxis_title=ylabel,
-                      margin={"l": 50, "r": 10, "t": 40, "b": 40}, height=320, template="plotly_white",
+    text = f"{title}: {ylabel}" if ylabel else title
+    fig.update_layout(title={"text": text, "x": 0.01, "xanchor": "left", "xref": "container",
+                             "y": 0.98, "yanchor": "top", "yref": "container", "font": {"size": 14}},
+                      xaxis_title="SGLD step", yaxis_title="energy",
+                      margin={"l": 60, "r": 10, "t": 56, "b": 40}, height=320, template="plotly_white",
                       legend={"orientation": "h", "y": -0.25}, uirevision="energy")
     if total_steps:
         fig.update_xaxes(range=[-0.5, total_steps + 0.5])
@@ -428,6 +470,8 @@ MODEL_SPECS: dict[str, tuple[str, str]] = {
     "cifar10": ("CLEL_WEIGHTS_CIFAR10", "cifar10"),
     "celeba": ("CLEL_WEIGHTS_CELEBA", "celeba64"),
 }
+MODEL_LABELS: dict[str, str] = {"cifar10": "CIFAR-10", "celeba": "CelebA 64"}
+MODEL_CARD = "README.md"
 
 
 def default_weights(kind: str) -> str:
@@ -436,6 +480,18 @@ def default_weights(kind: str) -> str:
         raise DemoError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_SPECS)}")
     env, bundled = MODEL_SPECS[kind]
     return os.environ.get(env, "").strip() or str(REPO_ROOT / "weights" / bundled)
+
+
+def human_count(n: int) -> str:
+    """12,345,678 -> "12.3 M", 45,600 -> "45.6 k", 512 -> "512"."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return str(n)
+
+
+_FRONT_MATTER = re.compile(r"\A---\s*\n.*?\n---\s*\n", re.S)
+_IMAGE_LINE = re.compile(r"^\s*!\[([^\]]*)\]\(([^)\s]+)\)\s*$", re.M)
 
 
 @dataclass
@@ -454,15 +510,78 @@ class LoadedModel:
     def source(self) -> str:
         return str(self.extras.get("source", "local"))
 
-    def describe(self) -> str:
-        """One line for the UI: which weights, from where."""
-        how = {"local": "local folder", "hub": "Hugging Face Hub",
-               "bundled": "bundled copy (the Hub was unavailable or the repo is missing)"}.get(self.source,
-                                                                                                self.source)
-        where = self.spec if self.source == "hub" else str(self.path)
+    @property
+    def label(self) -> str:
+        return MODEL_LABELS.get(self.kind, self.kind)
+
+    @property
+    def has_encoder(self) -> bool:
+        """Whether the export includes the encoder h (needed to encode photos: look-alikes, interpolation, s(x))."""
+        from .weights import MissingEncoder
+
+        return "h" in self.extras.get("parts", ["f", "g", "h"]) and not isinstance(self.model.h, MissingEncoder)
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def iteration(self) -> int | None:
         it = self.extras.get("iteration")
-        return (f"{self.cfg.dataset} {self.cfg.arch} ({self.cfg.image_size}px) from {how}: {where}"
-                + (f", iteration {it}" if it is not None else ""))
+        return int(it) if isinstance(it, (int, float)) else None
+
+    @property
+    def hub_url(self) -> str | None:
+        """The model's Hugging Face page when it was loaded from the Hub."""
+        return f"https://huggingface.co/{self.spec}" if self.source == "hub" else None
+
+    def where(self) -> str:
+        """Where the weights came from, without the server's absolute paths."""
+        if self.source == "hub":
+            return f"Hugging Face Hub {self.spec}"
+        if self.source == "bundled":
+            return (f"bundled copy (the Hub was unavailable or the repo is missing) {shown_path(self.path)}, "
+                    f"not {self.spec}")
+        return f"local folder {shown_path(self.path)}"
+
+    def size(self) -> str:
+        """Architecture, resolution and parameter count, e.g. "Small, 32 px, 14.2 M parameters"."""
+        return (f"{str(self.cfg.arch).capitalize()}, {self.cfg.image_size} px, {human_count(self.parameters)} "
+                f"parameters")
+
+    def describe(self) -> str:
+        """One line for the UI: which model, how big, how trained, from where (no absolute paths)."""
+        it = self.iteration
+        return (f"{self.cfg.dataset} ({self.size()}{'' if self.has_encoder else ', no encoder h'}), "
+                + (f"{it:,} training iterations, " if it is not None else "") + f"from {self.where()}")
+
+    def encoder_or_error(self, what: str) -> None:
+        """Raise a :class:`DemoError` saying why ``what`` cannot run when the export has no encoder h."""
+        if not self.has_encoder:
+            raise DemoError(f"{what} needs the encoder h to read the photos, and the {self.label} weights were "
+                            f"exported without it (their config.json lists only the networks "
+                            f"{', '.join(self.extras.get('parts', ['f', 'g']))}). Choose weights that include h.")
+
+    # the model card (README.md in the export folder) -------------------------------------------------------
+    def card_path(self) -> Path | None:
+        p = self.path / MODEL_CARD
+        return p if p.is_file() else None
+
+    def card(self) -> tuple[str, str, list[tuple[Path, str]]]:
+        """(title, markdown without front matter or image lines, [(image path, caption)]) of the model card.
+
+        Images are returned apart so the app can serve them as image components (the markdown's relative
+        links would point nowhere on the app's pages); images missing from the folder are left out.
+        """
+        p = self.card_path()
+        if p is None:
+            return self.label, "", []
+        text = _FRONT_MATTER.sub("", p.read_text(encoding="utf-8", errors="replace"), count=1)
+        images = [(self.path / src, alt or src) for alt, src in _IMAGE_LINE.findall(text)
+                  if "://" not in src and (self.path / src).is_file()]
+        body = _IMAGE_LINE.sub("", text)
+        title = next((line[2:].strip() for line in body.splitlines() if line.startswith("# ")), self.label)
+        return title, re.sub(r"\n{3,}", "\n\n", body).strip(), images
 
     # concepts stored with the weights ---------------------------------------------------------------------
     def class_names(self) -> list[str]:
@@ -471,7 +590,7 @@ class LoadedModel:
     def class_latent(self, name: str) -> Tensor:
         protos, names = self.extras.get("class_prototypes"), self.class_names()
         if protos is None or not names:
-            raise DemoError(f"these weights ({self.path}) have no class prototypes; export them with "
+            raise DemoError(f"the {self.label} weights have no class prototypes; export them with "
                             f"extras={{'class_prototypes': ...}}")
         if name not in names:
             raise DemoError(f"unknown class {name!r}; choose one of {', '.join(names)}")
@@ -508,8 +627,9 @@ class ModelStore:
                 env = MODEL_SPECS[kind][0]
                 msg = (f"cannot load the {kind} weights from {spec}: {e}. Train and export them into this folder, "
                        f"or point {env} at an export folder or a Hugging Face repo id.")
-                self._errors[kind] = msg
-                raise DemoError(msg) from None
+                log.warning(msg)  # the full message, paths included, for the server's log
+                self._errors[kind] = redact_paths(msg)  # what visitors see
+                raise DemoError(self._errors[kind]) from None
             model.eval().requires_grad_(False)
             lm = LoadedModel(kind, model, cfg, extras, spec)
             self._models[kind] = lm
@@ -554,6 +674,7 @@ def unconditional_plan(lm: LoadedModel, req: ChainRequest) -> ChainPlan:
 
 def lookalike_plan(lm: LoadedModel, images: Tensor, req: ChainRequest) -> ChainPlan:
     """Instance-conditional samples: SGLD on E(x, z̄) with z̄ the mean latent of the reference images."""
+    lm.encoder_or_error("Look-alikes")
     z = image_latent(lm.model, images.to(next(lm.model.parameters()).device)).unsqueeze(0)
     return _plan(lm, req, energy_fn(lm.model, z, [1.0], req.guidance), label="E(x, z̄)")
 
@@ -581,7 +702,7 @@ def attribute_terms(lm: LoadedModel, choices: Mapping[str, str]) -> tuple[Tensor
             continue
         sign = 1.0 if choice == "AND" else -1.0
         if latents is None or not names:
-            raise DemoError(f"these weights ({lm.path}) have no attribute latents; the Faces tab needs the CelebA "
+            raise DemoError(f"the {lm.label} weights have no attribute latents; the Faces tab needs the CelebA "
                             f"export with extras={{'attribute_latents': ...}}")
         if attr in names:
             idx = names.index(attr)
@@ -609,6 +730,7 @@ def interpolation_plan(lm: LoadedModel, image_a: Tensor, image_b: Tensor, req: C
     The same chain as :func:`clel.sampling.interpolation_chain`, with the starting noise drawn here so the
     first frame can show it.
     """
+    lm.encoder_or_error("Interpolation")
     dev = next(lm.model.parameters()).device
     z = slerp(image_latent(lm.model, image_a.to(dev)), image_latent(lm.model, image_b.to(dev)),
               torch.linspace(0, 1, req.n))
@@ -640,6 +762,33 @@ def frame_every(steps: int, target_frames: int = 20) -> int:
     return max(1, steps // max(1, target_frames))
 
 
+# Test hook: step N (1-based) of every chain raises InjectedFailure. Tests set the module variable, or the
+# environment variable for a server started in a subprocess; both are unset in normal use.
+FAIL_AT_STEP_ENV = "CLEL_DEMO_FAIL_AT_STEP"
+FAIL_AT_STEP: int | None = None
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the test hook: stands for any unexpected error inside a chain."""
+
+
+def _fail_at_step() -> int | None:
+    if FAIL_AT_STEP is not None:
+        return FAIL_AT_STEP
+    raw = os.environ.get(FAIL_AT_STEP_ENV, "").strip()
+    try:
+        return int(raw) if raw else None
+    except ValueError:
+        raise DemoError(f"{FAIL_AT_STEP_ENV}={raw!r} is not an integer") from None
+
+
+def _failing(chain: Iterator[SGLDStep], at: int) -> Iterator[SGLDStep]:
+    for s in chain:
+        if s.step + 1 >= at:
+            raise InjectedFailure(f"injected failure at SGLD step {s.step + 1} ({FAIL_AT_STEP_ENV}={at}, a test hook)")
+        yield s
+
+
 # Live chains being iterated right now (for tests and the status line): id -> last step done.
 ACTIVE_CHAINS: dict[int, int] = {}
 _active_lock = threading.Lock()
@@ -654,8 +803,11 @@ def stream_frames(plan: ChainPlan, total: int, every: int | None = None, min_int
     after the last step, with the energy of the final samples added to the curve. ``should_stop`` is asked
     after every step: when it says yes the chain ends there with a final frame marked ``stopped`` (the Stop
     button). Closing the generator (a cancelled request) also stops the chain after the step in progress.
+    An error inside the chain propagates to the caller after the frames already yielded.
     """
     every = every or frame_every(total)
+    fail_at = _fail_at_step()
+    chain = plan.chain if fail_at is None else _failing(plan.chain, fail_at)
     history = EnergyHistory()
     t0 = last = time.perf_counter()
     key = id(plan)
@@ -666,7 +818,7 @@ def stream_frames(plan: ChainPlan, total: int, every: int | None = None, min_int
         x = plan.x0
         done = 0
         stopped = should_stop is not None and should_stop()  # stopped while it waited in the queue
-        for s in () if stopped else plan.chain:
+        for s in () if stopped else chain:
             done = s.step + 1
             x = s.x
             history.add(s.step, s.energy)
@@ -697,13 +849,16 @@ FACE_ATTRIBUTES = ("Young", "Female", "Smiling")
 
 
 def make_demo_exports(root: str | os.PathLike, preset: str = "tiny", seed: int = 0, celeba_size: int = 32,
-                      reference_images: Mapping[str, Tensor] | None = None) -> dict[str, Path]:
+                      reference_images: Mapping[str, Tensor] | None = None,
+                      celeba_encoder: bool = True) -> dict[str, Path]:
     """Randomly initialised exports shaped like the real demo weights, under ``root/cifar10`` and ``root/celeba64``.
 
     The CIFAR-10 export carries 10 class prototypes, the CelebA one Young/Female/Smiling attribute latents (random
     unit vectors: the networks are untrained, so samples are noise; the apps' behaviour is what is exercised).
     With ``reference_images`` (uint8 sets as from :func:`clel.ood.reference_sets`) an ``ood_reference.safetensors``
-    is written next to the CIFAR-10 weights. Returns ``{"cifar10": path, "celeba": path}``.
+    is written next to the CIFAR-10 weights. ``celeba_encoder=False`` leaves h out of the CelebA export, as in
+    the bundled ``weights/celeba64``. Each folder gets a short model card (README.md).
+    Returns ``{"cifar10": path, "celeba": path}``.
     """
     import torch.nn.functional as F
 
@@ -726,7 +881,13 @@ def make_demo_exports(root: str | os.PathLike, preset: str = "tiny", seed: int =
     attrs = F.normalize(torch.randn(len(FACE_ATTRIBUTES), cfg.feature_dim, generator=g), dim=1)
     celeba_dir = export_pretrained(celeba, root / "celeba64", extras={"attribute_latents": attrs},
                                    extra_names={"attribute_latents": list(FACE_ATTRIBUTES)},
-                                   info={"weights": f"random init ({preset} preset, seed {seed})"})
+                                   info={"weights": f"random init ({preset} preset, seed {seed})"},
+                                   encoder=celeba_encoder)
+    for folder, what in ((cifar_dir, "CIFAR-10"), (celeba_dir, f"CelebA {celeba_size}x{celeba_size}")):
+        (folder / MODEL_CARD).write_text(
+            f"# Random CLEL ({preset} preset) shaped like the {what} demo weights\n\n"
+            f"Untrained (seed {seed}): samples are noise. Made by `clel.demo.make_demo_exports` to try the apps "
+            f"and run their tests without trained weights.\n")
     if reference_images:
         from .ood import compute_reference, save_reference
 
@@ -779,6 +940,9 @@ def ood_histogram(reference: Any | None, uploaded: Mapping[str, float], tpr: flo
         fig.add_trace(go.Histogram(x=values, name=f"{UPLOADED_TRACE} (n={len(values)})", yaxis="y2", xbins=bins,
                                    marker={"color": "rgb(214, 39, 40)", "line": {"color": "black", "width": 1}},
                                    hovertext=list(uploaded), opacity=0.9))
+        if bins is not None:
+            for a in upload_labels(uploaded, edges):
+                fig.add_annotation(a)
     if reference is not None and reference.in_distribution in reference.scores:
         t = reference.threshold(tpr)
         fig.add_trace(go.Scatter(x=[t, t], y=[0, 1], yaxis="y3", mode="lines", line={"color": "black", "dash": "dash"},
@@ -798,8 +962,43 @@ def ood_histogram(reference: Any | None, uploaded: Mapping[str, float], tpr: flo
     return fig
 
 
-def scores_csv(rows: Sequence[Mapping[str, Any]]) -> bytes:
-    """CSV of the OOD page's table: one row per file, with its scores or its error."""
+def upload_labels(uploaded: Mapping[str, float], edges: np.ndarray, per_bin: int = 3,
+                  max_chars: int = 26) -> list[dict[str, Any]]:
+    """Plotly annotations naming the files in each bar of the uploads' histogram (on its count axis ``y2``).
+
+    Written upright above the bar so neighbouring bars' labels do not run into each other; a bar with more than
+    ``per_bin`` files names the first ones and counts the rest, and a label is cut at ``max_chars`` so it fits
+    above the tallest bar (a third of the height) without reaching the title; hovering lists every file.
+    """
+    names = list(uploaded)
+    idx = np.clip(np.searchsorted(edges, list(uploaded.values()), side="right") - 1, 0, len(edges) - 2)
+    labels = []
+    for b in sorted(set(idx.tolist())):
+        files = [names[i] for i in np.flatnonzero(idx == b)]
+        text = ", ".join(files[:per_bin]) + (f" +{len(files) - per_bin} more" if len(files) > per_bin else "")
+        if len(text) > max_chars:
+            text = text[:max_chars - 1] + "…"
+        labels.append({"x": float((edges[b] + edges[b + 1]) / 2), "y": len(files), "xref": "x", "yref": "y2",
+                       "text": text, "showarrow": False, "textangle": -90, "yanchor": "bottom", "yshift": 4,
+                       "font": {"size": 11, "color": "rgb(150, 20, 20)"}, "bgcolor": "rgba(255, 255, 255, 0.7)",
+                       "hovertext": "<br>".join(files),
+                       "name": "upload label"})
+    return labels
+
+
+def round_sig(value: Any, digits: int = 7) -> Any:
+    """Floats to ``digits`` significant digits (float32 scores carry about 7); anything else unchanged."""
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and value != 0:
+        return float(f"{float(value):.{digits}g}")
+    return value
+
+
+def scores_csv(rows: Sequence[Mapping[str, Any]], digits: int = 7) -> bytes:
+    """CSV of the OOD page's table: one row per file, with its scores or its error.
+
+    Floats are written with ``digits`` significant digits: binary noise such as 57.599999999999994 says
+    nothing the scores (float32) or percentiles (counts) know.
+    """
     import csv
 
     columns: list[str] = []
@@ -809,5 +1008,5 @@ def scores_csv(rows: Sequence[Mapping[str, Any]]) -> bytes:
     w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+        w.writerow({k: ("" if r.get(k) is None else round_sig(r.get(k), digits)) for k in columns})
     return buf.getvalue().encode()

@@ -1,8 +1,10 @@
 """Both apps in a real browser: Playwright driving Debian's Chromium (never `playwright install`).
 
 Skipped when /usr/bin/chromium or the playwright package is missing (CI: `apt-get install -y chromium`).
-Screenshots go to docs/screenshots/. They use tiny random weights unless CLEL_WEIGHTS_CIFAR10 /
-CLEL_WEIGHTS_CELEBA name trained ones (then the samples in the screenshots are real).
+Screenshots go to a temporary folder, so running the tests leaves docs/ alone. To refresh the documentation's
+screenshots set ``CLEL_REFRESH_SCREENSHOTS=1``: they are then written to docs/screenshots/ (or to the folder
+named by ``CLEL_SCREENSHOTS``). They use tiny random weights unless CLEL_WEIGHTS_CIFAR10 / CLEL_WEIGHTS_CELEBA
+name trained ones (then the samples in the screenshots are real).
 """
 from __future__ import annotations
 
@@ -21,21 +23,14 @@ from urllib.parse import urlparse
 
 import pytest
 
-CHROMIUM = os.environ.get("CLEL_CHROMIUM", "/usr/bin/chromium")
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"{CHROMIUM} not found: install Debian's Chromium (apt-get install -y chromium)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-gr = pytest.importorskip("gradio")
-pytest.importorskip("streamlit")
-
 from clel import demo as D  # noqa: E402
 from clel.ood import reference_sets  # noqa: E402
 
 from conftest import DATA_ROOT  # noqa: E402
 
+CHROMIUM = os.environ.get("CLEL_CHROMIUM", "/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
-SHOTS = Path(os.environ.get("CLEL_SCREENSHOTS", REPO / "docs" / "screenshots"))
+DOCS_SHOTS = REPO / "docs" / "screenshots"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 sys.path.insert(0, str(REPO / "app"))
@@ -46,6 +41,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def screenshot_dir(env: dict, tmp: Path) -> Path:
+    """docs/screenshots (or CLEL_SCREENSHOTS) only when CLEL_REFRESH_SCREENSHOTS=1 asks for it; else ``tmp``."""
+    if env.get("CLEL_REFRESH_SCREENSHOTS", "").strip().lower() in ("1", "true", "yes"):
+        return Path(env.get("CLEL_SCREENSHOTS") or DOCS_SHOTS)
+    return tmp
+
+
+def test_screenshots_stay_out_of_docs_unless_asked(tmp_path):
+    assert screenshot_dir({}, tmp_path) == tmp_path
+    assert screenshot_dir({"CLEL_SCREENSHOTS": "/elsewhere"}, tmp_path) == tmp_path  # naming a folder is not asking
+    assert screenshot_dir({"CLEL_REFRESH_SCREENSHOTS": "1"}, tmp_path) == DOCS_SHOTS
+    assert screenshot_dir({"CLEL_REFRESH_SCREENSHOTS": "1", "CLEL_SCREENSHOTS": "/x"}, tmp_path) == Path("/x")
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    d = screenshot_dir(dict(os.environ), tmp_path_factory.mktemp("screenshots"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def sync_api():
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's Chromium (apt-get install -y chromium)")
+    pytest.importorskip("gradio")
+    pytest.importorskip("streamlit")
+    return pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +84,7 @@ def weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(sync_api):
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield b
@@ -88,7 +113,7 @@ def local_only(route) -> None:
 
 def new_page(browser, width: int = 1600, height: int = 1000):
     page = browser.new_page(viewport={"width": width, "height": height})
-    page.route("**/*", local_only)
+    page.context.route("**/*", local_only)  # the context: tabs the page opens are covered too
     return page
 
 
@@ -105,10 +130,49 @@ WATCH_JS = """(prefix) => {
 }"""
 
 
-def test_faces_female_and_smiling_streams_into_the_page(browser, gradio_url, weights):
+OVERLAP_JS = """(sel) => {
+    const plot = document.querySelector(sel);
+    const meets = (a, b) => !(a.right <= b.left || b.right <= a.left || a.bottom <= b.top || b.bottom <= a.top);
+    const t = plot.querySelector('.gtitle').getBoundingClientRect();
+    const y = plot.querySelector('.ytitle').getBoundingClientRect();
+    const p = plot.getBoundingClientRect();
+    // anything of the Gradio block drawn over the title (its label badge, buttons), outside the figure itself
+    const block = plot.closest('.block') || plot.parentElement;
+    const covering = [...block.querySelectorAll('*')].filter(e => !e.closest('.js-plotly-plot') && !e.contains(plot))
+        .filter(e => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0 && meets(r, t)
+                       && e.checkVisibility({opacityProperty: true, visibilityProperty: true})
+                       && !e.closest('.hide'); })  // the progress overlay stays in place, hidden, after a run
+        .map(e => e.tagName + '.' + e.className);
+    return {overlap: meets(t, y), covering, inside: t.left >= p.left && t.right <= p.right && t.top >= p.top,
+            title: plot.querySelector('.gtitle').textContent};
+}"""
+
+
+def test_header_shows_no_server_paths(browser, gradio_url, weights):
+    page = new_page(browser)
+    page.goto(gradio_url)
+    header = page.locator("#weights-header")
+    header.get_by_text("CIFAR-10").first.wait_for(timeout=30_000)
+    text = header.inner_text()
+    for folder in {str(REPO), str(Path(weights["cifar10"]).parent), str(Path(weights["celeba"]).parent), "/tmp/"}:
+        assert folder not in text, text
+    assert "parameters" in text and "model card" in text
+    with page.context.expect_page() as opened:  # Gradio opens Markdown links in a new tab
+        page.locator("#weights-header a", has_text="model card").first.click()
+    card = opened.value
+    card.get_by_text("samples are noise").first.wait_for(timeout=30_000)  # the card of the random export
+    assert card.url.split("#")[0].rstrip("/").endswith("/model-cards")
+    card.close()
+    page.close()
+
+
+def test_faces_female_and_smiling_streams_into_the_page(browser, gradio_url, weights, shots):
     page = new_page(browser)
     page.goto(gradio_url)
     page.get_by_role("tab", name="Faces").click()
+    # the tab opens on a composition, not on "everything off"
+    assert page.locator("#faces-young").get_by_label("AND").is_checked()
+    assert page.locator("#faces-smiling").get_by_label("AND").is_checked()
     page.locator("#faces-female").get_by_label("AND").check()
     page.locator("#faces-smiling").get_by_label("AND").check()
     assert page.locator("#faces-female").get_by_label("AND").is_checked()
@@ -125,12 +189,14 @@ def test_faces_female_and_smiling_streams_into_the_page(browser, gradio_url, wei
     seen = page.evaluate("() => window.__srcs")
     assert len(seen) >= 4, f"the output image changed only {len(seen)} times"  # the noise, then >= 3 changes
     assert page.locator("#faces-energy .js-plotly-plot").count() == 1
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "gradio_faces.png"), full_page=True)
+    layout = page.evaluate(OVERLAP_JS, "#faces-energy .js-plotly-plot")
+    assert not layout["overlap"] and not layout["covering"] and layout["inside"], layout
+    page.screenshot(path=str(shots / "gradio_faces.png"), full_page=True)
+    assert (shots / "gradio_faces.png").is_file()
     page.close()
 
 
-def test_stop_button_cancels_the_chain(browser, gradio_url):
+def test_stop_button_cancels_the_chain(browser, gradio_url, shots):
     page = new_page(browser)
     page.goto(gradio_url)
     steps = page.locator("#unconditional-steps input[type=number]")
@@ -155,7 +221,30 @@ def test_stop_button_cancels_the_chain(browser, gradio_url):
     time.sleep(1.5)  # no frame arrives after Stop
     assert status.inner_text() == stopped and stopped.startswith("Stopped") and "Done" not in stopped, stopped
     page.locator("#unconditional-download a").first.wait_for(timeout=30_000)  # the samples it had reached
-    page.screenshot(path=str(SHOTS / "gradio_unconditional_stopped.png"), full_page=False)
+    page.screenshot(path=str(shots / "gradio_unconditional_stopped.png"), full_page=False)
+    page.close()
+
+
+def test_what_the_model_sees_shows_square_thumbnails(browser, gradio_url):
+    """One reference image: its thumbnail stays square and small, not stretched over the row and cropped."""
+    page = new_page(browser)
+    page.goto(gradio_url)
+    page.get_by_role("tab", name="Look-alikes").click()
+    page.locator("#lookalikes-files input[type=file]").set_input_files([str(REPO / "app/examples/cifar10_cat.jpg")])
+    for elem, value in (("steps", "1"), ("sweeps", "1"), ("n", "2")):
+        box = page.locator(f"#lookalikes-{elem} input[type=number]")
+        box.fill(value)
+        box.press("Enter")
+    page.locator("#lookalikes-sample").click()
+    page.locator("#lookalikes-status").get_by_text("Done").wait_for(timeout=120_000)
+    img = page.locator("#lookalikes-seen img").first
+    img.wait_for(timeout=30_000)
+    b = img.bounding_box()
+    gallery = page.locator("#lookalikes-seen").bounding_box()
+    fit = img.evaluate("e => getComputedStyle(e).objectFit")
+    assert fit == "contain" and b["width"] < gallery["width"] / 3, (fit, b, gallery)
+    shown = img.evaluate("e => [e.naturalWidth, e.naturalHeight]")
+    assert shown[0] == shown[1]  # the square the model sees, drawn whole inside its box ("contain")
     page.close()
 
 
@@ -186,7 +275,7 @@ def streamlit_url(weights):
         proc.kill()
 
 
-def test_streamlit_page_scores_uploads(browser, streamlit_url, weights, tmp_path):
+def test_streamlit_page_scores_uploads(browser, streamlit_url, weights, tmp_path, shots):
     cat, dtd = DATA_ROOT / "cifar10" / "test" / "cat" / "0001.jpg", DATA_ROOT / "dtd10" / "banded" / "banded_0004.png"
     if not cat.is_file() or not dtd.is_file():
         pytest.skip("shared data not found")
@@ -194,6 +283,9 @@ def test_streamlit_page_scores_uploads(browser, streamlit_url, weights, tmp_path
     shutil.copy(cat, files[0])
     shutil.copy(dtd, files[1])
     files[2].write_bytes(cat.read_bytes()[:300])
+    for p in sorted((REPO / "app" / "examples").glob("*.jpg"))[:5]:  # 7 good files: more than 5 rows
+        shutil.copy(p, tmp_path / p.name)
+        files.append(tmp_path / p.name)
     page = new_page(browser, 1400, 1700)
     page.goto(streamlit_url)
     page.locator("input[type=file]").wait_for(state="attached", timeout=60_000)
@@ -204,7 +296,14 @@ def test_streamlit_page_scores_uploads(browser, streamlit_url, weights, tmp_path
     legend = page.locator(".js-plotly-plot .legendtext").all_text_contents()
     if (Path(weights["cifar10"]) / "ood_reference.safetensors").is_file():
         assert any(t.startswith("CIFAR-10 test (in-distribution)") for t in legend)
-    assert "uploaded images (n=2)" in legend
+    assert "uploaded images (n=7)" in legend
+    labels = " ".join(page.locator(".js-plotly-plot .annotation-text").all_text_contents())
+    assert "cifar10_cat" in labels and "dtd_band" in labels, labels  # the bars say which file is which
     time.sleep(1.0)  # let the plot and the table finish drawing
-    page.screenshot(path=str(SHOTS / "streamlit_ood.png"), full_page=True)
+    # every row shows: the grid's scroller has nothing hidden below its visible area
+    grid = page.evaluate("""() => { const s = document.querySelector('[data-testid=stDataFrame] .dvn-scroller');
+        return s && {scroll: s.scrollHeight, client: s.clientHeight}; }""")
+    assert grid and grid["scroll"] <= grid["client"] + 2, grid
+    assert page.locator("[data-testid=stDataFrame]").bounding_box()["height"] >= 7 * 72, "the table is cut off"
+    page.screenshot(path=str(shots / "streamlit_ood.png"), full_page=True)
     page.close()

@@ -202,6 +202,142 @@ def test_missing_weights_give_a_clear_error(tmp_path):
         next(app.faces("AND", "off", "off", 2, 2, 100, 0.001, 1.0, 0, False))
 
 
+def test_chain_failure_reaches_the_user_as_a_sentence(app, monkeypatch):
+    """An unexpected error inside a chain (the CLEL_DEMO_FAIL_AT_STEP hook) gives a sentence, not a bare "Error"."""
+    _, client = app
+    monkeypatch.setenv(D.FAIL_AT_STEP_ENV, "3")  # the server runs in this process: it reads the variable per chain
+    job = client.submit("ship", *chain(), api_name="/classes")
+    with pytest.raises(Exception) as e:
+        job.result()
+    message = str(e.value)
+    assert ("Sampling at step 3 of 8 failed (InjectedFailure: injected failure at SGLD step 3 "
+            "(CLEL_DEMO_FAIL_AT_STEP=3, a test hook)). Try again") in message, message
+    statuses = [o[3] for o in job.outputs()]
+    assert statuses[0].startswith("**Running** · step 0/8")
+    assert statuses[-1].startswith("**Failed** · step 2/8 · Sampling at step 3 of 8 failed"), statuses[-1]
+    assert D.ACTIVE_CHAINS == {}
+    monkeypatch.delenv(D.FAIL_AT_STEP_ENV)
+    assert client.predict("ship", *chain(steps=1), api_name="/classes")[3].startswith("**Done**")  # still serves
+
+
+def test_unexpected_error_before_the_chain_is_a_sentence_too(app, monkeypatch):
+    demo, _ = app
+
+    def broken(lm, req):
+        raise KeyError("prototype table")
+
+    monkeypatch.setattr(D, "unconditional_plan", broken)
+    with pytest.raises(gr.Error) as e:
+        next(demo.clel_app.unconditional("CIFAR-10", 2, 2, 100, 0.001, 0, False))
+    assert e.value.message.startswith("Preparing the chain failed (KeyError: 'prototype table'). Try again")
+
+
+def props(demo, elem_id: str) -> dict:
+    found = [c["props"] for c in demo.get_config_file()["components"] if c.get("props", {}).get("elem_id") == elem_id]
+    assert len(found) == 1, elem_id
+    return found[0]
+
+
+def examples(demo) -> dict[str, list]:
+    """Examples of each tab: label -> samples, in page order (the tabs' example sets share labels)."""
+    out: dict[str, list] = {}
+    for c in demo.get_config_file()["components"]:
+        if c.get("type") == "dataset":
+            out.setdefault(c["props"]["label"], []).append(dict(zip(c["props"]["sample_labels"],
+                                                                    c["props"]["samples"])))
+    return out
+
+
+@pytest.fixture(scope="module")
+def encoderless(tmp_path_factory):
+    """An app whose CelebA export has no encoder h, like the bundled weights/celeba64."""
+    paths = D.make_demo_exports(tmp_path_factory.mktemp("noh"), celeba_encoder=False)
+    return gradio_app.build_app(str(paths["cifar10"]), str(paths["celeba"])), paths
+
+
+def test_choices_that_need_an_encoder_are_not_offered_without_one(encoderless):
+    demo, _ = encoderless
+    for tab in ("lookalikes", "interpolate"):
+        radio = props(demo, f"{tab}-weights")
+        assert [c[0] for c in radio["choices"]] == ["CIFAR-10"] and radio["value"] == "CIFAR-10"
+        note = props(demo, f"{tab}-weights-note")
+        assert note["visible"] and "CelebA 64 is not offered: its export has no encoder h" in note["value"]
+    look, interp = examples(demo)["Examples"]
+    assert "two smiling women" not in look and "a cat" in look
+    assert "face → face" not in interp and "cat → ship" in interp
+    assert "no encoder h, so no look-alikes or interpolation" in props(demo, "weights-header")["value"]
+    # a client that asks anyway (the API, a stale page) gets a sentence, not a traceback
+    with pytest.raises(gr.Error) as e:
+        next(demo.clel_app.lookalikes([str(EX / "celeba_000001.jpg")], "CelebA 64", *chain()))
+    assert e.value.message.startswith("Look-alikes needs the encoder h to read the photos, and the CelebA 64 weights "
+                                      "were exported without it")
+    with pytest.raises(gr.Error, match="Interpolation needs the encoder h"):
+        next(demo.clel_app.interpolate(str(EX / "celeba_000003.jpg"), str(EX / "celeba_000001.jpg"), "CelebA 64",
+                                       *chain()))
+
+
+def test_the_bundled_weights_offer_what_their_exports_can_do():
+    """weights/celeba64 ships without h today; a bundle with h brings its look-alikes and face → face back."""
+    import json
+
+    demo = gradio_app.build_app(str(REPO / "weights" / "cifar10"), str(REPO / "weights" / "celeba64"))
+    parts = json.loads((REPO / "weights" / "celeba64" / "config.json").read_text()).get("parts", ["f", "g", "h"])
+    offered = [c[0] for c in props(demo, "lookalikes-weights")["choices"]]
+    assert ("CelebA 64" in offered) == ("h" in parts)
+    look, interp = examples(demo)["Examples"]
+    assert ("two smiling women" in look) == ("face → face" in interp) == ("h" in parts)
+
+
+def _absolute_paths(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"(?<![\w.:/~-])/(?:[^\s/:'\"()<>,;|]+/)+[^\s/:'\"()<>,;|]*", text)
+
+
+def test_header_names_the_models_without_server_paths(app, tmp_path):
+    demo, client = app
+    header = props(demo, "weights-header")["value"]
+    assert "Random CLEL (tiny preset) shaped like the CIFAR-10 demo weights · Tiny, 32 px," in header
+    assert "parameters" in header and "[model card](model-cards#card-cifar10)" in header
+    assert _absolute_paths(header) == [] and str(REPO) not in header and "/tmp" not in header, header
+    # the rendered page carries the same text (and the model-card page answers)
+    import httpx
+
+    page = httpx.get(client.src.rstrip("/") + "/config", timeout=30).json()
+    shown = next(c["props"]["value"] for c in page["components"] if c["props"].get("elem_id") == "weights-header")
+    assert shown == header
+    assert httpx.get(client.src.rstrip("/") + "/model-cards", timeout=30).status_code == 200
+    cards = [c for c in demo.get_config_file()["components"] if c["props"].get("elem_id") == "card-cifar10"]
+    assert "samples are noise" in cards[0]["props"]["value"]
+    # missing weights: the header explains without the server's folders
+    broken = gradio_app.build_app(str(tmp_path / "a" / "none"), str(tmp_path / "b" / "none"))
+    text = props(broken, "weights-header")["value"]
+    assert "not available: cannot load the cifar10 weights" in text
+    assert str(tmp_path) not in text and _absolute_paths(text) == [], text
+
+
+def test_hub_weights_link_to_their_hub_card(app):
+    demo, _ = app
+    lm = demo.clel_app.store.get("cifar10")
+    hub = D.LoadedModel(lm.kind, lm.model, lm.cfg, {**lm.extras, "source": "hub"}, "owner/clel-cifar10")
+    assert hub.hub_url == "https://huggingface.co/owner/clel-cifar10"
+    assert "Hugging Face Hub owner/clel-cifar10" in hub.describe()
+
+
+def test_faces_open_on_a_composition_and_classes_have_examples(app):
+    demo, _ = app
+    assert [props(demo, f"faces-{a}")["value"] for a in ("young", "female", "smiling")] == ["AND", "off", "AND"]
+    classes = examples(demo)["Classes to try"][0]
+    assert len(classes) >= 3 and all([k] == v for k, v in classes.items())
+
+
+def test_what_the_model_sees_keeps_the_thumbnails_aspect(app):
+    demo, _ = app
+    for elem in ("lookalikes-seen", "interpolate-seen"):
+        g = props(demo, elem)
+        assert g["object_fit"] == "contain" and g["fit_columns"] is False and g["columns"] == 8, g
+
+
 def test_dockerfile_spaces_style_and_hadolint_clean():
     import re
     import shutil

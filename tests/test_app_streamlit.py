@@ -7,6 +7,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -152,9 +153,78 @@ def test_csv_content(page):
     rows = page.session_state["csv_rows"]
     df = pd.read_csv(io.BytesIO(D.scores_csv(rows)))
     assert list(df["file"]) == ["cat.jpg", "bad.jpg"]
-    assert abs(df["s(x)"][0] - page.dataframe[0].value["s(x)"][0]) < 1e-9
+    assert abs(df["s(x)"][0] - page.dataframe[0].value["s(x)"][0]) < 1e-6  # 7 significant digits
     assert pd.isna(df["s(x)"][1]) and "bad.jpg: not an image file" in df["error"][1]
     assert "image" not in df.columns  # no thumbnails in the CSV
+
+
+def test_the_table_shows_every_row_without_scrolling(weights, monkeypatch):
+    """More than five 72-pixel rows: the table is as tall as its rows (no inner scroll bar)."""
+    import streamlit
+
+    calls = []
+    original = streamlit.dataframe
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "dataframe", recording)  # the page calls st.dataframe at run time
+    monkeypatch.setenv("CLEL_WEIGHTS_CIFAR10", str(weights))
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    cats = sorted(data_path("cifar10", "test", "cat").glob("*.jpg"))[:7]
+    at.file_uploader[0].set_value([(p.name, p.read_bytes(), "image/jpeg") for p in cats])
+    at.run()
+    assert not at.exception and len(at.dataframe[0].value) == 7
+    height, rows = calls[-1].get("height", "auto"), calls[-1]["row_height"]
+    assert height == "content" or (isinstance(height, int) and height >= 40 + 7 * rows), height
+
+
+def test_histogram_names_each_upload(page):
+    cat = read("cifar10", "test", "cat", "0001.jpg")
+    dtd = read("dtd10", "banded", "banded_0004.png")
+    page.file_uploader[0].set_value([("cat.jpg", cat, "image/jpeg"), ("banded.png", dtd, "image/png")])
+    page.run()
+    spec = json.loads(page.get("plotly_chart")[0].proto.spec)
+    labels = [a for a in spec["layout"].get("annotations", []) if a.get("name") == "upload label"]
+    named = " ".join(a["text"] for a in labels)
+    assert "cat.jpg" in named and "banded.png" in named, labels
+
+
+def test_csv_has_no_float_noise(page):
+    import re
+
+    files = sorted(data_path("cifar10", "test", "cat").glob("*.jpg"))[:6]
+    page.file_uploader[0].set_value([(p.name, p.read_bytes(), "image/jpeg") for p in files])
+    page.run()
+    text = D.scores_csv(page.session_state["csv_rows"]).decode()
+    numbers = re.findall(r"(?<![\w.])-?\d+\.\d+(?:e-?\d+)?", text)
+    assert numbers
+    for n in numbers:
+        digits = n.lstrip("-").split("e")[0].replace(".", "").lstrip("0")
+        assert len(digits) <= 7, f"{n} in the CSV carries float noise"
+    df = pd.read_csv(io.BytesIO(text.encode()))
+    table = page.dataframe[0].value
+    assert ((df["s(x)"] - table["s(x)"]).abs() <= 1e-6 * table["s(x)"].abs().clip(lower=1e-3)).all()
+
+
+def test_usage_statistics_are_off_from_the_repository_root():
+    """`streamlit run app/ood_page.py` from the root reads .streamlit/config.toml (the README's command)."""
+    import subprocess
+    import sys
+    import tomllib
+
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["browser"]["gatherUsageStats"] is False and config["server"]["maxUploadSize"] == 25
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}
+    out = subprocess.run([sys.executable, "-m", "streamlit", "config", "show"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120).stdout
+    shown = dict(re.split(r"\s*=\s*", line, maxsplit=1) for line in out.splitlines()
+                 if re.match(r"^(gatherUsageStats|maxUploadSize) = ", line))
+    assert shown == {"gatherUsageStats": "false", "maxUploadSize": "25"}, shown
+    readme = (REPO / "app" / "README.md").read_text()
+    assert "streamlit run app/ood_page.py" in readme
 
 
 def test_reference_uses_real_data_sets():

@@ -188,6 +188,19 @@ def test_energy_figure_traces():
     assert len(fig.data[1].x) == 4 and len(fig.data[0].x) == 8
 
 
+def test_energy_figure_long_label_stays_out_of_the_title():
+    """A composition's label goes into the title; the rotated y label stays short, the title in the top margin."""
+    label = "E(x, AND Young AND Female AND Smiling)"
+    fig = D.energy_figure(D.EnergyHistory(), 100, ylabel=label)
+    lay = fig.layout
+    assert label in lay.title.text and lay.yaxis.title.text == "energy"
+    plot_height = lay.height - lay.margin.t - lay.margin.b
+    assert len(lay.yaxis.title.text) * 9 < plot_height  # ~9 px a character at 14 px: fits beside the plot area
+    assert (lay.title.yref, lay.title.yanchor) == ("container", "top")
+    title_bottom = (1 - lay.title.y) * lay.height + 1.5 * lay.title.font.size
+    assert title_bottom < lay.margin.t  # the title ends above the plot area (where the y label starts)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Live chains on a tiny random export
 # ---------------------------------------------------------------------------------------------------------------
@@ -393,3 +406,94 @@ def test_compute_reference_counts(store):
     ref = compute_reference(lm.model, sets)
     assert ref.info["counts"] == {"cifar10_test": 3} and ref.scores["cifar10_test"].shape == (3,)
     assert json.loads(json.dumps(ref.info))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What visitors see: no server paths, model descriptions, encoder-less exports, failures inside a chain
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_shown_path_and_redact_paths(tmp_path):
+    assert D.shown_path(D.REPO_ROOT / "weights" / "cifar10") == os.path.join("weights", "cifar10")
+    assert D.shown_path(tmp_path / "w" / "cifar10") == "cifar10" and D.shown_path("weights/x") == "weights/x"
+    msg = (f"cannot load the cifar10 weights from {tmp_path}/none: {tmp_path}/none: no such folder; "
+           f"{D.REPO_ROOT}/weights/celeba64 was exported; see https://huggingface.co/owner/name or weights/a/b")
+    out = D.redact_paths(msg)
+    assert str(tmp_path) not in out and str(D.REPO_ROOT) not in out
+    assert out == ("cannot load the cifar10 weights from none: none: no such folder; weights/celeba64 was exported; "
+                   "see https://huggingface.co/owner/name or weights/a/b")
+
+
+def test_describe_names_the_model_without_server_paths(store, exports):
+    lm = store.get("cifar10")
+    text = lm.describe()
+    assert str(exports["cifar10"].parent) not in text and "/" not in text.replace("weights/", "")
+    assert "tiny, 32 px" in text.lower() and "parameters" in text and "from local folder cifar10" in text
+    title, body, images = lm.card()
+    assert title.startswith("Random CLEL (tiny preset)") and "samples are noise" in body and images == []
+    with pytest.raises(D.DemoError) as e:
+        D.ModelStore({"cifar10": str(exports["cifar10"].parent / "missing")}).get("cifar10")
+    assert str(exports["cifar10"].parent) not in str(e.value) and "cannot load the cifar10 weights" in str(e.value)
+
+
+def test_model_card_of_the_bundled_weights():
+    lm = D.ModelStore({"cifar10": str(D.REPO_ROOT / "weights" / "cifar10")}).get("cifar10")
+    title, body, images = lm.card()
+    assert title.startswith("CLEL ") and not body.startswith("---") and "![" not in body
+    assert images and all(p.is_file() for p, _ in images)
+
+
+def test_encoderless_export_refuses_photo_features_in_a_sentence(tmp_path):
+    paths = D.make_demo_exports(tmp_path, celeba_encoder=False)
+    assert json.loads((paths["celeba"] / "config.json").read_text())["parts"] == ["f", "g"]
+    s = D.ModelStore({"cifar10": str(paths["cifar10"]), "celeba": str(paths["celeba"])})
+    lm = s.get("celeba")
+    assert not lm.has_encoder and s.get("cifar10").has_encoder and "no encoder h" in lm.describe()
+    req = D.clamp_request(2, 2)
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(D.DemoError, match=r"^Look-alikes needs the encoder h .* CelebA 64 weights were exported "
+                                          r"without it \(their config.json lists only the networks f, g\)"):
+        D.lookalike_plan(lm, x, req)
+    with pytest.raises(D.DemoError, match="^Interpolation needs the encoder h"):
+        D.interpolation_plan(lm, x, x, req)
+    assert str(tmp_path) not in lm.describe()
+    D.attribute_plan(lm, {"Young": "AND"}, req)  # the attribute latents are precomputed: Faces still works
+
+
+@pytest.mark.parametrize("how", ["env", "module"])
+def test_fail_hook_raises_inside_the_chain(store, monkeypatch, how):
+    if how == "env":
+        monkeypatch.setenv(D.FAIL_AT_STEP_ENV, "3")
+    else:
+        monkeypatch.setattr(D, "FAIL_AT_STEP", 3)
+    req = D.clamp_request(2, 8, 100, 0.001, 1.0, 0)
+    frames = []
+    with pytest.raises(D.InjectedFailure, match=r"injected failure at SGLD step 3 \(CLEL_DEMO_FAIL_AT_STEP=3"):
+        for f in D.stream_frames(D.unconditional_plan(store.get("cifar10"), req), req.steps, every=1):
+            frames.append(f.step)
+    assert frames == [0, 1, 2] and D.ACTIVE_CHAINS == {}
+    monkeypatch.setattr(D, "FAIL_AT_STEP", None)
+    monkeypatch.delenv(D.FAIL_AT_STEP_ENV, raising=False)
+    assert list(D.stream_frames(D.unconditional_plan(store.get("cifar10"), req), req.steps))[-1].step == 8
+
+
+def test_scores_csv_rounds_float_noise():
+    rows = [{"file": "a.png", "s(x)": 0.12345678912345, "CIFAR-10 test percentile": 57.599999999999994,
+             "E(x)": 1234.5678901234, "n": 3, "error": ""}, {"file": "b.png", "s(x)": None, "error": "bad"}]
+    text = D.scores_csv(rows).decode()
+    assert text.splitlines()[1] == "a.png,0.1234568,57.6,1234.568,3,"
+    assert text.splitlines()[2] == "b.png,,,,,bad"
+    assert D.round_sig(float("nan")) != D.round_sig(float("nan")) and D.round_sig(0.0) == 0.0
+
+
+def test_ood_histogram_labels_each_file(exports):
+    ref = load_reference(exports["cifar10"])
+    uploads = {"cat.jpg": 0.1, "ship.jpg": 0.1000001, "texture.png": 0.9, **{f"u{i}": 0.5 for i in range(5)},
+               "a_very_long_file_name_from_a_camera_0001.jpg": 0.7}
+    fig = D.ood_histogram(ref, uploads)
+    labels = [a for a in fig.layout.annotations if a.name == "upload label"]
+    text = " ".join(a.text for a in labels)
+    assert "cat.jpg, ship.jpg" in text and "texture.png" in text and "u0, u1, u2 +2 more" in text
+    assert max(len(a.text) for a in labels) <= 26 and "a_very_long_file_name_fro…" in text  # stays under the title
+    assert all(a.yref == "y2" and a.textangle == -90 for a in labels)
+    hover = " ".join(a.hovertext for a in labels)
+    assert all(name in hover for name in uploads)  # every file named, at least on hover
