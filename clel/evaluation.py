@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data import to_uint8
+from .distributed import dist_info
 from .energy import latent
 from .fast import FastPath, prepare
 from .sampling import ChainSettings, energy_fn, image_latent, per_sample_energy_fn, sample, sample_chain, slerp
@@ -51,7 +52,7 @@ __all__ = [
     "draw", "encoder_eval", "fid_report", "generate", "histogram_png", "load_fashion_mnist", "load_images",
     "load_mnist5k", "load_samples", "markdown_report", "mode_energy", "ood_evaluate", "ood_sets", "parse_term",
     "plotly_confusion_html", "plotly_histograms_html", "sample_features", "save_gif", "save_grid", "to_uint8",
-    "train_reference", "dist_info", "encode", "grid_array", "has_encoder", "ood_figures", "term_label",
+    "train_reference", "encode", "grid_array", "has_encoder", "ood_figures", "term_label",
     "wait_for_samples",
 ]
 
@@ -379,11 +380,6 @@ def _write_tensor(path: Path, key: str, t: Tensor, meta: dict[str, str] | None =
     from .weights import write_safetensors_atomic
 
     write_safetensors_atomic({key: t}, path, metadata=meta)
-
-
-def dist_info() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the torchrun environment; (0, 1, 0) outside torchrun."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
 def generate(model, n: int, out_dir: str | os.PathLike, settings: GenerateSettings | None = None,

@@ -154,3 +154,19 @@ def fast_sgld(model: nn.Module, fn: EnergyFn, x: Tensor, steps: int, step_size: 
     for s in fast_chain(model, fn, x, steps, step_size, noise, grad_clip, fast, generator):
         out = s.x
     return out.detach().clone().contiguous()
+
+
+def set_precision(precision: str, device: torch.device, error: type[Exception] = ValueError) -> None:
+    """fp32 (strict), tf32 (TF32 matmuls/convs on CUDA) or bf16 (refused where it is not native)."""
+    if precision == "bf16" and not native_bf16(device):
+        raise error(f"--precision bf16 needs a CUDA GPU or a CPU with native bf16 (AVX512-BF16 or AMX); "
+                         f"this {device.type} has none, use fp32")
+    tf32 = precision == "tf32"
+    if device.type == "cuda":
+        matmul = torch.backends.cuda.matmul
+        if hasattr(matmul, "fp32_precision"):  # torch >= 2.9; mixing with the legacy flags raises
+            matmul.fp32_precision = "tf32" if tf32 else "ieee"
+            torch.backends.cudnn.conv.fp32_precision = "tf32" if tf32 else "ieee"
+        else:
+            matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32

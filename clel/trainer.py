@@ -6,8 +6,8 @@ it; the rest is plumbing:
 * schedules: Adam with linear warm-up for the EBM (f and g), SGD with cosine decay for the encoder h;
 * EMA of all three networks by half-life (copied before ``ema_start_iter``, buffers always copied);
 * checkpoints: the *whole* training state (weights, EMA, optimisers, replay buffer, data-iterator position,
-  every RNG) as ``state.safetensors`` + ``state.json`` in ``checkpoints/iter-NNNNNNN/``, written to a temporary
-  folder, fsynced and renamed, so a crash never damages the previous checkpoint; no pickle anywhere;
+  every RNG), every ``ckpt_every`` iterations, after ``ckpt_minutes`` and on SIGINT/SIGTERM; the files and what
+  ``--resume`` / ``--resume auto`` continue from are :mod:`clel.checkpoints`;
 * divergence recovery: a non-finite loss or an energy beyond ``energy_bound`` rolls back to an in-memory
   snapshot, halves the learning rates, reseeds and continues; ``max_failures`` failures stop the run;
 * DDP (``torchrun``): one replay buffer per rank, NT-Xent over the negatives of all ranks, I/O on rank 0;
@@ -24,7 +24,6 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,44 +38,25 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .augment import StrongAugment
+from .checkpoints import (CKPT_FORMAT_VERSION, EMA_FORMAT, EMA_NAME, REPLAY_BUFFER_NAME,
+                          DivergenceError, TrainError, clone_tensors, find_checkpoints, load_checkpoint,
+                          load_replay_buffer, model_mismatch, read_checkpoint_meta, resolve_auto, resolve_resume,
+                          rng_state, set_rng_state, tidy_checkpoint_dir,
+                          write_checkpoint)
+from .concepts import concept_latents, encode_images
 from .config import CLELConfig
 from .data import DataError, ImageSet, RandomBatches, load_dataset, to_float, to_uint8
-from .concepts import concept_latents, encode_images
+from .distributed import gather_keep_grad, init_distributed, mean_over_ranks
 from .energy import marginal
+from .fast import FastPath, fast_sgld, set_precision
 from .losses import EBMLoss, NTXentLoss
 from .models import CLEL
-from .fast import FastPath, fast_sgld, native_bf16
 from .sgld import ReplayBuffer
-from .weights import (CONFIG_NAME, WeightsError, export_pretrained, fsync_dir, load_into, load_sharded, pack_tree,
-                      read_config, remove_tree, unpack_tree)
+from .weights import (WeightsError, export_pretrained, load_into, load_sharded, pack_tree, read_config, remove_tree,
+                      unpack_tree)
 
-__all__ = ["TrainOptions", "Trainer", "TrainError", "DivergenceError", "train", "find_checkpoints",
-           "load_checkpoint", "resolve_resume", "saved_config", "ema_update", "save_replay_buffer", "MODEL_FIELDS",
-           "REPLAY_BUFFER_NAME"]
+__all__ = ["TrainOptions", "Trainer", "TrainError", "DivergenceError", "train", "ema_update", "ebm_lr", "encoder_lr"]
 
-CKPT_FORMAT_VERSION = 1
-# A replay buffer saved beside an export (uint8 images, metadata format=REPLAY_BUFFER_FORMAT): --resume EXPORT
-# starts from it instead of noise (scripts/gpu/pack_result.py writes one; checkpoints hold theirs inline).
-REPLAY_BUFFER_NAME = "replay_buffer.safetensors"
-REPLAY_BUFFER_FORMAT = "clel-replay-buffer"
-# The EMA of f and g beside an export of the live weights, so a run continued from the export keeps its average.
-EMA_NAME = "ema.safetensors"
-EMA_FORMAT = "clel-ema"
-# Fields that define the networks (and their input): a checkpoint with other values is another model.
-MODEL_FIELDS = ("dataset", "image_size", "mean", "std", "arch", "feature_dim", "head_hidden", "projection",
-                "encoder_hidden", "encoder_width")
-
-
-class TrainError(RuntimeError):
-    """A problem the user can fix (bad path, wrong checkpoint, full disk); the CLI prints it and exits 2."""
-
-    exit_code = 2
-
-
-class DivergenceError(TrainError):
-    """Training diverged ``max_failures`` times despite rollbacks; the CLI exits 3."""
-
-    exit_code = 3
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -179,36 +159,10 @@ def encoder_lr(cfg: CLELConfig, it: int) -> float:
     return cfg.encoder_lr * 0.5 * (1.0 + math.cos(math.pi * min(it, cfg.iters) / max(1, cfg.iters)))
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "numpy": np.random.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
-
-
-def _gather_keep_grad(t: Tensor, world: int, rank: int) -> Tensor:
-    """Concatenate ``t`` from every rank; only the local slice carries gradient."""
-    if world == 1:
-        return t
-    parts = [torch.empty_like(t) for _ in range(world)]
-    dist.all_gather(parts, t.detach().contiguous())
-    parts[rank] = t
-    return torch.cat(parts)
 
 
 def _lower_priority(n: int, say: Any) -> None:
@@ -243,11 +197,6 @@ def _restore_sigterm(old: Any) -> None:
         signal.signal(signal.SIGTERM, old)
 
 
-def _clone_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    # Optimisers and the replay buffer adopt loaded tensors without copying; a snapshot must stay pristine.
-    return {k: v.clone() for k, v in tensors.items()}
-
-
 class _Objective(nn.Module):
     """Every forward pass with trainable parameters in one module, so DDP can synchronise their gradients.
 
@@ -275,179 +224,6 @@ class _Objective(nn.Module):
         return f_pos, f_neg, g_pos, g_neg, z_pos, self.h(views).float()
 
 
-def _set_precision(precision: str, device: torch.device) -> None:
-    if precision == "bf16" and not native_bf16(device):
-        raise TrainError(f"--precision bf16 needs a CUDA GPU or a CPU with native bf16 (AVX512-BF16 or AMX); "
-                         f"this {device.type} has none, use fp32")
-    tf32 = precision == "tf32"
-    if device.type == "cuda":
-        matmul = torch.backends.cuda.matmul
-        if hasattr(matmul, "fp32_precision"):  # torch >= 2.9; mixing with the legacy flags raises
-            matmul.fp32_precision = "tf32" if tf32 else "ieee"
-            torch.backends.cudnn.conv.fp32_precision = "tf32" if tf32 else "ieee"
-        else:
-            matmul.allow_tf32 = tf32
-            torch.backends.cudnn.allow_tf32 = tf32
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoint files
-# ----------------------------------------------------------------------------------------------------------------
-
-_CKPT_RE = re.compile(r"^iter-(\d+)$")
-
-
-def find_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints of a run (``checkpoints/iter-N`` with both files), oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _CKPT_RE.match(p.name)
-        if m and (p / "state.json").is_file() and (p / "state.safetensors").is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
-
-
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """(state.json, tensors of state.safetensors) of one checkpoint folder."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    try:
-        meta = json.loads((path / "state.json").read_text())
-        tensors = load_file(str(path / "state.safetensors"))
-    except Exception as e:  # truncated or foreign files
-        raise TrainError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
-    if meta.get("format") != "clel-checkpoint":
-        raise TrainError(f"{path}: not a clel checkpoint")
-    if meta.get("format_version", 0) > CKPT_FORMAT_VERSION:
-        raise TrainError(f"{path}: checkpoint format {meta['format_version']} is newer than this clel supports")
-    return meta, tensors
-
-
-def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """state.json of a checkpoint, after checking (cheaply, from its header) that state.safetensors is readable."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    try:
-        meta = json.loads((path / "state.json").read_text())
-        with safe_open(str(path / "state.safetensors"), framework="pt") as f:
-            f.keys()
-    except Exception as e:  # truncated or foreign files
-        raise TrainError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != "clel-checkpoint":
-        raise TrainError(f"{path}: not a clel checkpoint")
-    return meta
-
-
-def _write_checkpoint(path: Path, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
-    """Write a checkpoint folder atomically: temporary folder, fsync, rename (the old one stays until then)."""
-    from .weights import write_json_atomic, write_safetensors_atomic
-
-    root = path.parent
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{path.name}-{os.getpid()}"
-    remove_tree(tmp)
-    try:
-        tmp.mkdir()
-        write_safetensors_atomic(tensors, tmp / "state.safetensors")
-        write_json_atomic(meta, tmp / "state.json")
-        fsync_dir(tmp)
-        if path.exists():  # the same iteration again (after a rollback): swap, then drop the old one
-            old = root / f".old-{path.name}-{os.getpid()}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            remove_tree(old)
-        else:
-            os.replace(tmp, path)
-        fsync_dir(root)
-    except BaseException:
-        remove_tree(tmp)
-        raise
-
-
-def resolve_resume(resume: str | os.PathLike, warn: Any = None) -> tuple[str, Path]:
-    """What ``--resume`` points at: ("checkpoint", folder) — the newest readable one of a run — or ("export",
-    folder) for a pretrained folder without checkpoints."""
-    p = Path(resume)
-    if not p.is_dir():
-        raise TrainError(f"--resume {resume}: no such folder")
-    if (p / "state.json").is_file():
-        return "checkpoint", p
-    for c in reversed(find_checkpoints(p)):  # newest first; a damaged one falls back to the one before
-        try:
-            read_checkpoint_meta(c)
-            return "checkpoint", c
-        except TrainError as e:
-            if warn is not None:
-                warn(f"warning: skipping {c}: {e}")
-    if (p / CONFIG_NAME).is_file():
-        return "export", p
-    raise TrainError(f"--resume {resume}: no checkpoint (checkpoints/iter-*/) and no export "
-                     f"({CONFIG_NAME} + model.safetensors) in this folder")
-
-
-def resolve_auto(out: str | os.PathLike, init: str | os.PathLike | None) -> tuple[str | None, str]:
-    """What ``--resume auto`` continues from: (folder or None, a sentence saying so).
-
-    The run folder ``out`` when it holds a complete checkpoint, else the ``init`` export, else nothing (scratch).
-    """
-    if find_checkpoints(out):
-        return str(out), f"--resume auto: continuing the run in {out} from its newest checkpoint"
-    if init is not None:
-        kind, path = resolve_resume(init)
-        return str(init), (f"--resume auto: no checkpoint in {out} yet, starting from the "
-                           f"{'export' if kind == 'export' else 'checkpoint'} {path}")
-    return None, f"--resume auto: no checkpoint in {out} and no --init, starting from scratch"
-
-
-def saved_config(resume: str | os.PathLike) -> CLELConfig:
-    """The CLELConfig stored with a run, checkpoint or export (so ``--resume`` alone rebuilds the model)."""
-    kind, path = resolve_resume(resume)
-    try:
-        if kind == "checkpoint":
-            return CLELConfig.from_dict(read_checkpoint_meta(path)["config"])
-        return read_config(path)[0]
-    except (KeyError, TypeError, ValueError) as e:
-        raise TrainError(f"{path}: cannot read its config ({e})") from None
-
-
-def save_replay_buffer(images: Tensor, path: str | os.PathLike, iteration: int | None = None) -> Path:
-    """Write replay-buffer images (float in [0, 1] or uint8) as the uint8 file ``--resume EXPORT`` reads."""
-    from .weights import write_safetensors_atomic
-
-    if images.dtype != torch.uint8:
-        images = to_uint8(images)
-    meta = {"format": REPLAY_BUFFER_FORMAT, "count": str(len(images))}
-    if iteration is not None:
-        meta["iteration"] = str(iteration)
-    write_safetensors_atomic({"images": images.contiguous()}, path, metadata=meta)
-    return Path(path)
-
-
-def _tidy_checkpoint_dir(root: Path) -> None:
-    """Clean up after a writer that was killed: drop temporary folders, restore a swapped-out checkpoint."""
-    if not root.is_dir():
-        return
-    for p in root.iterdir():
-        if p.name.startswith(".old-"):
-            final = root / re.sub(r"-\d+$", "", p.name[len(".old-"):])
-            if not final.exists():
-                os.replace(p, final)  # killed between the two renames of a same-iteration rewrite
-            else:
-                remove_tree(p)
-        elif p.name.startswith(".tmp-"):
-            remove_tree(p)
-
-
-def _model_mismatch(a: CLELConfig, b: CLELConfig) -> list[str]:
-    da, db = a.to_dict(), b.to_dict()
-    return [f"{k}: {da[k]!r} vs {db[k]!r}" for k in MODEL_FIELDS if da.get(k) != db.get(k)]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The trainer
 # ----------------------------------------------------------------------------------------------------------------
@@ -459,7 +235,7 @@ class Trainer:
         self.opts = opts
         self._messages: list[str] = []
         self._init_distributed(opts.device)
-        _set_precision(opts.precision, self.device)
+        set_precision(opts.precision, self.device, TrainError)
         self.out = Path(opts.out)
         self._t_start = time.time()
         if opts.nice:
@@ -502,7 +278,7 @@ class Trainer:
                              f"{self.out}, or choose another --out (nothing was changed)")
         self.cfg = cfg
         if self.is_main:
-            _tidy_checkpoint_dir(self.out / "checkpoints")
+            tidy_checkpoint_dir(self.out / "checkpoints")
 
         # Data first: a wrong path should fail before any model is built.
         self.data = data if data is not None else self._load_data(cfg, opts.data)
@@ -562,17 +338,10 @@ class Trainer:
     # -- setup helpers -------------------------------------------------------------------------------------------
 
     def _init_distributed(self, device: str) -> None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        want = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        if want == "cuda" and not torch.cuda.is_available():
-            raise TrainError("--device cuda, but no CUDA device is available (use --device cpu)")
-        self.world, self.rank = world, int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device("cuda", local) if want == "cuda" else torch.device("cpu")
-        if want == "cuda":
-            torch.cuda.set_device(self.device)
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if want == "cuda" else "gloo")
+        try:
+            self.world, self.rank, self.device = init_distributed(device)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
         self.is_main = self.rank == 0
 
     def _set_threads(self, threads: int | None, resume: str | None) -> None:
@@ -596,7 +365,7 @@ class Trainer:
         return resolve_resume(resume, warn=self._say) if resume else (None, None)
 
     def _check_same_model(self, cfg: CLELConfig, saved: CLELConfig, path: Path) -> None:
-        diff = _model_mismatch(saved, cfg)
+        diff = model_mismatch(saved, cfg)
         if diff:
             raise TrainError(f"--resume {path} is a different model: " + "; ".join(diff)
                              + " (saved vs requested). Resume without --preset/model options to use the "
@@ -654,9 +423,9 @@ class Trainer:
         l_le = torch.zeros((), device=self.device)
         if self.use_encoder:
             m = h.shape[0] // 2
-            z1 = _gather_keep_grad(h[:m], self.world, self.rank)
-            z2 = _gather_keep_grad(h[m:], self.world, self.rank)
-            negatives = _gather_keep_grad(g_neg, self.world, self.rank) if cfg.extra_negatives else None
+            z1 = gather_keep_grad(h[:m], self.world, self.rank)
+            z2 = gather_keep_grad(h[m:], self.world, self.rank)
+            negatives = gather_keep_grad(g_neg, self.world, self.rank) if cfg.extra_negatives else None
             l_le = self.nt_xent(z1, z2, negatives)
         loss = l_ebm + l_le
         if self.it in self._pending_nan:
@@ -806,7 +575,7 @@ class Trainer:
         if buffer_uint8:
             images = to_uint8(images)
         return {"buffer": images, "sampler_gen": self.sampler_gen.get_state(),
-                "batches": self.batches.state_dict(), "rng": _rng_state(self.device)}
+                "batches": self.batches.state_dict(), "rng": rng_state(self.device)}
 
     def _capture(self, buffer_uint8: bool = False) -> tuple[Any, Any, dict[str, Tensor]]:
         tensors: dict[str, Tensor] = {}
@@ -816,7 +585,7 @@ class Trainer:
 
     def _restore(self, snap: tuple[Any, Any, dict[str, Tensor]]) -> None:
         shared, local, tensors = snap
-        tensors = _clone_tensors(tensors)
+        tensors = clone_tensors(tensors)
         self._apply_shared(unpack_tree(shared, tensors), source="snapshot")
         self._apply_rank(unpack_tree(local, tensors))
 
@@ -835,7 +604,7 @@ class Trainer:
         self.buffer.load_state_dict({"images": r["buffer"]})
         self.sampler_gen.set_state(r["sampler_gen"])
         self.batches.load_state_dict(r["batches"])
-        _set_rng_state(r["rng"], self.device)
+        set_rng_state(r["rng"], self.device)
 
     def _load_state(self, meta: dict[str, Any], tensors: dict[str, Tensor], source: str) -> None:
         self._apply_shared(unpack_tree(meta["shared"], tensors), source=source)
@@ -844,7 +613,7 @@ class Trainer:
             self._apply_rank(unpack_tree(ranks[self.rank], tensors))
         else:  # another world size: reuse a buffer, but the random streams cannot continue exactly
             self._apply_rank({**unpack_tree(ranks[self.rank % len(ranks)], tensors),
-                              "rng": _rng_state(self.device), "sampler_gen": self.sampler_gen.get_state(),
+                              "rng": rng_state(self.device), "sampler_gen": self.sampler_gen.get_state(),
                               "batches": self.batches.state_dict()})
             self._say(f"warning: checkpoint was written by {len(ranks)} ranks, this run has {self.world}: "
                       f"weights and optimisers resume exactly, random streams restart")
@@ -896,14 +665,7 @@ class Trainer:
 
     def _load_buffer_file(self, path: Path) -> int:
         """Fill the first slots of the replay buffer from a saved uint8 buffer; the rest keep their U(0, 1) start."""
-        from .weights import read_tagged_safetensors
-
-        tensors, _ = read_tagged_safetensors(path, REPLAY_BUFFER_FORMAT, "replay buffer", error=TrainError)
-        images = tensors.get("images")
-        shape = tuple(self.buffer.images.shape[1:])
-        if images is None or images.dtype != torch.uint8 or tuple(images.shape[1:]) != shape:
-            raise TrainError(f"{path}: expected uint8 images [N, {', '.join(map(str, shape))}], got "
-                             f"{None if images is None else (images.dtype, tuple(images.shape))}")
+        images = load_replay_buffer(path, tuple(self.buffer.images.shape[1:]))
         if self.world > 1:  # every rank its own share, so the ranks' buffers differ as they did in training
             images = images[self.rank::self.world]
         n = min(len(images), len(self.buffer))
@@ -935,7 +697,7 @@ class Trainer:
                     "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
                     "shared": shared, "ranks": ranks, "time": time.time()}
             try:
-                _write_checkpoint(path, meta, tensors)
+                write_checkpoint(path, meta, tensors)
             except OSError as e:
                 prev = find_checkpoints(self.out)
                 keep = f"the previous checkpoint {prev[-1]} is intact" if prev else "no earlier checkpoint exists"
@@ -1088,12 +850,7 @@ class Trainer:
             self._tb = None
 
     def _mean_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
-        if self.world == 1:
-            return stats
-        keys = sorted(stats)
-        t = torch.tensor([stats[k] for k in keys], device=self.device, dtype=torch.float64)
-        dist.all_reduce(t)
-        return {k: v / self.world for k, v in zip(keys, t.tolist())}
+        return mean_over_ranks(stats, self.world, self.device)
 
     def _log_metrics(self, stats: dict[str, float]) -> None:
         if not self.is_main or self._metrics_file is None:

@@ -47,7 +47,8 @@ from clel import CLEL, CLELConfig, energy, get_preset  # noqa: E402
 from clel.data import ImageSet  # noqa: E402
 from clel.fast import FastPath, fast_sgld, native_bf16, prepare  # noqa: E402
 from clel.sgld import sgld  # noqa: E402
-from clel.trainer import Trainer, TrainOptions, _set_precision  # noqa: E402
+from clel.fast import set_precision  # noqa: E402
+from clel.trainer import Trainer, TrainOptions  # noqa: E402
 
 FID_IMAGES = 50_000
 FID_STEPS = 600  # 10 sweeps of 60 steps: the FID protocol of clel.evaluation.GenerateSettings
@@ -215,7 +216,7 @@ def measure_trainer(cfg: CLELConfig, device: torch.device, fast: bool, precision
             flops = iteration_flops(trainer) if count_flops else None
         finally:
             del trainer
-            _set_precision("fp32", device)  # precision flags are global: leave strict fp32 for the next row
+            set_precision("fp32", device)  # precision flags are global: leave strict fp32 for the next row
             free_memory(device)
     return seconds, peak, flops
 
@@ -431,7 +432,7 @@ def main() -> None:
     fast = FastPath.best(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    _set_precision("fp32", device)  # the plain path is strict fp32: no TF32 (cuDNN allows it by default)
+    set_precision("fp32", device)  # the plain path is strict fp32: no TF32 (cuDNN allows it by default)
     sample_batch = args.sample_batch or (1000 if device.type == "cuda" else 16)
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "threads": torch.get_num_threads(), "torch": torch.__version__, "fast_path": fast.__dict__,

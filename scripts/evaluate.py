@@ -134,7 +134,7 @@ def _say(msg: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clel import evaluation as ev
-    from clel.evaluation import dist_info
+    from clel.distributed import dist_info
     from clel.weights import WeightsError, load_pretrained
 
     rank, world, local = dist_info()

@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
-    from clel.trainer import DivergenceError, TrainError, TrainOptions, resolve_auto, saved_config, train
+    from clel.checkpoints import DivergenceError, TrainError, resolve_auto, saved_config
+    from clel.trainer import TrainOptions, train
     from clel.weights import WeightsError
 
     preset = args.pop("preset")
@@ -179,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; the checkpoint is saved, continue with --resume", file=sys.stderr)
         return 130
     finally:
-        _shutdown_distributed()
+        from clel.distributed import shutdown
+
+        shutdown()
     if trainer.is_main:
         print(f"done: iteration {trainer.it}; export and checkpoints in {trainer.out}", file=sys.stderr)
     return 0
@@ -187,19 +190,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def default_out(resume: str) -> Path:
     """Where a resumed run writes: its own run folder; next to an export (never over it) for an export."""
-    from clel.trainer import resolve_resume
+    from clel.checkpoints import resolve_resume
 
     kind, path = resolve_resume(resume)
     if kind == "export":
         return path.with_name(path.name + "-resumed")
     return path.parent.parent if path.parent.name == "checkpoints" else path
-
-
-def _shutdown_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from PIL import Image
 
 from clel import get_preset
 from clel.data import ImageSet, load_cifar10
-from clel.trainer import (REPLAY_BUFFER_NAME, TrainError, TrainOptions, Trainer, save_replay_buffer, train)
+from clel.checkpoints import REPLAY_BUFFER_NAME, TrainError, save_replay_buffer
+from clel.trainer import TrainOptions, Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts" / "gpu"))

@@ -20,8 +20,8 @@ import clel.weights as W
 from clel import get_preset
 from clel.data import ImageSet
 from clel.energy import energy
-from clel.trainer import (DivergenceError, TrainError, TrainOptions, Trainer, ema_update, find_checkpoints,
-                          load_checkpoint, train)
+from clel.checkpoints import find_checkpoints, load_checkpoint
+from clel.trainer import DivergenceError, TrainError, TrainOptions, Trainer, ema_update, train
 from clel.weights import load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -337,7 +337,7 @@ def test_ablation_switches_train(tmp_path):
 
 
 def test_bf16_on_cpu_trains_where_native_and_is_refused_elsewhere(tmp_path, monkeypatch):
-    import clel.trainer as T
+    import clel.fast as T  # set_precision's check
 
     monkeypatch.setattr(T, "native_bf16", lambda device: False)
     with pytest.raises(TrainError, match="bf16 needs a CUDA GPU or a CPU with native bf16"):

@@ -37,19 +37,6 @@ MiB = 2**20
 PREFIX = "result.tar."
 
 
-def newest_checkpoint(run: Path):
-    """(meta, tensors, path) of the newest readable checkpoint of ``run``, or None."""
-    from clel.trainer import TrainError, find_checkpoints, load_checkpoint
-
-    for path in reversed(find_checkpoints(run)):
-        try:
-            meta, tensors = load_checkpoint(path)
-            return meta, tensors, path
-        except (TrainError, OSError):  # being rotated away or half-written: try the one before
-            continue
-    return None
-
-
 def partial_export(meta: dict, tensors: dict, dest: Path) -> int:
     """fp16 export of the checkpoint's EMA weights (encoder included, no prototypes); returns the iteration."""
     import torch
@@ -134,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --bundle DIR, or --partial to export the newest checkpoint")
     t0 = time.time()
     limit = int(args.max_total_mib * MiB)
+    from clel.checkpoints import newest_checkpoint
+
     ck = newest_checkpoint(args.run)
     manifest: dict = {"format": "clel-gpu-result", "mode": "final" if args.bundle else "partial",
                       "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": str(args.run),
@@ -161,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             if extra.is_file():
                 shutil.copyfile(extra, run_dir / extra.name)
         if ck is not None:
-            from clel.trainer import save_replay_buffer
+            from clel.checkpoints import save_replay_buffer
 
             buf = checkpoint_buffer(ck[0], ck[1])
             per_image = buf[0].numel()  # bytes of one uint8 image
