@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import ImageSet, to_float
+from .data import ImageSet, to_float, with_opposites
 from .energy import class_contrasts, class_prototypes, contrast_direction, mean_latent
 
 
@@ -35,8 +35,7 @@ def encode_images(h: nn.Module, images: Tensor, device: torch.device | str = "cp
 
 def attribute_names(data: ImageSet) -> list[str]:
     """The data's attributes, plus Female (= not Male) where only Male is labelled."""
-    names = list(data.attr_names or [])
-    return names + (["Female"] if "Male" in names and "Female" not in names else [])
+    return with_opposites(data.attr_names or [])
 
 
 def concept_latents(z: Tensor, data: ImageSet) -> tuple[dict[str, Tensor], dict[str, list[str]]]:

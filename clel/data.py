@@ -55,6 +55,17 @@ class DataError(ValueError):
 # The in-memory data set
 # ----------------------------------------------------------------------------------------------------------------
 
+# The one home of "Female = not Male": CelebA labels Male only; each name here is the other's complement.
+OPPOSITE_ATTRIBUTE = {"Female": "Male", "Male": "Female"}
+
+
+def with_opposites(names: list[str] | tuple[str, ...]) -> list[str]:
+    """``names`` plus the complements that OPPOSITE_ATTRIBUTE derives from them (Male → Female)."""
+    names = list(names)
+    return names + [OPPOSITE_ATTRIBUTE[n] for n in names if n in OPPOSITE_ATTRIBUTE
+                    and OPPOSITE_ATTRIBUTE[n] not in names]
+
+
 @dataclass
 class ImageSet:
     """Decoded images (uint8 ``[N, 3, H, W]``) with optional class labels and binary attributes."""
@@ -90,9 +101,9 @@ class ImageSet:
         names = self.attr_names or []
         if self.attrs is not None and name in names:
             return self.attrs[:, names.index(name)].bool()
-        if self.attrs is not None and name == "Female" and "Male" in names:
-            return ~self.attrs[:, names.index("Male")].bool()
-        valid = names + (["Female"] if "Male" in names else [])
+        if self.attrs is not None and OPPOSITE_ATTRIBUTE.get(name) in names:
+            return ~self.attrs[:, names.index(OPPOSITE_ATTRIBUTE[name])].bool()
+        valid = with_opposites(names)
         raise KeyError(f"unknown attribute {name!r}; valid names: {', '.join(valid) or '(this set has none)'}")
 
     def subset(self, idx: Any) -> "ImageSet":

@@ -685,35 +685,29 @@ def class_plan(lm: LoadedModel, class_name: str, req: ChainRequest) -> ChainPlan
     return _plan(lm, req, energy_fn(lm.model, z, [1.0], req.guidance), label=f"E(x, z̄ {class_name})")
 
 
-def attribute_terms(lm: LoadedModel, choices: Mapping[str, str]) -> tuple[Tensor | None, list[float], list[str]]:
+def attribute_terms(lm: LoadedModel, choices: Mapping[str, str], direction: str = "mean",
+                    ) -> tuple[Tensor | None, list[float], list[str]]:
     """Attribute latents and weights (+1 AND, −1 NOT) for choices like ``{"Female": "AND", "Young": "off"}``.
 
-    "Female" uses a stored Female latent, or the stored Male latent with the opposite sign (and vice versa).
+    The library's :func:`clel.evaluation.attribute_terms` does the lookup (with its Female = not Male rule).
     """
-    names = lm.attribute_names()
-    latents = lm.extras.get("attribute_latents")
-    opposite = {"Female": "Male", "Male": "Female"}
-    rows, weights, labels = [], [], []
+    from .evaluation import EvaluationError, attribute_terms as lookup
+
+    terms, labels = [], []
     for attr, choice in choices.items():
         choice = (choice or "off").strip()
         if choice not in ATTRIBUTE_CHOICES:
             raise DemoError(f"{attr}: choose one of {', '.join(ATTRIBUTE_CHOICES)}, got {choice!r}")
-        if choice == "off":
-            continue
-        sign = 1.0 if choice == "AND" else -1.0
-        if latents is None or not names:
-            raise DemoError(f"the {lm.label} weights have no attribute latents; the Faces tab needs the CelebA "
-                            f"export with extras={{'attribute_latents': ...}}")
-        if attr in names:
-            idx = names.index(attr)
-        elif opposite.get(attr) in names:
-            idx, sign = names.index(opposite[attr]), -sign
-        else:
-            raise DemoError(f"these weights have no {attr!r} latent (they have {', '.join(names)})")
-        rows.append(latents[idx])
-        weights.append(sign)
-        labels.append(f"{choice} {attr}")
-    return (torch.stack(rows) if rows else None), weights, labels
+        if choice != "off":
+            terms.append((attr, 1.0 if choice == "AND" else -1.0))
+            labels.append(f"{choice} {attr}")
+    if not terms:
+        return None, [], []
+    try:
+        latents, weights = lookup(lm.extras, terms, direction)
+    except EvaluationError as e:
+        raise DemoError(f"the {lm.label} weights: {e}") from None
+    return latents, weights, labels
 
 
 def attribute_plan(lm: LoadedModel, choices: Mapping[str, str], req: ChainRequest) -> ChainPlan:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import to_uint8
+from .data import OPPOSITE_ATTRIBUTE, to_uint8
 from .distributed import dist_info
 from .energy import latent
 from .fast import FastPath, prepare
@@ -148,7 +148,6 @@ def save_gif(frames: Sequence[Tensor], path: str | os.PathLike, nrow: int | None
 # Concepts stored with the weights: class prototypes and attribute latents
 # ----------------------------------------------------------------------------------------------------------------
 
-OPPOSITE = {"Female": "Male", "Male": "Female"}
 
 
 def parse_term(spec: str, sign: float = 1.0) -> tuple[str, float]:
@@ -221,11 +220,11 @@ def attribute_terms(extras: Mapping[str, Any], terms: Sequence[tuple[str, float]
         if name in known:
             rows.append(known.index(name))
             weights.append(float(w))
-        elif OPPOSITE.get(name) in known:
-            rows.append(known.index(OPPOSITE[name]))
+        elif OPPOSITE_ATTRIBUTE.get(name) in known:
+            rows.append(known.index(OPPOSITE_ATTRIBUTE[name]))
             weights.append(-float(w))
         else:
-            extra = [OPPOSITE[k] for k in known if k in OPPOSITE and OPPOSITE[k] not in known]
+            extra = [OPPOSITE_ATTRIBUTE[k] for k in known if k in OPPOSITE_ATTRIBUTE and OPPOSITE_ATTRIBUTE[k] not in known]
             raise EvaluationError(f"unknown attribute {name!r}; these weights know: {', '.join(known + extra)}")
     return latents[rows], weights
 
@@ -790,8 +789,8 @@ def _judge_attribute(probs: Tensor, judge, name: str) -> Tensor:
     """P(attribute) from the judge's probabilities; Female is 1 − P(Male)."""
     if name in judge.labels:
         return probs[:, judge.labels.index(name)]
-    if OPPOSITE.get(name) in judge.labels:
-        return 1 - probs[:, judge.labels.index(OPPOSITE[name])]
+    if OPPOSITE_ATTRIBUTE.get(name) in judge.labels:
+        return 1 - probs[:, judge.labels.index(OPPOSITE_ATTRIBUTE[name])]
     raise EvaluationError(f"the judge cannot score {name!r} (it knows {', '.join(judge.labels)})")
 
 
