@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import OPPOSITE_ATTRIBUTE, to_uint8
+from .data import OPPOSITE_ATTRIBUTE, to_uint8, with_opposites
 from .distributed import dist_info
 from .energy import latent
 from .fast import FastPath, prepare
@@ -224,7 +224,7 @@ def attribute_terms(extras: Mapping[str, Any], terms: Sequence[tuple[str, float]
             rows.append(known.index(OPPOSITE_ATTRIBUTE[name]))
             weights.append(-float(w))
         else:
-            extra = [OPPOSITE_ATTRIBUTE[k] for k in known if k in OPPOSITE_ATTRIBUTE and OPPOSITE_ATTRIBUTE[k] not in known]
+            extra = with_opposites(known)[len(known):]
             raise EvaluationError(f"unknown attribute {name!r}; these weights know: {', '.join(known + extra)}")
     return latents[rows], weights
 
