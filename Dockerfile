@@ -41,6 +41,8 @@ RUN pip install --no-cache-dir --user --index-url https://download.pytorch.org/w
     && pip install --no-cache-dir --user -r /tmp/requirements-runtime.txt
 
 COPY --chown=user . .
+# The package itself (scripts and apps import clel from anywhere); its dependencies are installed above.
+RUN pip install --no-cache-dir --user --no-deps .
 
 EXPOSE 7860
 CMD ["python", "app/gradio_app.py"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import html
 import os
-import sys
 import tempfile
 import time
 import traceback
@@ -29,13 +28,12 @@ from typing import Any, Callable, Iterator
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python app/gradio_app.py` from a checkout, without installing clel
-    sys.path.insert(0, str(REPO))
 
-import gradio as gr  # noqa: E402
+import gradio as gr  # noqa: E402  (after the analytics switch)
 
-from clel import demo as D  # noqa: E402
-from clel.data import CIFAR10_CLASSES  # noqa: E402
+from clel import demo as D  # noqa: E402  (after the analytics switch)
+from clel.data import CIFAR10_CLASSES  # noqa: E402  (after the analytics switch)
+from clel.sampling import DEFAULTS  # noqa: E402  (after the analytics switch)
 
 EXAMPLES = REPO / "app" / "examples"
 MODEL_CHOICES = {label: kind for kind, label in D.MODEL_LABELS.items()}  # {"CIFAR-10": "cifar10", ...}
@@ -227,7 +225,9 @@ class DemoApp:
                               request=request)
 
     # -- layout ------------------------------------------------------------------------------------------------
-    def _controls(self, prefix: str, guidance: bool = True, n: int = DEFAULT_SAMPLES) -> list[gr.components.Component]:
+    def _controls(self, prefix: str, mode: str = "unconditional", n: int = DEFAULT_SAMPLES,
+                  ) -> list[gr.components.Component]:
+        guidance = mode != "unconditional"
         lim = self.limits
         with gr.Accordion("Chain settings", open=True):
             with gr.Row():
@@ -242,7 +242,7 @@ class DemoApp:
             with gr.Row():
                 c_size = gr.Slider(0, 300, value=100, step=1, label="Step size", info="training: 100")
                 c_noise = gr.Slider(0, 0.05, value=0.001, step=0.0005, label="Noise", info="training: 0.001")
-            c_guid = gr.Slider(0, 20, value=1.0, step=0.1, label="Guidance β",
+            c_guid = gr.Slider(0, 20, value=DEFAULTS.guidance(mode), step=0.01, label="Guidance β",
                                info="weight of the latent term (training β = 0.01)", visible=guidance)
             with gr.Row():
                 c_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
@@ -373,7 +373,7 @@ class DemoApp:
                     with gr.Row():
                         with gr.Column(scale=2):
                             weights = gr.Radio(list(MODEL_CHOICES), value="CIFAR-10", label="Weights")
-                            ctl = self._controls("unconditional", guidance=False)
+                            ctl = self._controls("unconditional")
                             run, stop = self._buttons("unconditional")
                         with gr.Column(scale=4):
                             outs = self._outputs("unconditional")
@@ -395,7 +395,7 @@ class DemoApp:
                             files = gr.File(file_count="multiple", file_types=["image"], label="Reference images",
                                             elem_id="lookalikes-files")
                             weights, offered, usable = self._encoding_weights("lookalikes")
-                            ctl = self._controls("lookalikes")
+                            ctl = self._controls("lookalikes", "instance")
                             run, stop = self._buttons("lookalikes", usable)
                         with gr.Column(scale=4):
                             seen = self._seen("What the model sees", "lookalikes-seen")
@@ -417,7 +417,7 @@ class DemoApp:
                             names = self._class_names()
                             cls = gr.Radio(names, value=names[3] if len(names) > 3 else names[0], label="Class",
                                            elem_id="classes-class")
-                            ctl = self._controls("classes")
+                            ctl = self._controls("classes", "class")
                             run, stop = self._buttons("classes")
                         with gr.Column(scale=4):
                             outs = self._outputs("classes")
@@ -442,7 +442,7 @@ class DemoApp:
                                 smiling = gr.Radio(list(D.ATTRIBUTE_CHOICES), value=DEFAULT_FACES["Smiling"],
                                                  label="Smiling",
                                                    elem_id="faces-smiling")
-                            ctl = self._controls("faces")
+                            ctl = self._controls("faces", "attributes")
                             run, stop = self._buttons("faces")
                         with gr.Column(scale=4):
                             outs = self._outputs("faces")
@@ -464,7 +464,7 @@ class DemoApp:
                                 fb = gr.File(file_count="single", file_types=["image"], label="Image B",
                                              elem_id="interpolate-b")
                             weights, offered, usable = self._encoding_weights("interpolate")
-                            ctl = self._controls("interpolate", n=8)
+                            ctl = self._controls("interpolate", "interpolate", n=8)
                             run, stop = self._buttons("interpolate", usable)
                         with gr.Column(scale=4):
                             seen = self._seen("What the model sees (A, B)", "interpolate-seen")

@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from clel import demo as D
+from clel.ood import REFERENCE_NAME, load_reference, model_fingerprint, score_images
+
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `streamlit run app/ood_page.py` from a checkout, without installing clel
-    sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from clel import demo as D  # noqa: E402
-from clel.ood import REFERENCE_NAME, load_reference, model_fingerprint, score_images  # noqa: E402
-
 EXPLAIN = r"""
 An energy-based model gives low energy to images like its training data. CLEL's OOD score (eq. 5 of the paper)
 adds the agreement between the energy network and the contrastive encoder:

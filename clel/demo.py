@@ -41,8 +41,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from .data import to_uint8 as _to_uint8
-from .sampling import (ChainSettings, energy_fn, image_latent, per_sample_energy_fn, sample_chain, slerp,
-                       uniform_noise)
+from .sampling import (DEFAULTS, ChainSettings, energy_fn, image_latent, per_sample_energy_fn, sample_chain,
+                       slerp, uniform_noise)
 from .sgld import EnergyFn, SGLDStep
 
 __all__ = [
@@ -135,7 +135,7 @@ class ChainRequest:
     steps: int = 60  # per sweep
     step_size: float = 100.0
     noise: float = 0.001
-    guidance: float = 1.0
+    guidance: float = DEFAULTS.class_guidance
     seed: int = 0
     sweeps: int = 1  # > 1: the reference sampler's augmented sweeps (no reset: a fresh-noise tile would puzzle)
     notes: list[str] = field(default_factory=list)  # what was changed, for the status line
@@ -163,7 +163,8 @@ def _number(value: Any, name: str, kind: type = float) -> float:
     return int(round(v)) if kind is int else v
 
 
-def clamp_request(n: Any, steps: Any, step_size: Any = 100.0, noise: Any = 0.001, guidance: Any = 1.0,
+def clamp_request(n: Any, steps: Any, step_size: Any = 100.0, noise: Any = 0.001,
+                  guidance: Any = DEFAULTS.class_guidance,
                   seed: Any = 0, limits: Limits | None = None, sweeps: Any = 1) -> ChainRequest:
     """Validate and bound a request; out-of-range values are clamped and the clamping is noted.
 
@@ -587,14 +588,22 @@ class LoadedModel:
     def class_names(self) -> list[str]:
         return list(self.extras.get("classes") or [])
 
-    def class_latent(self, name: str) -> Tensor:
-        protos, names = self.extras.get("class_prototypes"), self.class_names()
-        if protos is None or not names:
+    def class_latent(self, name: str, direction: str | None = None) -> Tensor:
+        """The class's concept latent (``direction``: mean or contrast, default ``DEFAULTS.direction``)."""
+        from .evaluation import EvaluationError, class_latents
+
+        if self.extras.get("class_prototypes") is None or not self.class_names():
             raise DemoError(f"the {self.label} weights have no class prototypes; export them with "
                             f"extras={{'class_prototypes': ...}}")
-        if name not in names:
-            raise DemoError(f"unknown class {name!r}; choose one of {', '.join(names)}")
-        return protos[names.index(name)]
+        if name not in self.class_names():
+            raise DemoError(f"unknown class {name!r}; choose one of {', '.join(self.class_names())}")
+        direction = direction or DEFAULTS.direction
+        if direction == "contrast" and self.extras.get("class_contrasts") is None:
+            direction = "mean"  # an export from before contrasts: the paper's direction still works
+        try:
+            return class_latents(self.extras, [name], direction)[0]
+        except EvaluationError as e:
+            raise DemoError(str(e)) from None
 
     def attribute_names(self) -> list[str]:
         return list(self.extras.get("attributes") or [])
@@ -685,7 +694,7 @@ def class_plan(lm: LoadedModel, class_name: str, req: ChainRequest) -> ChainPlan
     return _plan(lm, req, energy_fn(lm.model, z, [1.0], req.guidance), label=f"E(x, z̄ {class_name})")
 
 
-def attribute_terms(lm: LoadedModel, choices: Mapping[str, str], direction: str = "mean",
+def attribute_terms(lm: LoadedModel, choices: Mapping[str, str], direction: str | None = None,
                     ) -> tuple[Tensor | None, list[float], list[str]]:
     """Attribute latents and weights (+1 AND, −1 NOT) for choices like ``{"Female": "AND", "Young": "off"}``.
 
@@ -703,6 +712,9 @@ def attribute_terms(lm: LoadedModel, choices: Mapping[str, str], direction: str 
             labels.append(f"{choice} {attr}")
     if not terms:
         return None, [], []
+    direction = direction or DEFAULTS.direction
+    if direction == "contrast" and lm.extras.get("attribute_contrasts") is None:
+        direction = "mean"  # an export from before contrasts: the paper's direction still works
     try:
         latents, weights = lookup(lm.extras, terms, direction)
     except EvaluationError as e:

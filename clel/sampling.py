@@ -66,6 +66,38 @@ class ChainSettings:
                                         **overrides})
 
 
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a conditional chain asks for unless told otherwise: guidance per mode and the concept direction.
+
+    ``SAMPLING["measured"]`` is chosen by ``scripts/sweep_sampling.py`` on the bundled weights (the table is in
+    docs/evaluation.md); ``SAMPLING["paper"]`` samples E(x, z̄) with the training β and the mean direction.
+    The demo, ``scripts/sample.py`` and ``scripts/evaluate.py`` all read ``DEFAULTS``.
+    """
+
+    instance_guidance: float = 1.0
+    class_guidance: float = 1.0
+    attribute_guidance: float = 1.0
+    interpolate_guidance: float = 1.0
+    direction: str = "mean"  # "mean" (z̄, the paper's) or "contrast" (z̄ of the concept minus z̄ of the rest)
+
+    def guidance(self, mode: str) -> float:
+        """Guidance of a sampling mode: instance, class, attributes or interpolate (unconditional: 0)."""
+        table = {"instance": self.instance_guidance, "class": self.class_guidance,
+                 "attributes": self.attribute_guidance, "interpolate": self.interpolate_guidance,
+                 "unconditional": 0.0}
+        if mode not in table:
+            raise ValueError(f"unknown sampling mode {mode!r}; use one of {', '.join(table)}")
+        return table[mode]
+
+
+SAMPLING: dict[str, SamplingDefaults] = {
+    "measured": SamplingDefaults(),
+    "paper": SamplingDefaults(0.01, 0.01, 0.01, 0.01, "mean"),  # the training β = 0.01 (SPEC)
+}
+DEFAULTS = SAMPLING["measured"]
+
+
 def uniform_noise(model: CLEL, n: int, generator: torch.Generator | None = None) -> Tensor:
     """n starting images U(0, 1) at the model's resolution, on the model's device."""
     s = model.cfg.image_size

@@ -41,14 +41,13 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clel import CLEL, CLELConfig, energy, get_preset  # noqa: E402
-from clel.data import ImageSet  # noqa: E402
-from clel.fast import FastPath, fast_sgld, native_bf16, prepare  # noqa: E402
-from clel.sgld import sgld  # noqa: E402
-from clel.fast import set_precision  # noqa: E402
-from clel.trainer import Trainer, TrainOptions  # noqa: E402
+from clel import CLEL, CLELConfig, energy, get_preset
+from clel.data import ImageSet
+from clel.fast import FastPath, fast_sgld, native_bf16, prepare
+from clel.sgld import sgld
+from clel.fast import set_precision
+from clel.trainer import Trainer, TrainOptions
 
 FID_IMAGES = 50_000
 FID_STEPS = 600  # 10 sweeps of 60 steps: the FID protocol of clel.evaluation.GenerateSettings

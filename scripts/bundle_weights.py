@@ -19,13 +19,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from clel.evaluation import save_grid
+from clel.modelcard import render_model_card, training_summary
+from clel.sampling import ChainSettings, sample
+from clel.weights import export_pretrained, load_pretrained, read_config
 
-from clel.evaluation import save_grid  # noqa: E402
-from clel.modelcard import render_model_card, training_summary  # noqa: E402
-from clel.sampling import ChainSettings, sample  # noqa: E402
-from clel.weights import export_pretrained, load_pretrained, read_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -23,13 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import torch  # noqa: E402
+import torch
 
-from clel.data import DataError  # noqa: E402
-from clel.evaluation import EvaluationError, default_data_root  # noqa: E402
-from clel.judges import JUDGE_DIR, JudgeError  # noqa: E402
+from clel.data import DataError
+from clel.evaluation import EvaluationError, default_data_root
+from clel.judges import JUDGE_DIR, JudgeError
+from clel.sampling import SAMPLING
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,8 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cond-per-class", type=int, default=100,
                    help="class-conditional samples per class (default 100)")
     c.add_argument("--comp-samples", type=int, default=100, help="samples per attribute composition (default 100)")
-    c.add_argument("--guidance", type=float, default=1.0,
-                   help="sampling-time β of the latent term (default 1.0)")
+    c.add_argument("--sampling", choices=sorted(SAMPLING), default="measured",
+                   help="defaults of --guidance and --direction: measured (clel.sampling.DEFAULTS, chosen by "
+                   "scripts/sweep_sampling.py) or paper (default measured)")
+    c.add_argument("--guidance", type=float, default=None,
+                   help="sampling-time β of the latent term (default: --sampling's for classes / attributes)")
+    c.add_argument("--direction", choices=("mean", "contrast"), default=None,
+                   help="concept latents: the paper's mean direction or the contrast with the rest (default: "
+                   "--sampling's)")
     c.add_argument("--cond-steps", type=int,
                    help="SGLD steps of conditional chains from uniform noise (default: 10 x the model's, 600)")
     c.add_argument("--cond-step-size", type=float, help="SGLD step size (default: the model's, 100)")
@@ -231,6 +237,12 @@ def run(args: argparse.Namespace) -> int:
 
     from clel.sampling import ChainSettings
 
+    defaults = SAMPLING[args.sampling]
+    direction = args.direction or defaults.direction
+
+    def guidance(mode: str) -> float:
+        return args.guidance if args.guidance is not None else defaults.guidance(mode)
+
     def chain_for(m) -> ChainSettings:
         return ChainSettings.from_model(m, steps=args.cond_steps or 10 * m.cfg.sgld_steps,
                                         step_size=args.cond_step_size, noise=args.cond_noise)
@@ -243,9 +255,10 @@ def run(args: argparse.Namespace) -> int:
             raise EvaluationError(f"{args.weights} carries no class prototypes")
         judge = load_judge(Path(args.judges) / CIFAR10_JUDGE, device)
         classes = list(extras.get("classes") or judge.labels)
-        res, samples = ev.class_conditional_eval(model, extras["class_prototypes"], classes, judge,
-                                                 args.cond_per_class, args.guidance, chain_for(model), args.seed,
+        res, samples = ev.class_conditional_eval(model, ev.class_latents(extras, classes, direction), classes, judge,
+                                                 args.cond_per_class, guidance("class"), chain_for(model), args.seed,
                                                  args.cond_batch, log=_say)
+        res["direction"] = direction
         grid = torch.cat([samples[c][:10] for c in classes])
         ev.save_grid(grid, out / "figures" / "class_conditional.png", nrow=min(10, args.cond_per_class))
         ev.confusion_png(res["confusion"], classes, out / "figures" / "confusion.png",
@@ -271,8 +284,8 @@ def run(args: argparse.Namespace) -> int:
         cmodel, ccfg, cextras = load_pretrained(args.celeba_weights, device=device)
         cmodel.requires_grad_(False)
         res, samples = ev.compositional_eval(cmodel, cextras, judge, ev.default_compositions(), args.comp_samples,
-                                             args.guidance, chain_for(cmodel), args.seed, args.cond_batch,
-                                             log=_say)
+                                             guidance("attributes"), chain_for(cmodel), args.seed, args.cond_batch,
+                                             log=_say, direction=direction)
         grid = torch.cat([v[:8] for v in samples.values()])
         ev.save_grid(grid, out / "figures" / "compositional.png", nrow=min(8, args.comp_samples))
         test = judge.info.get("test", {})

@@ -19,11 +19,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import torch  # noqa: E402
+import torch
 
-from clel.evaluation import EvaluationError  # noqa: E402
+from clel.evaluation import EvaluationError
+from clel.sampling import SAMPLING
 
 MODES = ("unconditional", "instance", "class", "attributes", "interpolate")
 
@@ -41,11 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--step-size", type=float, help="SGLD step size (default: the model's, 100)")
     c.add_argument("--noise", type=float, help="SGLD noise scale (default: the model's, 0.001)")
     c.add_argument("--grad-clip", type=float, help="clamp gradients to ±this (default: the model's, 100)")
-    c.add_argument("--guidance", type=float, default=1.0,
-                   help="sampling-time β multiplying the latent term (conditional modes; default 1.0)")
-    c.add_argument("--direction", choices=("mean", "contrast"), default="mean",
+    c.add_argument("--sampling", choices=sorted(SAMPLING), default="measured",
+                   help="defaults for --guidance and --direction: measured (chosen by scripts/sweep_sampling.py, "
+                   "docs/evaluation.md) or paper (the training β, mean direction) (default measured)")
+    c.add_argument("--guidance", type=float, default=None,
+                   help="sampling-time β multiplying the latent term (conditional modes; default: --sampling's "
+                   "for the mode)")
+    c.add_argument("--direction", choices=("mean", "contrast"), default=None,
                    help="class / attribute latents: the paper's mean direction z̄, or the contrast z̄(concept) − "
-                   "z̄(rest), which removes what all concepts share (default mean)")
+                   "z̄(rest), which removes what all concepts share (default: --sampling's)")
     c.add_argument("--seed", type=int, default=0, help="seed of the start noise and the chain noise (default 0)")
     c.add_argument("--gif", action="store_true", help="also write an animated GIF of the chain")
     c.add_argument("--gif-frames", type=int, default=30, help="about this many GIF frames (default 30)")
@@ -111,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
     if settings.steps < 1:
         raise EvaluationError("--steps must be at least 1")
     every = max(1, settings.total_steps // max(1, args.gif_frames)) if args.gif else 0
+    defaults = SAMPLING[args.sampling]
+    if args.guidance is None:
+        args.guidance = defaults.guidance(args.mode)
+    if args.direction is None:
+        args.direction = defaults.direction
     info: dict = {"mode": args.mode, "weights": str(extras.get("path", args.weights)), "n": args.n,
                   "seed": args.seed, "guidance": args.guidance, "direction": args.direction, "chain": vars(settings)}
     out = Path(args.out)

@@ -20,9 +20,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from clel.config import ARCHS, PRESETS, CLELConfig, get_preset  # noqa: E402
+from clel.config import ARCHS, PRESETS, CLELConfig, get_preset
 
 # Help for config fields whose definition carries no comment (the others use their comment).
 CONFIG_HELP = {

@@ -23,11 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import torch  # noqa: E402
+import torch
 
-from clel.judges import (CELEBA_JUDGE, CELEBA_RECIPE, CIFAR10_JUDGE, JUDGE_DIR, TrainRecipe,  # noqa: E402
+from clel.judges import (CELEBA_JUDGE, CELEBA_RECIPE, CIFAR10_JUDGE, JUDGE_DIR, TrainRecipe,
                          train_celeba_judge, train_cifar10_judge)
 
 TARGETS = {"cifar10": 0.90, "celeba": 0.85}

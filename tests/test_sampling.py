@@ -467,3 +467,27 @@ def test_trained_not_moves_the_attribute_judge_the_other_way_from_and(attr):
         x = draw(model, 16, fn, st, seed=0).x
         probs[sign] = float(judge.predict(x)[:, judge.label_index(attr)].mean())
     assert probs[1.0] > probs[0.0] > probs[-1.0], (attr, probs)
+
+
+def test_demo_sample_and_evaluate_take_their_defaults_from_clel_sampling(monkeypatch):
+    import importlib.util
+
+    import clel.demo as D
+    from clel.sampling import DEFAULTS, SAMPLING
+
+    def script(name):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" /
+                                                      f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    ev_args = script("evaluate").build_parser().parse_args(["--weights", "w"])
+    assert ev_args.sampling == "measured" and ev_args.guidance is None and ev_args.direction is None
+    sm = script("sample").build_parser().parse_args(["--weights", "w", "--out", "o", "class", "cat"])
+    assert sm.sampling == "measured" and sm.guidance is None and sm.direction is None
+    assert SAMPLING["measured"] is DEFAULTS and D.ChainRequest().guidance == DEFAULTS.class_guidance
+    assert D.clamp_request(1, 1).guidance == DEFAULTS.class_guidance
+    assert SAMPLING["paper"].guidance("class") == 0.01 and SAMPLING["paper"].direction == "mean"
+    with pytest.raises(ValueError, match="unknown sampling mode"):
+        DEFAULTS.guidance("dream")

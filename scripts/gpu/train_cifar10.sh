@@ -43,6 +43,8 @@ CARRY=${CLEL_GPU_CARRY:-gpu_carry}
 WORK=${CLEL_GPU_WORK:-/tmp/clel-gpu}
 EXTRA_ARGS=${CLEL_GPU_TRAIN_ARGS:-}
 export PYTHONUNBUFFERED=1 CLEL_CACHE="$WORK/cache"
+# The GPU image does not install this checkout; the scripts import clel from it.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [[ $DRY == 1 ]]; then
     # Same steps on this CPU: tiny preset, 1 minute of training, 100 images per class, 1 thread.
     PRESET=${CLEL_GPU_PRESET:-tiny} DEVICE=cpu BUDGET_S=${CLEL_GPU_BUDGET_S:-115} RESERVE_S=45
