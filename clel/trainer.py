@@ -506,7 +506,11 @@ class Trainer:
                 if self.it % opts.sample_every == 0:
                     self.save_samples()
                 if opts.probe_every and self.it % opts.probe_every == 0:
-                    self.run_probe()
+                    try:
+                        self.run_probe()
+                    except Exception as e:  # a measurement must never end a long run
+                        self._say(f"warning: the probe at iteration {self.it} failed ({type(e).__name__}: {e}); "
+                                  f"training goes on")
                 overdue = time.time() - self._t_ckpt > 60 * opts.ckpt_minutes
                 if (self.it % opts.ckpt_every == 0 or self._any_rank(overdue)) and self.it < max_iters:
                     self.save_checkpoint()

@@ -90,3 +90,15 @@ def test_trainer_logs_probes_with_cost_and_grid(tmp_path, monkeypatch):
     assert [p["iteration"] for p in probes] == [2, 4] and len(made) == 1
     assert all(p["cost"] > 0 and p["weights"] in ("live", "ema") and "fid" in p for p in probes)
     assert sorted(p.name for p in (run / "probes").iterdir()) == ["iter-0000002.png", "iter-0000004.png"]
+
+
+def test_a_failing_probe_does_not_end_the_run(tmp_path, monkeypatch):
+    import clel.probe as P
+
+    def broken(data, device="cpu"):
+        raise RuntimeError("no judge here")
+
+    monkeypatch.setattr(P, "Probe", broken)
+    run = tmp_path / "run"
+    t = train(small_cfg(), options(run, max_iters=3, probe_every=1), data=synthetic())
+    assert t.it == 3 and "the probe at iteration 1 failed" in (run / "metrics.jsonl").read_text()
