@@ -243,7 +243,8 @@ class DemoApp:
                 c_size = gr.Slider(0, 300, value=100, step=1, label="Step size", info="training: 100")
                 c_noise = gr.Slider(0, 0.05, value=0.001, step=0.0005, label="Noise", info="training: 0.001")
             c_guid = gr.Slider(0, 20, value=DEFAULTS.guidance(mode), step=0.01, label="Guidance β",
-                               info="weight of the latent term (training β = 0.01)", visible=guidance)
+                               info="weight of the latent term (training β = 0.01); the default is the value "
+                                    "that judged best on these weights (docs/evaluation.md)", visible=guidance)
             with gr.Row():
                 c_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
                 c_rand = gr.Checkbox(value=True, label="Randomize seed")

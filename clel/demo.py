@@ -135,7 +135,7 @@ class ChainRequest:
     steps: int = 60  # per sweep
     step_size: float = 100.0
     noise: float = 0.001
-    guidance: float = DEFAULTS.class_guidance
+    guidance: float = DEFAULTS.guidance("class")
     seed: int = 0
     sweeps: int = 1  # > 1: the reference sampler's augmented sweeps (no reset: a fresh-noise tile would puzzle)
     notes: list[str] = field(default_factory=list)  # what was changed, for the status line
@@ -164,7 +164,7 @@ def _number(value: Any, name: str, kind: type = float) -> float:
 
 
 def clamp_request(n: Any, steps: Any, step_size: Any = 100.0, noise: Any = 0.001,
-                  guidance: Any = DEFAULTS.class_guidance,
+                  guidance: Any = DEFAULTS.guidance("class"),
                   seed: Any = 0, limits: Limits | None = None, sweeps: Any = 1) -> ChainRequest:
     """Validate and bound a request; out-of-range values are clamped and the clamping is noted.
 
@@ -589,19 +589,16 @@ class LoadedModel:
         return list(self.extras.get("classes") or [])
 
     def class_latent(self, name: str, direction: str | None = None) -> Tensor:
-        """The class's concept latent (``direction``: mean or contrast, default ``DEFAULTS.direction``)."""
-        from .evaluation import EvaluationError, class_latents
+        """The class's concept latent (``direction``: mean or contrast, default ``DEFAULTS.direction('class')``)."""
+        from .evaluation import EvaluationError, class_latents, default_direction
 
         if self.extras.get("class_prototypes") is None or not self.class_names():
             raise DemoError(f"the {self.label} weights have no class prototypes; export them with "
                             f"extras={{'class_prototypes': ...}}")
         if name not in self.class_names():
             raise DemoError(f"unknown class {name!r}; choose one of {', '.join(self.class_names())}")
-        direction = direction or DEFAULTS.direction
-        if direction == "contrast" and self.extras.get("class_contrasts") is None:
-            direction = "mean"  # an export from before contrasts: the paper's direction still works
         try:
-            return class_latents(self.extras, [name], direction)[0]
+            return class_latents(self.extras, [name], direction or default_direction(self.extras, "class"))[0]
         except EvaluationError as e:
             raise DemoError(str(e)) from None
 
@@ -700,7 +697,7 @@ def attribute_terms(lm: LoadedModel, choices: Mapping[str, str], direction: str 
 
     The library's :func:`clel.evaluation.attribute_terms` does the lookup (with its Female = not Male rule).
     """
-    from .evaluation import EvaluationError, attribute_terms as lookup
+    from .evaluation import EvaluationError, attribute_terms as lookup, default_direction
 
     terms, labels = [], []
     for attr, choice in choices.items():
@@ -712,11 +709,8 @@ def attribute_terms(lm: LoadedModel, choices: Mapping[str, str], direction: str 
             labels.append(f"{choice} {attr}")
     if not terms:
         return None, [], []
-    direction = direction or DEFAULTS.direction
-    if direction == "contrast" and lm.extras.get("attribute_contrasts") is None:
-        direction = "mean"  # an export from before contrasts: the paper's direction still works
     try:
-        latents, weights = lookup(lm.extras, terms, direction)
+        latents, weights = lookup(lm.extras, terms, direction or default_direction(lm.extras, "attributes"))
     except EvaluationError as e:
         raise DemoError(f"the {lm.label} weights: {e}") from None
     return latents, weights, labels

@@ -180,6 +180,16 @@ def _concept_key(kind: str, direction: str, extras: Mapping[str, Any]) -> str:
     return key
 
 
+def default_direction(extras: Mapping[str, Any], mode: str, defaults: Any = None) -> str:
+    """The default concept direction of ``mode`` (class or attributes) for these weights: ``defaults``'s
+    (clel.sampling.DEFAULTS), or the paper's mean direction for an export that stores no contrasts."""
+    from .sampling import DEFAULTS
+
+    direction = (defaults or DEFAULTS).direction(mode)
+    key = "class_contrasts" if mode == "class" else "attribute_contrasts"
+    return "mean" if direction == "contrast" and extras.get(key) is None else direction
+
+
 def class_latents(extras: Mapping[str, Any], names: Sequence[str], direction: str = "mean") -> Tensor:
     """Concept latents [len(names), D] of the named classes: their prototypes (``mean``) or ``contrast``
     directions; unknown names raise, listing the known ones."""

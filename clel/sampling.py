@@ -14,7 +14,7 @@ noise (one plain chain, or the reference sampler's augmented sweeps, see
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
@@ -68,32 +68,46 @@ class ChainSettings:
 
 @dataclass(frozen=True)
 class SamplingDefaults:
-    """What a conditional chain asks for unless told otherwise: guidance per mode and the concept direction.
+    """What a conditional chain asks for unless told otherwise: guidance per mode and chain, and the direction.
 
-    ``SAMPLING["measured"]`` is chosen by ``scripts/sweep_sampling.py`` on the bundled weights (the table is in
-    docs/evaluation.md); ``SAMPLING["paper"]`` samples E(x, z̄) with the training β and the mean direction.
-    The demo, ``scripts/sample.py`` and ``scripts/evaluate.py`` all read ``DEFAULTS``.
+    ``SAMPLING["measured"]`` is chosen by ``scripts/sweep_sampling.py`` on the bundled weights (the table and the
+    command are in docs/evaluation.md); ``SAMPLING["paper"]`` samples E(x, z̄) with the training β and the mean
+    direction. The demo, ``scripts/sample.py`` and ``scripts/evaluate.py`` all read ``DEFAULTS``.
+    ``reference``: guidance for the augmented sweeps (the demo's chain); ``plain``: for one chain from noise.
     """
 
-    instance_guidance: float = 1.0
-    class_guidance: float = 1.0
-    attribute_guidance: float = 1.0
-    interpolate_guidance: float = 1.0
-    direction: str = "mean"  # "mean" (z̄, the paper's) or "contrast" (z̄ of the concept minus z̄ of the rest)
+    reference: dict[str, float] = field(default_factory=lambda: {"instance": 1.0, "class": 1.0, "attributes": 1.0,
+                                                                 "interpolate": 1.0})
+    plain: dict[str, float] = field(default_factory=lambda: {"instance": 1.0, "class": 1.0, "attributes": 1.0,
+                                                             "interpolate": 1.0})
+    # per mode: "mean" (z̄, the paper's) or "contrast" (z̄ of the concept minus z̄ of the rest)
+    directions: dict[str, str] = field(default_factory=lambda: {"class": "mean", "attributes": "mean"})
 
-    def guidance(self, mode: str) -> float:
-        """Guidance of a sampling mode: instance, class, attributes or interpolate (unconditional: 0)."""
-        table = {"instance": self.instance_guidance, "class": self.class_guidance,
-                 "attributes": self.attribute_guidance, "interpolate": self.interpolate_guidance,
-                 "unconditional": 0.0}
+    def direction(self, mode: str) -> str:
+        """Concept direction of the class or attributes mode (the other modes use an image's latent)."""
+        return self.directions.get(mode, "mean")
+
+    def guidance(self, mode: str, chain: str = "reference") -> float:
+        """Guidance of a sampling mode (instance, class, attributes, interpolate; unconditional: 0) on a chain."""
+        if chain not in ("reference", "plain"):
+            raise ValueError(f"unknown chain {chain!r}; use reference or plain")
+        table = {**(self.reference if chain == "reference" else self.plain), "unconditional": 0.0}
         if mode not in table:
             raise ValueError(f"unknown sampling mode {mode!r}; use one of {', '.join(table)}")
         return table[mode]
 
 
+def _every(v: float) -> dict[str, float]:
+    return {"instance": v, "class": v, "attributes": v, "interpolate": v}
+
+
 SAMPLING: dict[str, SamplingDefaults] = {
-    "measured": SamplingDefaults(),
-    "paper": SamplingDefaults(0.01, 0.01, 0.01, 0.01, "mean"),  # the training β = 0.01 (SPEC)
+    # docs/evaluation.md, "The sampling sweep" (bundled weights of run 5); values no cell measured keep 1.0
+    "measured": SamplingDefaults(
+        reference={"instance": 1.0, "class": 0.3, "attributes": 1.0, "interpolate": 1.0},
+        plain={"instance": 1.0, "class": 1.0, "attributes": 1.0, "interpolate": 1.0},
+        directions={"class": "contrast", "attributes": "mean"}),
+    "paper": SamplingDefaults(_every(0.01), _every(0.01), {"class": "mean", "attributes": "mean"}),  # β = 0.01
 }
 DEFAULTS = SAMPLING["measured"]
 

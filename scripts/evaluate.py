@@ -238,10 +238,10 @@ def run(args: argparse.Namespace) -> int:
     from clel.sampling import ChainSettings
 
     defaults = SAMPLING[args.sampling]
-    direction = args.direction or defaults.direction
 
     def guidance(mode: str) -> float:
-        return args.guidance if args.guidance is not None else defaults.guidance(mode)
+        # the judged sections run one plain chain from noise (chain_for)
+        return args.guidance if args.guidance is not None else defaults.guidance(mode, "plain")
 
     def chain_for(m) -> ChainSettings:
         return ChainSettings.from_model(m, steps=args.cond_steps or 10 * m.cfg.sgld_steps,
@@ -255,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
             raise EvaluationError(f"{args.weights} carries no class prototypes")
         judge = load_judge(Path(args.judges) / CIFAR10_JUDGE, device)
         classes = list(extras.get("classes") or judge.labels)
+        direction = args.direction or ev.default_direction(extras, "class", defaults)
         res, samples = ev.class_conditional_eval(model, ev.class_latents(extras, classes, direction), classes, judge,
                                                  args.cond_per_class, guidance("class"), chain_for(model), args.seed,
                                                  args.cond_batch, log=_say)
@@ -285,7 +286,9 @@ def run(args: argparse.Namespace) -> int:
         cmodel.requires_grad_(False)
         res, samples = ev.compositional_eval(cmodel, cextras, judge, ev.default_compositions(), args.comp_samples,
                                              guidance("attributes"), chain_for(cmodel), args.seed, args.cond_batch,
-                                             log=_say, direction=direction)
+                                             log=_say,
+                                             direction=args.direction or ev.default_direction(cextras, "attributes",
+                                                                                              defaults))
         grid = torch.cat([v[:8] for v in samples.values()])
         ev.save_grid(grid, out / "figures" / "compositional.png", nrow=min(8, args.comp_samples))
         test = judge.info.get("test", {})

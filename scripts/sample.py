@@ -117,9 +117,9 @@ def run(args: argparse.Namespace) -> int:
     every = max(1, settings.total_steps // max(1, args.gif_frames)) if args.gif else 0
     defaults = SAMPLING[args.sampling]
     if args.guidance is None:
-        args.guidance = defaults.guidance(args.mode)
+        args.guidance = defaults.guidance(args.mode, "reference" if args.sweeps > 1 else "plain")
     if args.direction is None:
-        args.direction = defaults.direction
+        args.direction = ev.default_direction(extras, args.mode, defaults)
     info: dict = {"mode": args.mode, "weights": str(extras.get("path", args.weights)), "n": args.n,
                   "seed": args.seed, "guidance": args.guidance, "direction": args.direction, "chain": vars(settings)}
     out = Path(args.out)

@@ -486,8 +486,19 @@ def test_demo_sample_and_evaluate_take_their_defaults_from_clel_sampling(monkeyp
     assert ev_args.sampling == "measured" and ev_args.guidance is None and ev_args.direction is None
     sm = script("sample").build_parser().parse_args(["--weights", "w", "--out", "o", "class", "cat"])
     assert sm.sampling == "measured" and sm.guidance is None and sm.direction is None
-    assert SAMPLING["measured"] is DEFAULTS and D.ChainRequest().guidance == DEFAULTS.class_guidance
-    assert D.clamp_request(1, 1).guidance == DEFAULTS.class_guidance
-    assert SAMPLING["paper"].guidance("class") == 0.01 and SAMPLING["paper"].direction == "mean"
+    assert SAMPLING["measured"] is DEFAULTS and D.ChainRequest().guidance == DEFAULTS.guidance("class")
+    assert D.clamp_request(1, 1).guidance == DEFAULTS.guidance("class")
+    assert SAMPLING["paper"].guidance("class", "plain") == 0.01 and SAMPLING["paper"].direction("class") == "mean"
     with pytest.raises(ValueError, match="unknown sampling mode"):
         DEFAULTS.guidance("dream")
+
+
+def test_default_direction_falls_back_to_the_mean_for_exports_without_contrasts():
+    from clel.evaluation import default_direction
+    from clel.sampling import SAMPLING
+
+    z = torch.zeros(2, 4)
+    assert default_direction({"class_prototypes": z, "class_contrasts": z}, "class") == \
+        SAMPLING["measured"].direction("class")
+    assert default_direction({"class_prototypes": z}, "class") == "mean"
+    assert default_direction({"class_contrasts": z}, "class", SAMPLING["paper"]) == "mean"
