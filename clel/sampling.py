@@ -104,7 +104,7 @@ def _every(v: float) -> dict[str, float]:
 SAMPLING: dict[str, SamplingDefaults] = {
     # docs/evaluation.md, "The sampling sweep" (bundled weights of run 5); values no cell measured keep 1.0
     "measured": SamplingDefaults(
-        reference={"instance": 1.0, "class": 0.3, "attributes": 1.0, "interpolate": 1.0},
+        reference={"instance": 0.1, "class": 0.3, "attributes": 1.0, "interpolate": 0.1},
         plain={"instance": 1.0, "class": 1.0, "attributes": 1.0, "interpolate": 1.0},
         directions={"class": "contrast", "attributes": "mean"}),
     "paper": SamplingDefaults(_every(0.01), _every(0.01), {"class": "mean", "attributes": "mean"}),  # β = 0.01
