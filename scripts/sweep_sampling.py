@@ -187,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                         row, grid = class_cell(model, extras, judge, direction, guidance, st, args)
                     save_grid(grid, args.out / f"{tag}.png", nrow=8)
                     row = {"variant": variant, "chain": chain, "direction": direction, "guidance": guidance,
-                           **row, "diversity_vs_unconditional": row.get("diversity", 0) / max(u["diversity"], 1e-9),
-                           "grid": f"{tag}.png"}
+                           **row, "grid": f"{tag}.png"}
+                    if "diversity" in row:  # conditional cells; look-alikes are measured by distances instead
+                        row["diversity_vs_unconditional"] = row["diversity"] / max(u["diversity"], 1e-9)
                     rows.append(row)
                     print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}), flush=True)
                     (args.out / "results.json").write_text(json.dumps(

@@ -259,6 +259,24 @@ def test_checkpoint_after_ckpt_minutes_without_one(tmp_path):
     assert [p.name for p in find_checkpoints(run)] == ["iter-0000001", "iter-0000002", "iter-0000003"]
 
 
+def run_child_until(script: str, tmp_path: Path, marker: Path, sig: int, what: str) -> subprocess.Popen:
+    """Start a training child, wait for it to touch ``marker``, send ``sig``, return the finished process."""
+    env = {**os.environ, "CLEL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 150
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, what
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc
+
+
 SIGTERM_SCRIPT = """
 import sys
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
@@ -281,19 +299,8 @@ except KeyboardInterrupt:
 def test_sigterm_writes_a_checkpoint_and_exits(tmp_path):
     run, marker = tmp_path / "run", tmp_path / "at3"
     script = SIGTERM_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), marker=str(marker), run=str(run))
-    env = {**os.environ, "CLEL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 150
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 130, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = run_child_until(script, tmp_path, marker, signal.SIGTERM, "the child never reached iteration 3")
+    assert proc.returncode == 130, proc.stderr.read()
     ckpts = find_checkpoints(run)
     assert ckpts and load_checkpoint(ckpts[-1])[0]["iteration"] >= 3
 
@@ -411,19 +418,7 @@ train(small_cfg(), options({run!r}, max_iters=4, ckpt_every=2), data=synthetic()
 def test_sigkill_while_writing_leaves_previous_checkpoint(tmp_path):
     run, marker = tmp_path / "run", tmp_path / "writing"
     script = KILL_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), marker=str(marker), run=str(run))
-    env = {**os.environ, "CLEL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 150
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, "the child never reached its second checkpoint"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    run_child_until(script, tmp_path, marker, signal.SIGKILL, "the child never reached its second checkpoint")
     assert [p.name for p in find_checkpoints(run)] == ["iter-0000002"]
     assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp-")]  # the torn write
     meta, _ = load_checkpoint(run / "checkpoints" / "iter-0000002")
