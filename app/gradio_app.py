@@ -12,7 +12,7 @@ Unconditional [/unconditional] · Look-alikes [/lookalikes] · Classes [/classes
 Interpolate [/interpolate]. Each streams the chain: the image grid and the energy curve update every few steps.
 A second page, /model-cards, shows each model's README.md; the header links to it.
 
-Test hook: ``CLEL_DEMO_FAIL_AT_STEP=N`` makes step N of every chain raise (see ``clel.demo``), to check what a
+Test hook: ``CLEL_DEMO_FAIL_AT_STEP=N`` makes step N of every chain raise (see ``clel_app.demo``), to check what a
 visitor sees when a chain fails. Leave it unset.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 import gradio as gr  # noqa: E402  (after the analytics switch)
 
-from clel import demo as D  # noqa: E402  (after the analytics switch)
+from clel_app import demo as D  # noqa: E402  (after the analytics switch)
 from clel.data import CIFAR10_CLASSES  # noqa: E402  (after the analytics switch)
 from clel.sampling import DEFAULTS  # noqa: E402  (after the analytics switch)
 
@@ -79,7 +79,7 @@ def _demo_error(e: D.DemoError) -> gr.Error:
 
 
 class DemoApp:
-    """The Gradio UI over a :class:`clel.demo.ModelStore`; every handler is a generator of live frames."""
+    """The Gradio UI over a :class:`clel_app.demo.ModelStore`; every handler is a generator of live frames."""
 
     def __init__(self, store: D.ModelStore, limits: D.Limits | None = None, out_dir: str | None = None):
         self.store = store

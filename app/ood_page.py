@@ -7,7 +7,7 @@
 
 Weights: ``CLEL_WEIGHTS_CIFAR10`` (export folder or Hugging Face repo id), default the bundled
 ``weights/cifar10``. Reference scores are read from ``ood_reference.safetensors`` in the weights folder (make it
-with ``python -m clel.ood --weights weights/cifar10 --data ../shared/data``); without it uploads are still scored.
+with ``python -m clel.eval.ood --weights weights/cifar10 --data ../shared/data``); without it uploads are still scored.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clel import demo as D
-from clel.ood import REFERENCE_NAME, load_reference, model_fingerprint, score_images
+from clel_app import demo as D
+from clel.eval.ood import REFERENCE_NAME, load_reference, model_fingerprint, score_images
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,11 +88,11 @@ def main() -> None:
         st.error(f"The reference scores cannot be read: {D.redact_paths(ref_error)}. Uploads are still scored.")
     elif ref is None:
         st.info(f"No reference scores next to the weights ({D.shown_path(ref_path)} is missing), so there is no "
-                f"threshold or reference histogram; uploads are still scored. Make them with `python -m clel.ood "
+                f"threshold or reference histogram; uploads are still scored. Make them with `python -m clel.eval.ood "
                 f"--weights {D.shown_path(spec) if Path(spec).exists() else spec} --data ../shared/data`.")
     elif ref.fingerprint and ref.fingerprint != model_fingerprint(lm.model):
         st.warning("The reference scores were computed with different weights than the ones loaded; the histogram "
-                   "and threshold may not match these scores. Recompute them with `python -m clel.ood`.")
+                   "and threshold may not match these scores. Recompute them with `python -m clel.eval.ood`.")
 
     files = st.file_uploader("Drop images here (PNG, JPEG, WebP, …), as many as you like", accept_multiple_files=True,
                              key="uploads")

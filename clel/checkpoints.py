@@ -11,16 +11,19 @@ import json
 import os
 import random
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from .config import CLELConfig
-from .data import to_uint8
-from .weights import CONFIG_NAME, fsync_dir, read_config, remove_tree
+from .data import to_float, to_uint8
+from .weights import (CONFIG_NAME, WeightsError, fsync_dir, load_into, load_sharded, pack_tree, read_config,
+                      remove_tree, unpack_tree)
 
 CKPT_FORMAT_VERSION = 1
 # A replay buffer saved beside an export (uint8 images, metadata format=REPLAY_BUFFER_FORMAT): --resume EXPORT
@@ -243,3 +246,157 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 def clone_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     # Optimisers and the replay buffer adopt loaded tensors without copying; a snapshot must stay pristine.
     return {k: v.clone() for k, v in tensors.items()}
+
+
+class TrainerState:
+    """The training state a checkpoint or a snapshot holds, captured and restored (mixed into
+    :class:`clel.trainer.Trainer`): weights, EMA and optimisers (shared), and per rank the replay buffer and
+    the random streams; plus continuing from an export and writing checkpoints."""
+
+    def _shared_state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "opt_ebm": self.opt_ebm.state_dict(), "opt_enc": self.opt_enc.state_dict(),
+                "iteration": self.it, "lr_scale": self.lr_scale, "failures": self.failures,
+                "warm_from": self.warm_from}
+
+    def _rank_state(self, buffer_uint8: bool = False) -> dict[str, Any]:
+        images = self.buffer.images
+        if buffer_uint8:
+            images = to_uint8(images)
+        return {"buffer": images, "sampler_gen": self.sampler_gen.get_state(),
+                "batches": self.batches.state_dict(), "rng": rng_state(self.device)}
+
+    def _capture(self, buffer_uint8: bool = False) -> tuple[Any, Any, dict[str, Tensor]]:
+        tensors: dict[str, Tensor] = {}
+        shared = pack_tree(self._shared_state(), tensors, "shared")
+        local = pack_tree(self._rank_state(buffer_uint8), tensors, f"rank{self.rank}")
+        return shared, local, tensors
+
+    def _restore(self, snap: tuple[Any, Any, dict[str, Tensor]]) -> None:
+        shared, local, tensors = snap
+        tensors = clone_tensors(tensors)
+        self._apply_shared(unpack_tree(shared, tensors), source="snapshot")
+        self._apply_rank(unpack_tree(local, tensors))
+
+    def _apply_shared(self, s: dict[str, Any], source: str) -> None:
+        try:
+            load_into(self.model, s["model"], source=f"model weights of {source}")
+            load_into(self.ema, s["ema"], source=f"EMA weights of {source}")
+        except WeightsError as e:
+            raise TrainError(str(e)) from None
+        self.opt_ebm.load_state_dict(s["opt_ebm"])
+        self.opt_enc.load_state_dict(s["opt_enc"])
+        self.it, self.lr_scale, self.failures = int(s["iteration"]), float(s["lr_scale"]), int(s["failures"])
+        self.warm_from = int(s.get("warm_from", 0))
+
+    def _apply_rank(self, r: dict[str, Any]) -> None:
+        self.buffer.load_state_dict({"images": r["buffer"]})
+        self.sampler_gen.set_state(r["sampler_gen"])
+        self.batches.load_state_dict(r["batches"])
+        set_rng_state(r["rng"], self.device)
+
+    def _load_state(self, meta: dict[str, Any], tensors: dict[str, Tensor], source: str) -> None:
+        self._apply_shared(unpack_tree(meta["shared"], tensors), source=source)
+        ranks = meta["ranks"]
+        if self.rank < len(ranks) and len(ranks) == self.world:
+            self._apply_rank(unpack_tree(ranks[self.rank], tensors))
+        else:  # another world size: reuse a buffer, but the random streams cannot continue exactly
+            self._apply_rank({**unpack_tree(ranks[self.rank % len(ranks)], tensors),
+                              "rng": rng_state(self.device), "sampler_gen": self.sampler_gen.get_state(),
+                              "batches": self.batches.state_dict()})
+            self._say(f"warning: checkpoint was written by {len(ranks)} ranks, this run has {self.world}: "
+                      f"weights and optimisers resume exactly, random streams restart")
+
+    def _load_export(self, path: Path) -> None:
+        """Continue from an export: its weights, EMA and schedule position; fresh optimisers (an export has none).
+
+        An export without its encoder (``parts`` lacks h) gets a fresh, randomly initialised h, said in the log.
+        """
+        try:
+            _, meta = read_config(path)
+            state = load_sharded(path)
+            parts = set(meta.get("parts", ("f", "g", "h")))
+            if "h" not in parts:
+                fresh_h = {k: v for k, v in self.model.state_dict().items() if k.startswith("h.")}
+                state = {**state, **fresh_h}
+            load_into(self.model, state, source=f"weights in {path}")
+            load_into(self.ema, state, source=f"weights in {path}")
+            ema_file = path / EMA_NAME
+            if ema_file.is_file():
+                from .weights import read_tagged_safetensors
+
+                ema_fg, _ = read_tagged_safetensors(ema_file, EMA_FORMAT, "EMA weights", error=TrainError)
+                load_into(self.ema, {**state, **ema_fg}, source=f"EMA weights in {ema_file}")
+        except WeightsError as e:
+            raise TrainError(str(e)) from None
+        schedule = meta.get("schedule") or {}
+        recorded = int(schedule.get("iteration", meta.get("iteration", 0)) or 0)
+        self.it = int(self.opts.init_iteration) if self.opts.init_iteration is not None else recorded
+        self.lr_scale = float(schedule.get("lr_scale", 1.0))
+        self.warm_from = self.it
+        said = [f"continuing at iteration {self.it}"
+                + (f" (--init-iteration; the export records {recorded})" if self.opts.init_iteration is not None
+                   and self.it != recorded else "")
+                + ", so the encoder's cosine schedule and the EMA continue; fresh optimisers (an export has no "
+                  f"optimiser state), so the EBM learning rate warms up again over {self.cfg.warmup_iters} "
+                  "iterations"]
+        said.append(f"EMA from {EMA_NAME}" if ema_file.is_file() else "EMA restarts from these weights")
+        if "h" not in parts:
+            said.append("this export has no encoder h: a fresh, randomly initialised encoder starts training "
+                        "(look-alikes and OOD scores need it to learn again)")
+        buffer_file = Path(self.opts.resume_buffer) if self.opts.resume_buffer else path / REPLAY_BUFFER_NAME
+        if self.opts.resume_buffer or buffer_file.is_file():
+            n = self._load_buffer_file(buffer_file)
+            said.append(f"{n} replay-buffer images from {buffer_file}")
+        else:
+            said.append("the replay buffer starts from uniform noise")
+        self._say(f"resuming from the export in {path}: " + "; ".join(said))
+
+    def _load_buffer_file(self, path: Path) -> int:
+        """Fill the first slots of the replay buffer from a saved uint8 buffer; the rest keep their U(0, 1) start."""
+        images = load_replay_buffer(path, tuple(self.buffer.images.shape[1:]))
+        if self.world > 1:  # every rank its own share, so the ranks' buffers differ as they did in training
+            images = images[self.rank::self.world]
+        n = min(len(images), len(self.buffer))
+        self.buffer.images[:n] = to_float(images[:n].to(self.buffer.images.device))
+        return n
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path | None:
+        """Write the full training state of all ranks to ``out/checkpoints/iter-N`` (rank 0), keep the last N."""
+        shared, local, tensors = self._capture(self.opts.buffer_uint8)
+        if self.world > 1:  # rank-specific state travels to rank 0, which alone writes
+            gathered: list[Any] | None = [None] * self.world if self.is_main else None
+            local_tensors = {k: v for k, v in tensors.items() if k.startswith(f"rank{self.rank}")}
+            dist.gather_object((local, local_tensors), gathered, dst=0)
+            if self.is_main:
+                ranks = []
+                for loc, t in gathered:
+                    ranks.append(loc)
+                    tensors.update(t)
+        else:
+            ranks = [local]
+        path = None
+        error: str | None = None
+        if self.is_main:
+            path = self.out / "checkpoints" / f"iter-{self.it:07d}"
+            meta = {"format": "clel-checkpoint", "format_version": CKPT_FORMAT_VERSION, "iteration": self.it,
+                    "config": self.cfg.to_dict(), "options": self.opts.to_dict(), "world_size": self.world,
+                    "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+                    "shared": shared, "ranks": ranks, "time": time.time()}
+            try:
+                write_checkpoint(path, meta, tensors)
+            except OSError as e:
+                prev = find_checkpoints(self.out)
+                keep = f"the previous checkpoint {prev[-1]} is intact" if prev else "no earlier checkpoint exists"
+                error = (f"could not write checkpoint {path}: {e.strerror or e} (errno {e.errno}); {keep}. "
+                         f"Once that is fixed, continue with --resume {self.out}")
+            else:
+                for old in find_checkpoints(self.out)[:-max(1, self.opts.keep_ckpts)]:
+                    remove_tree(old)
+                self._log_event("checkpoint", iteration=self.it, path=str(path))
+        self._t_ckpt = time.time()
+        if self._any_rank(error is not None):
+            raise TrainError(error or "checkpoint failed on rank 0")
+        return path

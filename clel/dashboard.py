@@ -100,6 +100,41 @@ def _grids(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _records(metrics: Path, run: "Run"):
+    """The JSON objects of metrics.jsonl; torn or foreign lines are counted in ``run.skipped``."""
+    with open(metrics, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                run.skipped += 1
+                continue
+            if not isinstance(obj, dict):
+                run.skipped += 1
+                continue
+            yield obj
+
+
+def _add_point(obj: dict[str, Any], event: str | None, hours: float, run: "Run", rows: dict[int, dict[str, Any]],
+               probes: dict[int, dict[str, Any]]) -> None:
+    """A metrics row (no event) or a probe, keyed by its iteration; a later one for the same iteration wins."""
+    it = _iteration(obj.get("iter" if event is None else "iteration"))
+    if it is None:
+        run.skipped += 1
+        return
+    if event is None:
+        row = {k: v for k, v in ((k, _number(v)) for k, v in obj.items()) if v is not None}
+        row["iter"], row["hours"] = it, hours
+        run.superseded += it in rows
+        rows[it] = row
+    else:
+        probe = {k: v for k, v in ((k, _number(v)) for k, v in obj.items()) if v is not None and k not in _PROBE_SKIP}
+        probe["iteration"], probe["hours"] = it, hours
+        probes[it] = probe
+
+
 def read_run(path: str | os.PathLike[str]) -> Run:
     """Parse a run folder (or its metrics.jsonl) into the run's current timeline.
 
@@ -132,59 +167,31 @@ def read_run(path: str | os.PathLike[str]) -> Run:
             run.segments.append(Segment(start=None, resume=None))
         return run.segments[-1]
 
-    with open(metrics, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                run.skipped += 1
-                continue
-            if not isinstance(obj, dict):
-                run.skipped += 1
-                continue
-            event = obj.get("event")
-            t = _number(obj.get("time"))
-            if event == "start":
-                before = run.segments[-1].hours_before + run.segments[-1].seconds / 3600 if run.segments else 0.0
-                start = _iteration(obj.get("iteration"))
-                run.segments.append(Segment(start=start, resume=obj.get("resume"), hours_before=before))
-                if isinstance(obj.get("config"), dict):
-                    run.config = obj["config"]
-                restart(start)
-            seg = segment()
-            if t is not None and not math.isnan(t):
-                seg.seconds = max(seg.seconds, t)
-            if event is None:
-                it = _iteration(obj.get("iter"))
-                if it is None:
-                    run.skipped += 1
-                    continue
-                row = {k: v for k, v in ((k, _number(v)) for k, v in obj.items()) if v is not None}
-                row["iter"] = it
-                row["hours"] = seg.hours_before + (t / 3600 if t is not None and not math.isnan(t) else 0.0)
-                run.superseded += it in rows
-                rows[it] = row
-            elif event == "probe":
-                it = _iteration(obj.get("iteration"))
-                if it is None:
-                    run.skipped += 1
-                    continue
-                probe = {k: v for k, v in ((k, _number(v)) for k, v in obj.items())
-                         if v is not None and k not in _PROBE_SKIP}
-                probe["iteration"] = it
-                probe["hours"] = seg.hours_before + (t / 3600 if t is not None and not math.isnan(t) else 0.0)
-                probes[it] = probe
-            elif event == "rollback":
-                to = _iteration(obj.get("to"))
-                run.rollbacks.append((_iteration(obj.get("iteration")) or 0, to if to is not None else 0))
-                restart(to)
-            elif event == "end":
-                seg.ended = True
-                s = _number(obj.get("seconds"))
-                if s is not None and not math.isnan(s):
-                    seg.seconds = max(seg.seconds, s)
+    for obj in _records(metrics, run):
+        event = obj.get("event")
+        t = _number(obj.get("time"))
+        if event == "start":
+            before = run.segments[-1].hours_before + run.segments[-1].seconds / 3600 if run.segments else 0.0
+            start = _iteration(obj.get("iteration"))
+            run.segments.append(Segment(start=start, resume=obj.get("resume"), hours_before=before))
+            if isinstance(obj.get("config"), dict):
+                run.config = obj["config"]
+            restart(start)
+        seg = segment()
+        if t is not None and not math.isnan(t):
+            seg.seconds = max(seg.seconds, t)
+        hours = seg.hours_before + (t / 3600 if t is not None and not math.isnan(t) else 0.0)
+        if event is None or event == "probe":
+            _add_point(obj, event, hours, run, rows, probes)
+        elif event == "rollback":
+            to = _iteration(obj.get("to"))
+            run.rollbacks.append((_iteration(obj.get("iteration")) or 0, to if to is not None else 0))
+            restart(to)
+        elif event == "end":
+            seg.ended = True
+            secs = _number(obj.get("seconds"))
+            if secs is not None and not math.isnan(secs):
+                seg.seconds = max(seg.seconds, secs)
     run.rows = [rows[k] for k in sorted(rows)]
     run.probes = [probes[k] for k in sorted(probes)]
     # Grid files past the current iteration were written by an abandoned branch (a resume from an older

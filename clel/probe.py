@@ -66,19 +66,19 @@ class Probe:
 
     def _net(self) -> Any:
         if self._inception is None:
-            from .metrics import get_inception
+            from .eval.metrics import get_inception
 
             self._inception = get_inception(str(self.device))
         return self._inception
 
     def _features(self, images: Tensor) -> np.ndarray:
-        from .metrics import features
+        from .eval.metrics import features
 
         return features(images, batch_size=50, device=self.device, model=self._net())
 
     def _reference(self) -> Any:
         if self._ref_stats is None:
-            from .metrics import fid_stats, reference_stats
+            from .eval.metrics import fid_stats, reference_stats
 
             if self._standin:  # a stand-in feature network (tests): nothing to cache
                 self._ref_stats = fid_stats(self._features(self.ref.images))
@@ -88,7 +88,7 @@ class Probe:
 
     def _load_judge(self) -> Any:
         if self._judge is None:
-            from .judges import CELEBA_JUDGE, CIFAR10_JUDGE, JUDGE_DIR, load_judge
+            from .eval.judges import CELEBA_JUDGE, CIFAR10_JUDGE, JUDGE_DIR, load_judge
 
             name = CIFAR10_JUDGE if self.ref.labels is not None else CELEBA_JUDGE
             self._judge = load_judge((self.judges_dir or JUDGE_DIR) / name, self.device)
@@ -97,8 +97,8 @@ class Probe:
     # -- the probe -----------------------------------------------------------------------------------------------
 
     def __call__(self, model: Any) -> dict[str, Any]:
-        from .evaluation import draw
-        from .metrics import fid_stats, frechet_distance
+        from .sampling import draw
+        from .eval.metrics import fid_stats, frechet_distance
         from .sampling import ChainSettings
 
         t0 = time.perf_counter()
@@ -119,7 +119,7 @@ class Probe:
         return out
 
     def _judged(self, m: Any) -> dict[str, Any]:
-        from .evaluation import class_conditional_eval, compositional_eval
+        from .eval.judged import class_conditional_eval, compositional_eval
         from .sampling import ChainSettings
 
         judge = self._load_judge()

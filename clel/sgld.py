@@ -14,6 +14,8 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
+from .config import CLELConfig as _SPEC  # SPEC's constants are the config's defaults
+
 EnergyFn = Callable[[Tensor], Tensor]
 
 
@@ -38,8 +40,8 @@ def langevin_step(energy_fn: EnergyFn, x: Tensor, step_size: float, noise: float
     return (x.detach() - step_size * grad + noise * eps).clamp_(0.0, 1.0), e.detach()
 
 
-def sgld_chain(energy_fn: EnergyFn, x: Tensor, steps: int = 60, step_size: float = 100.0,
-               noise: float = 0.001, grad_clip: float | None = 100.0,
+def sgld_chain(energy_fn: EnergyFn, x: Tensor, steps: int = _SPEC.sgld_steps, step_size: float = _SPEC.sgld_step_size,
+               noise: float = _SPEC.sgld_noise, grad_clip: float | None = _SPEC.sgld_grad_clip,
                generator: torch.Generator | None = None) -> Iterator[SGLDStep]:
     """Run SGLD from ``x`` (pixels in [0, 1]) and yield every step.
 
@@ -54,8 +56,8 @@ def sgld_chain(energy_fn: EnergyFn, x: Tensor, steps: int = 60, step_size: float
         yield SGLDStep(step, x, e)
 
 
-def sgld(energy_fn: EnergyFn, x: Tensor, steps: int = 60, step_size: float = 100.0,
-         noise: float = 0.001, grad_clip: float | None = 100.0,
+def sgld(energy_fn: EnergyFn, x: Tensor, steps: int = _SPEC.sgld_steps, step_size: float = _SPEC.sgld_step_size,
+         noise: float = _SPEC.sgld_noise, grad_clip: float | None = _SPEC.sgld_grad_clip,
          generator: torch.Generator | None = None,
          callback: Callable[[SGLDStep], None] | None = None) -> Tensor:
     """Run the whole chain and return the final samples; ``callback`` sees every step."""
@@ -74,7 +76,7 @@ class ReplayBuffer:
     they came from.
     """
 
-    def __init__(self, size: int, shape: tuple[int, ...], reinit_prob: float = 0.001,
+    def __init__(self, size: int, shape: tuple[int, ...], reinit_prob: float = _SPEC.reinit_prob,
                  device: torch.device | str = "cpu", generator: torch.Generator | None = None):
         self.reinit_prob = reinit_prob
         self.generator = generator

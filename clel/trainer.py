@@ -20,17 +20,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import math
 import os
-import random
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -38,96 +33,27 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .augment import StrongAugment
-from .checkpoints import (CKPT_FORMAT_VERSION, EMA_FORMAT, EMA_NAME, REPLAY_BUFFER_NAME,
-                          DivergenceError, TrainError, clone_tensors, find_checkpoints, load_checkpoint,
-                          load_replay_buffer, model_mismatch, read_checkpoint_meta, resolve_auto, resolve_resume,
-                          rng_state, set_rng_state, tidy_checkpoint_dir,
-                          write_checkpoint)
+from .checkpoints import (EMA_FORMAT, EMA_NAME, DivergenceError, TrainError, TrainerState, find_checkpoints,
+                          load_checkpoint, model_mismatch, read_checkpoint_meta, resolve_auto, resolve_resume,
+                          tidy_checkpoint_dir)
 from .concepts import concept_latents, encode_images
 from .config import CLELConfig
-from .data import DataError, ImageSet, RandomBatches, load_dataset, to_float, to_uint8
-from .distributed import gather_keep_grad, init_distributed, mean_over_ranks
+from .data import DataError, ImageSet, RandomBatches, load_dataset
+from .distributed import gather_keep_grad, init_distributed
 from .energy import marginal
 from .fast import FastPath, fast_sgld, set_precision
 from .losses import EBMLoss, NTXentLoss
 from .models import CLEL
 from .sgld import ReplayBuffer
-from .weights import (WeightsError, export_pretrained, load_into, load_sharded, pack_tree, read_config, remove_tree,
-                      unpack_tree)
+from .weights import WeightsError, export_pretrained, read_config
 
 __all__ = ["TrainOptions", "Trainer", "TrainError", "DivergenceError", "train", "ema_update", "ebm_lr", "encoder_lr"]
 
 
 
-def _opt(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass
-class TrainOptions:
-    """How to run (not what to learn: that is :class:`~clel.config.CLELConfig`)."""
-
-    data: str | None = _opt(None, "training data folder (e.g. ../shared/data/cifar10); stored in checkpoints",
-                            metavar="PATH")
-    out: str = _opt("runs/clel", "run folder: checkpoints/, samples/, metrics.jsonl and the export (CLI "
-                                 "default: runs/<preset>; with --resume the run's own folder, or "
-                                 "<export>-resumed when resuming from an export)", metavar="DIR")
-    max_iters: int | None = _opt(None, "stop when the iteration counter reaches N (absolute, so a resumed run "
-                                       "stops at the same place); schedules still follow --iters")
-    max_minutes: float | None = _opt(None, "stop (checkpoint + export) after this many minutes of training")
-    resume: str | None = _opt(None, "run folder, checkpoint folder or export folder to continue from; auto: the "
-                                    "newest complete checkpoint in --out, else --init, else from scratch (run "
-                                    "the same command again and again)", metavar="DIR|auto")
-    init: str | None = _opt(None, "with --resume auto: the export to start from when --out holds no checkpoint "
-                                  "yet (e.g. weights/cifar10)", metavar="EXPORT")
-    init_iteration: int | None = _opt(None, "with an export to start from: the iterations already behind it, for "
-                                            "an export that does not record them (default: its config.json's)")
-    resume_buffer: str | None = _opt(None, "with --resume EXPORT: start the replay buffer from these images (a "
-                                           "uint8 replay_buffer.safetensors from scripts/gpu/pack_result.py; "
-                                           "default: that file in the export folder, if there)", metavar="FILE")
-    device: str = _opt("auto", "cpu, cuda or auto (cuda when available)", choices=("auto", "cpu", "cuda"))
-    precision: str = _opt("fp32", "fp32 (strict), tf32 (TF32 matmuls/convs on CUDA) or bf16 (autocast for "
-                                  "the networks, on CUDA or a CPU with native bf16; SGLD images and updates "
-                                  "stay fp32)",
-                          choices=("fp32", "tf32", "bf16"))
-    threads: int | None = _opt(None, "CPU threads for torch on --device cpu (default: torch's choice, but 1 "
-                                     "when the machine is already busy: OpenMP threads that compete for cores "
-                                     "are several times slower; a resumed run reuses the saved value)")
-    fast: bool = _opt(True, "fast SGLD path (clel.fast): spectral-normalised weights computed once per chain, "
-                            "channels_last, CUDA-graph capture on GPU; --no-fast runs the plain eager chain")
-    seed: int = _opt(0, "random seed (rank r of a multi-GPU run uses seed + r for its buffer, batches and "
-                        "augmentations)")
-    log_every: int = _opt(10, "write metrics.jsonl / TensorBoard every N iterations")
-    sample_every: int = _opt(500, "save a PNG grid of the current SGLD samples every N iterations")
-    ckpt_every: int = _opt(1000, "write a checkpoint every N iterations (and always at the end)")
-    ckpt_minutes: float = _opt(10.0, "also write a checkpoint after this many minutes without one (and on "
-                                     "SIGINT/SIGTERM)")
-    probe_every: int = _opt(0, "every N iterations append a quality probe to metrics.jsonl (clel.probe: FID of "
-                               "500 reference-sampler samples against 2,000 training images, judged accuracy or "
-                               "attribute agreement, clamped pixels) and its grid to probes/; 0: off")
-    nice: int | None = _opt(None, "lower this process's CPU priority by N (os.nice) so a machine in use stays "
-                                  "responsive")
-    keep_ckpts: int = _opt(3, "keep the last N checkpoints")
-    buffer_uint8: bool = _opt(False, "store the replay buffer as uint8 in checkpoints (4x smaller, resume "
-                                     "then is not bit-exact)")
-    snapshot_every: int = _opt(100, "keep an in-memory copy of the training state every N iterations "
-                                    "(what a divergence rolls back to)")
-    energy_bound: float = _opt(1e4, "treat |E(x)| above this as divergence")
-    max_failures: int = _opt(3, "give up at the N-th divergence; the ones before roll back to the last good "
-                                "state, halve the learning rates and reseed")
-    export_weights: str = _opt("auto", "which weights model.safetensors holds: ema, live, or auto: the EMA once "
-                                "the run is at least 10 EMA half-lives long, else the live weights (an EMA "
-                                "that lags a short run by a large part of it is a flatter energy)",
-                               choices=("auto", "ema", "live"))
-    export_dtype: str = _opt("fp32", "dtype of the exported weights", choices=("fp32", "fp16"))
-    max_shard_mb: float = _opt(15.0, "shard model.safetensors into files of at most this many MiB")
-    prototypes: bool = _opt(True, "export class prototypes (labelled data) or attribute latents (CelebA)")
-    progress: bool = _opt(True, "show a tqdm progress bar")
-    tensorboard: bool = _opt(True, "also log to TensorBoard (out/tb) when it is installed")
-    inject_nan_at: tuple[int, ...] = _opt((), "testing aid: make the loss NaN once at these iterations")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+from .options import TrainOptions
+from .runlog import RunLog
+from .runtime import lower_priority, raise_on_sigterm, restore_sigterm, seed_all
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,44 +83,6 @@ def ebm_lr(cfg: CLELConfig, it: int, warm_from: int = 0) -> float:
 def encoder_lr(cfg: CLELConfig, it: int) -> float:
     """SGD lr of h: cosine decay from ``encoder_lr`` to 0 over ``iters``."""
     return cfg.encoder_lr * 0.5 * (1.0 + math.cos(math.pi * min(it, cfg.iters) / max(1, cfg.iters)))
-
-
-def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-def _lower_priority(n: int, say: Any) -> None:
-    """os.nice for the whole process: on Linux it changes only the calling thread, and torch has started others."""
-    try:
-        prio = os.nice(n)
-        tasks = Path("/proc/self/task")
-        for tid in (tasks.iterdir() if tasks.is_dir() else ()):
-            os.setpriority(os.PRIO_PROCESS, int(tid.name), prio)
-    except (AttributeError, OSError) as e:
-        say(f"warning: --nice {n} not fully applied ({e})")
-
-
-def _raise_on_sigterm() -> Any:
-    """SIGTERM (``kill``, a scheduler's stop) ends training like Ctrl-C: checkpoint, then exit."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
-def _restore_sigterm(old: Any) -> None:
-    import signal
-
-    if old is not None:
-        signal.signal(signal.SIGTERM, old)
 
 
 class _Objective(nn.Module):
@@ -228,7 +116,7 @@ class _Objective(nn.Module):
 # The trainer
 # ----------------------------------------------------------------------------------------------------------------
 
-class Trainer:
+class Trainer(TrainerState, RunLog):
     """Owns the networks, optimisers, replay buffer and data stream of one run (one rank under DDP)."""
 
     def __init__(self, cfg: CLELConfig, opts: TrainOptions, data: ImageSet | None = None):
@@ -239,7 +127,7 @@ class Trainer:
         self.out = Path(opts.out)
         self._t_start = time.time()
         if opts.nice:
-            _lower_priority(int(opts.nice), self._say)
+            lower_priority(int(opts.nice), self._say)
         if opts.resume == "auto":
             target, msg = resolve_auto(self.out, opts.init)
             self._say(msg)
@@ -251,31 +139,8 @@ class Trainer:
         if self.device.type == "cpu":
             self._set_threads(opts.threads, opts.resume)
 
-        # What are we continuing from?
-        self.resume_kind, resume_path = self._find_resume(opts.resume)
-        ck_meta: dict[str, Any] | None = None
-        ck_tensors: dict[str, Tensor] | None = None
-        if self.resume_kind == "checkpoint":
-            ck_meta, ck_tensors = load_checkpoint(resume_path)
-            ck_cfg = CLELConfig.from_dict(ck_meta["config"])
-            self._check_same_model(cfg, ck_cfg, resume_path)
-            changed = [f"{k}: {v!r} -> {cfg.to_dict()[k]!r}" for k, v in ck_cfg.to_dict().items()
-                       if cfg.to_dict()[k] != v]
-            if changed:
-                self._say("config differs from the checkpoint's, using the new values: " + "; ".join(changed))
-            if opts.data is None:
-                self.opts = opts = dataclasses.replace(opts, data=ck_meta.get("options", {}).get("data"))
-        elif self.resume_kind == "export":
-            try:
-                ex_cfg, _ = read_config(resume_path)
-            except WeightsError as e:
-                raise TrainError(str(e)) from None
-            self._check_same_model(cfg, ex_cfg, resume_path)
-        if opts.resume_buffer and self.resume_kind != "export":
-            raise TrainError("--resume-buffer applies to --resume EXPORT only (a checkpoint holds its own buffer)")
-        if self.resume_kind is None and find_checkpoints(self.out):
-            raise TrainError(f"{self.out} already holds checkpoints of a run; continue it with --resume "
-                             f"{self.out}, or choose another --out (nothing was changed)")
+        ck_meta, ck_tensors, resume_path = self._what_to_continue(cfg)
+        opts = self.opts
         self.cfg = cfg
         if self.is_main:
             tidy_checkpoint_dir(self.out / "checkpoints")
@@ -286,30 +151,11 @@ class Trainer:
             raise TrainError(f"data images are {tuple(self.data.images.shape[1:])}, config expects "
                              f"(3, {cfg.image_size}, {cfg.image_size})")
 
-        # Identical initial weights on every rank (DDP would also broadcast rank 0's).
-        torch.manual_seed(opts.seed)
-        self.model = CLEL(cfg).to(self.device)
-        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.use_encoder = cfg.beta != 0  # β = 0: the baseline EBM without latent guidance
-        objective = _Objective(self.model, self.use_encoder)
-        if self.world > 1:
-            # DDP's default buffer sync (rank 0's at every forward) keeps spectral-norm u, v and BN stats equal.
-            objective = DDP(objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.objective = objective
-        self.opt_ebm = torch.optim.Adam([*self.model.f.parameters(), *self.model.g.parameters()], lr=cfg.lr,
-                                        betas=cfg.adam_betas)
-        self.opt_enc = torch.optim.SGD(self.model.h.parameters(), lr=cfg.encoder_lr, momentum=cfg.encoder_momentum,
-                                       weight_decay=cfg.encoder_weight_decay)
-        self.ebm_loss = EBMLoss(cfg.alpha, cfg.beta)
-        self.nt_xent = NTXentLoss(cfg.temperature)
-        self.augment = StrongAugment(cfg.image_size).to(self.device)
-        # The trainer's own autocast covers bf16, so the fast path only caches, reorders and (on GPU) graphs.
-        self.fast = FastPath(cache_sn=opts.fast, channels_last=opts.fast, bf16=False,
-                             cuda_graph=opts.fast and self.device.type == "cuda")
+        self._build(cfg)
 
         # Per-rank randomness: each rank has its own buffer, batches and augmentations.
         rank_seed = opts.seed + self.rank
-        _seed_all(rank_seed)
+        seed_all(rank_seed)
         self.sampler_gen = torch.Generator(self.device).manual_seed(rank_seed)
         self.buffer = ReplayBuffer(cfg.buffer_size, (3, cfg.image_size, cfg.image_size), cfg.reinit_prob,
                                    self.device, generator=self.sampler_gen)
@@ -334,6 +180,62 @@ class Trainer:
         self._metrics_file = None
         self._tb = None
         self.last_samples: Tensor | None = None
+
+    def _what_to_continue(self, cfg: CLELConfig) -> tuple[dict[str, Any] | None, dict[str, Tensor] | None,
+                                                          Path | None]:
+        """Resolve --resume (a checkpoint, an export or nothing), check it holds the same model, and refuse to
+        start over a run that has checkpoints. Returns the checkpoint's (meta, tensors) and the path."""
+        opts = self.opts
+        self.resume_kind, resume_path = self._find_resume(opts.resume)
+        ck_meta: dict[str, Any] | None = None
+        ck_tensors: dict[str, Tensor] | None = None
+        if self.resume_kind == "checkpoint":
+            ck_meta, ck_tensors = load_checkpoint(resume_path)
+            ck_cfg = CLELConfig.from_dict(ck_meta["config"])
+            self._check_same_model(cfg, ck_cfg, resume_path)
+            changed = [f"{k}: {v!r} -> {cfg.to_dict()[k]!r}" for k, v in ck_cfg.to_dict().items()
+                       if cfg.to_dict()[k] != v]
+            if changed:
+                self._say("config differs from the checkpoint's, using the new values: " + "; ".join(changed))
+            if opts.data is None:
+                self.opts = opts = dataclasses.replace(opts, data=ck_meta.get("options", {}).get("data"))
+        elif self.resume_kind == "export":
+            try:
+                ex_cfg, _ = read_config(resume_path)
+            except WeightsError as e:
+                raise TrainError(str(e)) from None
+            self._check_same_model(cfg, ex_cfg, resume_path)
+        if opts.resume_buffer and self.resume_kind != "export":
+            raise TrainError("--resume-buffer applies to --resume EXPORT only (a checkpoint holds its own buffer)")
+        if self.resume_kind is None and find_checkpoints(self.out):
+            raise TrainError(f"{self.out} already holds checkpoints of a run; continue it with --resume "
+                             f"{self.out}, or choose another --out (nothing was changed)")
+        return ck_meta, ck_tensors, resume_path
+
+    def _build(self, cfg: CLELConfig) -> None:
+        """Networks, EMA, objective (DDP-wrapped under torchrun), optimisers, losses, augmentation, fast path."""
+        opts = self.opts
+        # Identical initial weights on every rank (DDP would also broadcast rank 0's).
+        torch.manual_seed(opts.seed)
+        self.model = CLEL(cfg).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.use_encoder = cfg.beta != 0  # β = 0: the baseline EBM without latent guidance
+        objective = _Objective(self.model, self.use_encoder)
+        if self.world > 1:
+            # DDP's default buffer sync (rank 0's at every forward) keeps spectral-norm u, v and BN stats equal.
+            objective = DDP(objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.objective = objective
+        self.opt_ebm = torch.optim.Adam([*self.model.f.parameters(), *self.model.g.parameters()], lr=cfg.lr,
+                                        betas=cfg.adam_betas)
+        self.opt_enc = torch.optim.SGD(self.model.h.parameters(), lr=cfg.encoder_lr, momentum=cfg.encoder_momentum,
+                                       weight_decay=cfg.encoder_weight_decay)
+        self.ebm_loss = EBMLoss(cfg.alpha, cfg.beta)
+        self.nt_xent = NTXentLoss(cfg.temperature)
+        self.augment = StrongAugment(cfg.image_size).to(self.device)
+        # The trainer's own autocast covers bf16, so the fast path only caches, reorders and (on GPU) graphs.
+        self.fast = FastPath(cache_sn=opts.fast, channels_last=opts.fast, bf16=False,
+                             cuda_graph=opts.fast and self.device.type == "cuda")
+
 
     # -- setup helpers -------------------------------------------------------------------------------------------
 
@@ -478,7 +380,7 @@ class Trainer:
         t_last, it_last = time.time(), self.it
         self._t_ckpt = time.time()
         interrupted = False
-        old_term = _raise_on_sigterm()
+        old_term = raise_on_sigterm()
         try:
             while self.it < max_iters:
                 if deadline is not None and self._any_rank(time.time() > deadline):
@@ -518,7 +420,7 @@ class Trainer:
             interrupted = True
             self._say(f"interrupted at iteration {self.it}: writing a checkpoint")
         finally:
-            _restore_sigterm(old_term)
+            restore_sigterm(old_term)
             if bar is not None:
                 bar.close()
         self.save_samples()
@@ -557,7 +459,7 @@ class Trainer:
         self.failures, self.lr_scale = failures, lr_scale
         # A different random path, so the same blow-up is not replayed exactly.
         seed = self.opts.seed + self.rank + 1_000_003 * failures
-        _seed_all(seed)
+        seed_all(seed)
         self.sampler_gen.manual_seed(seed)
         self.batches.generator.manual_seed(seed + 7919)
         self._say(f"divergence at iteration {at} ({reason}): rolled back to iteration {self.it}, learning "
@@ -565,156 +467,6 @@ class Trainer:
         if self.is_main:
             self._log_event("rollback", iteration=at, to=self.it, reason=reason, lr_scale=self.lr_scale,
                             failures=failures)
-
-    # -- state: capture / restore (checkpoints and snapshots share one format) ------------------------------------
-
-    def _shared_state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "opt_ebm": self.opt_ebm.state_dict(), "opt_enc": self.opt_enc.state_dict(),
-                "iteration": self.it, "lr_scale": self.lr_scale, "failures": self.failures,
-                "warm_from": self.warm_from}
-
-    def _rank_state(self, buffer_uint8: bool = False) -> dict[str, Any]:
-        images = self.buffer.images
-        if buffer_uint8:
-            images = to_uint8(images)
-        return {"buffer": images, "sampler_gen": self.sampler_gen.get_state(),
-                "batches": self.batches.state_dict(), "rng": rng_state(self.device)}
-
-    def _capture(self, buffer_uint8: bool = False) -> tuple[Any, Any, dict[str, Tensor]]:
-        tensors: dict[str, Tensor] = {}
-        shared = pack_tree(self._shared_state(), tensors, "shared")
-        local = pack_tree(self._rank_state(buffer_uint8), tensors, f"rank{self.rank}")
-        return shared, local, tensors
-
-    def _restore(self, snap: tuple[Any, Any, dict[str, Tensor]]) -> None:
-        shared, local, tensors = snap
-        tensors = clone_tensors(tensors)
-        self._apply_shared(unpack_tree(shared, tensors), source="snapshot")
-        self._apply_rank(unpack_tree(local, tensors))
-
-    def _apply_shared(self, s: dict[str, Any], source: str) -> None:
-        try:
-            load_into(self.model, s["model"], source=f"model weights of {source}")
-            load_into(self.ema, s["ema"], source=f"EMA weights of {source}")
-        except WeightsError as e:
-            raise TrainError(str(e)) from None
-        self.opt_ebm.load_state_dict(s["opt_ebm"])
-        self.opt_enc.load_state_dict(s["opt_enc"])
-        self.it, self.lr_scale, self.failures = int(s["iteration"]), float(s["lr_scale"]), int(s["failures"])
-        self.warm_from = int(s.get("warm_from", 0))
-
-    def _apply_rank(self, r: dict[str, Any]) -> None:
-        self.buffer.load_state_dict({"images": r["buffer"]})
-        self.sampler_gen.set_state(r["sampler_gen"])
-        self.batches.load_state_dict(r["batches"])
-        set_rng_state(r["rng"], self.device)
-
-    def _load_state(self, meta: dict[str, Any], tensors: dict[str, Tensor], source: str) -> None:
-        self._apply_shared(unpack_tree(meta["shared"], tensors), source=source)
-        ranks = meta["ranks"]
-        if self.rank < len(ranks) and len(ranks) == self.world:
-            self._apply_rank(unpack_tree(ranks[self.rank], tensors))
-        else:  # another world size: reuse a buffer, but the random streams cannot continue exactly
-            self._apply_rank({**unpack_tree(ranks[self.rank % len(ranks)], tensors),
-                              "rng": rng_state(self.device), "sampler_gen": self.sampler_gen.get_state(),
-                              "batches": self.batches.state_dict()})
-            self._say(f"warning: checkpoint was written by {len(ranks)} ranks, this run has {self.world}: "
-                      f"weights and optimisers resume exactly, random streams restart")
-
-    def _load_export(self, path: Path) -> None:
-        """Continue from an export: its weights, EMA and schedule position; fresh optimisers (an export has none).
-
-        An export without its encoder (``parts`` lacks h) gets a fresh, randomly initialised h, said in the log.
-        """
-        try:
-            _, meta = read_config(path)
-            state = load_sharded(path)
-            parts = set(meta.get("parts", ("f", "g", "h")))
-            if "h" not in parts:
-                fresh_h = {k: v for k, v in self.model.state_dict().items() if k.startswith("h.")}
-                state = {**state, **fresh_h}
-            load_into(self.model, state, source=f"weights in {path}")
-            load_into(self.ema, state, source=f"weights in {path}")
-            ema_file = path / EMA_NAME
-            if ema_file.is_file():
-                from .weights import read_tagged_safetensors
-
-                ema_fg, _ = read_tagged_safetensors(ema_file, EMA_FORMAT, "EMA weights", error=TrainError)
-                load_into(self.ema, {**state, **ema_fg}, source=f"EMA weights in {ema_file}")
-        except WeightsError as e:
-            raise TrainError(str(e)) from None
-        schedule = meta.get("schedule") or {}
-        recorded = int(schedule.get("iteration", meta.get("iteration", 0)) or 0)
-        self.it = int(self.opts.init_iteration) if self.opts.init_iteration is not None else recorded
-        self.lr_scale = float(schedule.get("lr_scale", 1.0))
-        self.warm_from = self.it
-        said = [f"continuing at iteration {self.it}"
-                + (f" (--init-iteration; the export records {recorded})" if self.opts.init_iteration is not None
-                   and self.it != recorded else "")
-                + ", so the encoder's cosine schedule and the EMA continue; fresh optimisers (an export has no "
-                  f"optimiser state), so the EBM learning rate warms up again over {self.cfg.warmup_iters} "
-                  "iterations"]
-        said.append(f"EMA from {EMA_NAME}" if ema_file.is_file() else "EMA restarts from these weights")
-        if "h" not in parts:
-            said.append("this export has no encoder h: a fresh, randomly initialised encoder starts training "
-                        "(look-alikes and OOD scores need it to learn again)")
-        buffer_file = Path(self.opts.resume_buffer) if self.opts.resume_buffer else path / REPLAY_BUFFER_NAME
-        if self.opts.resume_buffer or buffer_file.is_file():
-            n = self._load_buffer_file(buffer_file)
-            said.append(f"{n} replay-buffer images from {buffer_file}")
-        else:
-            said.append("the replay buffer starts from uniform noise")
-        self._say(f"resuming from the export in {path}: " + "; ".join(said))
-
-    def _load_buffer_file(self, path: Path) -> int:
-        """Fill the first slots of the replay buffer from a saved uint8 buffer; the rest keep their U(0, 1) start."""
-        images = load_replay_buffer(path, tuple(self.buffer.images.shape[1:]))
-        if self.world > 1:  # every rank its own share, so the ranks' buffers differ as they did in training
-            images = images[self.rank::self.world]
-        n = min(len(images), len(self.buffer))
-        self.buffer.images[:n] = to_float(images[:n].to(self.buffer.images.device))
-        return n
-
-    # -- checkpoints ---------------------------------------------------------------------------------------------
-
-    def save_checkpoint(self) -> Path | None:
-        """Write the full training state of all ranks to ``out/checkpoints/iter-N`` (rank 0), keep the last N."""
-        shared, local, tensors = self._capture(self.opts.buffer_uint8)
-        if self.world > 1:  # rank-specific state travels to rank 0, which alone writes
-            gathered: list[Any] | None = [None] * self.world if self.is_main else None
-            local_tensors = {k: v for k, v in tensors.items() if k.startswith(f"rank{self.rank}")}
-            dist.gather_object((local, local_tensors), gathered, dst=0)
-            if self.is_main:
-                ranks = []
-                for loc, t in gathered:
-                    ranks.append(loc)
-                    tensors.update(t)
-        else:
-            ranks = [local]
-        path = None
-        error: str | None = None
-        if self.is_main:
-            path = self.out / "checkpoints" / f"iter-{self.it:07d}"
-            meta = {"format": "clel-checkpoint", "format_version": CKPT_FORMAT_VERSION, "iteration": self.it,
-                    "config": self.cfg.to_dict(), "options": self.opts.to_dict(), "world_size": self.world,
-                    "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
-                    "shared": shared, "ranks": ranks, "time": time.time()}
-            try:
-                write_checkpoint(path, meta, tensors)
-            except OSError as e:
-                prev = find_checkpoints(self.out)
-                keep = f"the previous checkpoint {prev[-1]} is intact" if prev else "no earlier checkpoint exists"
-                error = (f"could not write checkpoint {path}: {e.strerror or e} (errno {e.errno}); {keep}. "
-                         f"Once that is fixed, continue with --resume {self.out}")
-            else:
-                for old in find_checkpoints(self.out)[:-max(1, self.opts.keep_ckpts)]:
-                    remove_tree(old)
-                self._log_event("checkpoint", iteration=self.it, path=str(path))
-        self._t_ckpt = time.time()
-        if self._any_rank(error is not None):
-            raise TrainError(error or "checkpoint failed on rank 0")
-        return path
 
     # -- export, samples, prototypes -----------------------------------------------------------------------------
 
@@ -814,63 +566,6 @@ class Trainer:
             self._say(f"warning: could not write {path}: {e.strerror or e}")
             return None
         return path
-
-    # -- logging -------------------------------------------------------------------------------------------------
-
-    def _say(self, msg: str) -> None:
-        self._messages.append(msg)
-        if self.is_main:
-            try:
-                from tqdm import tqdm
-
-                tqdm.write(f"clel: {msg}", file=sys.stderr)
-            except ImportError:
-                print(f"clel: {msg}", file=sys.stderr)
-            if getattr(self, "_metrics_file", None) is not None:
-                self._log_event("message", text=msg)
-
-    def _progress(self, total: int) -> Any:
-        if not (self.is_main and self.opts.progress):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, initial=self.it, desc="clel", unit="it", dynamic_ncols=True, file=sys.stderr)
-
-    def _open_logs(self) -> None:
-        self._metrics_file = open(self.out / "metrics.jsonl", "a")
-        if self.opts.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                return
-            self._tb = SummaryWriter(str(self.out / "tb"), purge_step=self.it or None)
-
-    def _close_logs(self) -> None:
-        if self._metrics_file is not None:
-            self._metrics_file.close()
-            self._metrics_file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-
-    def _mean_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
-        return mean_over_ranks(stats, self.world, self.device)
-
-    def _log_metrics(self, stats: dict[str, float]) -> None:
-        if not self.is_main or self._metrics_file is None:
-            return
-        row = {"iter": self.it, "time": round(time.time() - self._t_start, 3), **stats}
-        self._metrics_file.write(json.dumps(row) + "\n")
-        self._metrics_file.flush()
-        if self._tb is not None:
-            for k, v in stats.items():
-                self._tb.add_scalar(f"train/{k}", v, self.it)
-
-    def _log_event(self, event: str, **fields: Any) -> None:
-        if self._metrics_file is not None:
-            self._metrics_file.write(json.dumps({"event": event, "time": round(time.time() - self._t_start, 3),
-                                                 **fields}, default=str) + "\n")
-            self._metrics_file.flush()
 
     def close(self) -> None:
         self._close_logs()

@@ -46,7 +46,8 @@ CONFIG_NAME = "config.json"
 EXTRAS_NAME = "extras.safetensors"
 MAX_SHARD_BYTES = 15 * 2**20
 # Folders shipped with the repository (``weights/<name>/``): the offline fallback for Hub repo ids.
-BUNDLED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages for an installed copy)
+BUNDLED_WEIGHTS = REPO_ROOT / "weights"
 HUB_PATTERNS = ["*.safetensors", "*.json", "README.md"]
 
 

@@ -50,7 +50,7 @@ from clel.fast import set_precision
 from clel.trainer import Trainer, TrainOptions
 
 FID_IMAGES = 50_000
-FID_STEPS = 600  # 10 sweeps of 60 steps: the FID protocol of clel.evaluation.GenerateSettings
+FID_STEPS = 600  # 10 sweeps of 60 steps: the FID protocol of clel.eval.fid.GenerateSettings
 
 # ----------------------------------------------------------------------------------------------------------------
 # Timing and memory helpers
@@ -130,8 +130,8 @@ def chain_rows(arch: str, device: torch.device, batches: list[int], steps: int, 
     for n in batches:
         x0 = torch.rand(n, 3, cfg.image_size, cfg.image_size, device=device)
         plain = lambda: sgld(lambda x: energy(plain_model, x), x0, steps=steps)  # noqa: E731
-        quick = lambda: fast_sgld(fast_model, lambda x: energy(fast_model, x), x0, steps, 100.0, 1e-3,  # noqa: E731
-                                  100.0, fast)
+        quick = lambda: fast_sgld(fast_model, lambda x: energy(fast_model, x), x0, steps, cfg.sgld_step_size,  # noqa: E731
+                                  cfg.sgld_noise, cfg.sgld_grad_clip, fast)
         flops = sgld_step_flops(plain_model, x0)
         reset_peak_memory(device)
         t_plain = timeit(plain, device, repeats, warmup) / steps
@@ -281,7 +281,8 @@ def demo_row(device: torch.device, repeats: int, fast: FastPath) -> dict:
     t_plain = timeit(lambda: sgld(lambda x: energy(plain_model, x), x0, steps=60), device, repeats, warmup=0)
     plain_peak = peak_memory_mb(device)
     reset_peak_memory(device)
-    t_fast = timeit(lambda: fast_sgld(model, lambda x: energy(model, x), x0, 60, 100.0, 1e-3, 100.0, fast),
+    t_fast = timeit(lambda: fast_sgld(model, lambda x: energy(model, x), x0, cfg.sgld_steps, cfg.sgld_step_size,
+                                      cfg.sgld_noise, cfg.sgld_grad_clip, fast),
                     device, repeats, warmup=0)
     return {"arch": "small", "kind": "demo", "batch": 16, "what": "demo chain, 16 images x 60 steps",
             "plain_ms": 1e3 * t_plain, "fast_ms": 1e3 * t_fast, "speedup": t_plain / t_fast,

@@ -29,11 +29,11 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "app")]
 
 import torch  # noqa: E402
 
-from clel import demo as D  # noqa: E402
+from clel.config import CLELConfig  # noqa: E402
+from clel_app import demo as D  # noqa: E402
 
 
 def free_port() -> int:
@@ -56,9 +56,10 @@ def weights_for(kind: str, given: str | None, preset: str, tmp: Path) -> tuple[s
 
 
 def args_for(tab: str, n: int, steps: int, sweeps: int = 1) -> tuple[list, str]:
-    chain = [n, steps, 100.0, 0.001, 1.0, 0, False, sweeps]
+    size, noise = CLELConfig.sgld_step_size, CLELConfig.sgld_noise
+    chain = [n, steps, size, noise, 1.0, 0, False, sweeps]
     if tab == "unconditional":
-        return ["CIFAR-10", n, steps, 100.0, 0.001, 0, False, sweeps], "/unconditional"
+        return ["CIFAR-10", n, steps, size, noise, 0, False, sweeps], "/unconditional"
     if tab == "classes":
         return ["cat", *chain], "/classes"
     if tab == "faces":
@@ -66,7 +67,7 @@ def args_for(tab: str, n: int, steps: int, sweeps: int = 1) -> tuple[list, str]:
     raise SystemExit(f"--tab must be unconditional, classes or faces, not {tab!r}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tab", default="unconditional", help="unconditional, classes or faces")
     p.add_argument("--n", type=int, default=16, help="samples (demo default 16)")
@@ -80,11 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--celeba", help="CelebA weights folder or repo id")
     p.add_argument("--preset", default="cifar10-base", help="architecture of the random export when no weights")
     p.add_argument("--out", help="also write the results as JSON here")
-    a = p.parse_args(argv)
+    return p
 
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     from gradio_client import Client
 
-    import gradio_app
+    from clel_app import gradio_app
 
     tmp = Path(tempfile.mkdtemp(prefix="clel-bench-"))
     cifar, cifar_src = weights_for("cifar10", a.cifar10, a.preset, tmp)

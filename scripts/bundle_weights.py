@@ -6,7 +6,7 @@
         --command "python scripts/train.py --preset cifar10-small ..."
 
 The OOD reference scores the Streamlit page draws are a separate step
-(``python -m clel.ood --weights weights/cifar10 --data ../shared/data``), as is
+(``python -m clel.eval.ood --weights weights/cifar10 --data ../shared/data``), as is
 the evaluation (``scripts/evaluate.py``) whose eval.json the card quotes.
 """
 from __future__ import annotations
@@ -19,15 +19,15 @@ from pathlib import Path
 
 import torch
 
-from clel.evaluation import save_grid
-from clel.modelcard import render_model_card, training_summary
+from clel.images import save_grid
+from clel.eval.modelcard import render_model_card, training_summary
 from clel.sampling import ChainSettings, sample
 from clel.weights import export_pretrained, load_pretrained, read_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, type=Path, help="training run folder (its export and metrics.jsonl)")
     p.add_argument("--out", required=True, type=Path, help="bundled folder to (re)write, e.g. weights/cifar10")
@@ -47,8 +47,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu",
                    help="device that draws samples.png: cpu (default) or cuda; the weight files do not depend on it")
-    args = p.parse_args()
+    return p
 
+
+def main() -> None:
+    args = build_parser().parse_args()
     model, cfg, extras = load_pretrained(args.run)
     _, meta = read_config(args.run)
     evaluation = None

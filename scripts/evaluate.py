@@ -27,9 +27,16 @@ from pathlib import Path
 import torch
 
 from clel.data import DataError
-from clel.evaluation import EvaluationError, default_data_root
-from clel.judges import JUDGE_DIR, JudgeError
-from clel.sampling import SAMPLING
+from clel.data.ood import ood_sets
+from clel.eval import EvaluationError, default_data_root
+from clel.eval.fid import GenerateSettings, fid_report, generate, load_samples, sample_features, train_reference, \
+    wait_for_samples
+from clel.eval.judged import class_conditional_eval, compositional_eval, default_compositions, encoder_eval
+from clel.eval.judges import JUDGE_DIR, JudgeError
+from clel.eval.ood import ood_evaluate
+from clel.eval.report import confusion_png, markdown_report, ood_figures, plotly_confusion_html
+from clel.images import save_grid
+from clel.sampling import SAMPLING, ChainSettings, SamplingError, class_latents, default_direction
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,172 +145,158 @@ def _say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    from clel import evaluation as ev
-    from clel.distributed import dist_info
-    from clel.weights import WeightsError, load_pretrained
+class Evaluation:
+    """The sections of one evaluation run; each writes its part of eval.json (and eval.md) when it ends."""
 
-    rank, world, local = dist_info()
-    device = args.device
-    if world > 1 and device.startswith("cuda"):
-        device = f"cuda:{local}"
-        torch.cuda.set_device(local)
-    try:
-        model, cfg, extras = load_pretrained(args.weights, device=device)
-    except WeightsError as e:
-        raise EvaluationError(f"--weights {args.weights}: {e}") from None
-    model.requires_grad_(False)
-    out = Path(args.out) if args.out else REPO / "eval" / Path(str(args.weights)).name
-    out.mkdir(parents=True, exist_ok=True)
-    data = Path(args.data)
-    settings_gen = ev.GenerateSettings.for_model(model, args.fid_protocol, sweeps=args.fid_sweeps,
-                                                 steps=args.fid_steps, seed=args.seed, batch_size=args.fid_batch)
+    def __init__(self, args: argparse.Namespace):
+        from clel.distributed import dist_info
+        from clel.weights import WeightsError, load_pretrained
 
-    if args.fid:
-        _say(f"generating {args.fid_samples} samples ({settings_gen.sweeps} x {settings_gen.steps} steps) on "
-             f"{device}, rank {rank}/{world}")
-        gen_info = ev.generate(model, args.fid_samples, out, settings_gen, resume=args.resume,
-                               feature_batch=args.inception_batch, log=_say)
-        if rank != 0:
-            return 0
-    elif rank != 0:
-        return 0
+        self.args = args
+        self.rank, self.world, local = dist_info()
+        self.device = args.device
+        if self.world > 1 and self.device.startswith("cuda"):
+            self.device = f"cuda:{local}"
+            torch.cuda.set_device(local)
+        try:
+            self.model, self.cfg, self.extras = load_pretrained(args.weights, device=self.device)
+        except WeightsError as e:
+            raise EvaluationError(f"--weights {args.weights}: {e}") from None
+        self.model.requires_grad_(False)
+        self.out = Path(args.out) if args.out else REPO / "eval" / Path(str(args.weights)).name
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data = Path(args.data)
+        self.gen = GenerateSettings.for_model(self.model, args.fid_protocol, sweeps=args.fid_sweeps,
+                                              steps=args.fid_steps, seed=args.seed, batch_size=args.fid_batch)
+        self.gen_info: dict = {}
+        self.defaults = SAMPLING[args.sampling]
+        self.report: dict = {
+            "weights": {"path": str(self.extras.get("path", args.weights)), "source": self.extras.get("source"),
+                        "dataset": self.cfg.dataset, "arch": self.cfg.arch, "iteration": self.extras.get("iteration"),
+                        "image_size": self.cfg.image_size},
+            "device": str(self.device), "world_size": self.world, "seed": args.seed, "timings_s": {}}
 
-    report: dict = {"weights": {"path": str(extras.get("path", args.weights)), "source": extras.get("source"),
-                                "dataset": cfg.dataset, "arch": cfg.arch, "iteration": extras.get("iteration"),
-                                "image_size": cfg.image_size},
-                    "device": str(device), "world_size": world, "seed": args.seed, "timings_s": {}}
+    def generate(self) -> None:
+        """Every rank draws its share of the FID samples (rank 0 then computes the metrics)."""
+        _say(f"generating {self.args.fid_samples} samples ({self.gen.sweeps} x {self.gen.steps} steps) on "
+             f"{self.device}, rank {self.rank}/{self.world}")
+        self.gen_info = generate(self.model, self.args.fid_samples, self.out, self.gen, resume=self.args.resume,
+                                 feature_batch=self.args.inception_batch, log=_say)
 
-    def save() -> None:
+    def save(self) -> None:
         from clel.weights import write_json_atomic
 
-        write_json_atomic(report, out / "eval.json")
-        (out / "eval.md").write_text(ev.markdown_report(report))
+        write_json_atomic(self.report, self.out / "eval.json")
+        (self.out / "eval.md").write_text(markdown_report(self.report))
 
-    def section(name: str, fn) -> None:
+    def section(self, name: str, fn) -> None:
+        """Run one section; bad input or missing data skips it with the reason instead of ending the run."""
+        from clel.weights import WeightsError
+
         t0 = time.perf_counter()
         try:
-            report[name] = fn()
-        except (EvaluationError, JudgeError, DataError, FileNotFoundError, WeightsError) as e:
-            report[name] = {"status": f"skipped: {e}"}
+            self.report[name] = fn()
+        except (EvaluationError, SamplingError, JudgeError, DataError, FileNotFoundError, WeightsError) as e:
+            self.report[name] = {"status": f"skipped: {e}"}
             _say(f"{name}: skipped: {e}")
-        report["timings_s"][name] = time.perf_counter() - t0
-        save()
+        self.report["timings_s"][name] = time.perf_counter() - t0
+        self.save()
 
-    # ---------------------------------------------------------------- FID
-    def fid_section() -> dict:
-        ev.wait_for_samples(out, args.fid_samples, settings_gen.batch_size)
-        feats = ev.sample_features(out, args.fid_samples, settings_gen.batch_size, device, args.inception_batch)
-        ref_n = args.fid_ref_samples
+    def fid(self) -> dict:
+        args, out = self.args, self.out
+        wait_for_samples(out, args.fid_samples, self.gen.batch_size)
+        feats = sample_features(out, args.fid_samples, self.gen.batch_size, self.device, args.inception_batch)
         note = None
-        if ref_n == "all":
+        if args.fid_ref_samples == "all":
             limit = None
-        elif ref_n == "auto":
-            limit = None if str(device).startswith("cuda") else min(50000, max(2000, args.fid_samples))
+        elif args.fid_ref_samples == "auto":
+            limit = None if str(self.device).startswith("cuda") else min(50000, max(2000, args.fid_samples))
             if limit is not None and limit < 50000:
                 note = (f"CPU default: reference statistics from a seeded {limit}-image subset of the train set; "
                         "pass --fid-ref-samples all for the standard whole-train-set statistics")
                 _say(note)
         else:
-            limit = int(ref_n)
+            limit = int(args.fid_ref_samples)
         _say(f"reference statistics ({'all' if limit is None else limit} CIFAR-10 train images; cached)")
-        stats, ref_feats, ref_info = ev.train_reference(data, limit, device, feature_batch=args.inception_batch)
-        res = ev.fid_report(feats, stats, ref_feats, kid_subsets=args.kid_subsets,
-                            kid_subset_size=args.kid_subset_size)
+        stats, ref_feats, ref_info = train_reference(self.data, limit, self.device, feature_batch=args.inception_batch)
+        res = fid_report(feats, stats, ref_feats, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size)
         if note:
             ref_info["note"] = note
-        samples = ev.load_samples(out, min(args.fid_samples, 100), settings_gen.batch_size)
-        ev.save_grid(samples, out / "figures" / "fid_samples.png", nrow=10)
-        res.update(reference=ref_info, protocol=args.fid_protocol, settings=settings_gen.key(),
-                   generation=gen_info, grid="figures/fid_samples.png")
+        samples = load_samples(out, min(args.fid_samples, 100), self.gen.batch_size)
+        save_grid(samples, out / "figures" / "fid_samples.png", nrow=10)
+        res.update(reference=ref_info, protocol=args.fid_protocol, settings=self.gen.key(), generation=self.gen_info,
+                   grid="figures/fid_samples.png")
         _say(f"FID: {({k: v for k, v in res.items() if k.startswith('fid_') or k == 'kid'})}")
         return res
 
-    if args.fid:
-        section("fid", fid_section)
-
-    # ---------------------------------------------------------------- OOD
-    def ood_section() -> dict:
-        sets, missing = ev.ood_sets(data, args.ood_limit, args.seed, args.svhn, args.cifar100)
-        res, raw = ev.ood_evaluate(model, sets, missing, args.ood_beta, log=_say)
-        res["figures"] = ev.ood_figures(raw, out)
+    def ood(self) -> dict:
+        args = self.args
+        sets, missing = ood_sets(self.data, args.ood_limit, args.seed, args.svhn, args.cifar100)
+        res, raw = ood_evaluate(self.model, sets, missing, args.ood_beta, log=_say)
+        res["figures"] = ood_figures(raw, self.out)
         _say("OOD AUROC s(x) / E(x): " + ", ".join(
             f"{k} {v['auroc_score'] if v['auroc_score'] is None else round(v['auroc_score'], 4)} / "
             f"{v['auroc_energy']:.4f}" for k, v in res["sets"].items() if v.get("status") == "ok"))
         return res
 
-    if args.ood:
-        section("ood", ood_section)
-
-    from clel.sampling import ChainSettings
-
-    defaults = SAMPLING[args.sampling]
-
-    def guidance(mode: str) -> float:
+    def guidance(self, mode: str) -> float:
         # the judged sections run one plain chain from noise (chain_for)
-        return args.guidance if args.guidance is not None else defaults.guidance(mode, "plain")
+        return self.args.guidance if self.args.guidance is not None else self.defaults.guidance(mode, "plain")
 
-    def chain_for(m) -> ChainSettings:
-        return ChainSettings.from_model(m, steps=args.cond_steps or 10 * m.cfg.sgld_steps,
-                                        step_size=args.cond_step_size, noise=args.cond_noise)
+    def chain_for(self, m) -> ChainSettings:
+        a = self.args
+        return ChainSettings.from_model(m, steps=a.cond_steps or 10 * m.cfg.sgld_steps, step_size=a.cond_step_size,
+                                        noise=a.cond_noise)
 
-    # ---------------------------------------------------------------- class-conditional
-    def conditional_section() -> dict:
-        from clel.judges import CIFAR10_JUDGE, load_judge
+    def conditional(self) -> dict:
+        from clel.eval.judges import CIFAR10_JUDGE, load_judge
 
+        args, extras, figs = self.args, self.extras, self.out / "figures"
         if extras.get("class_prototypes") is None:
             raise EvaluationError(f"{args.weights} carries no class prototypes")
-        judge = load_judge(Path(args.judges) / CIFAR10_JUDGE, device)
+        judge = load_judge(Path(args.judges) / CIFAR10_JUDGE, self.device)
         classes = list(extras.get("classes") or judge.labels)
-        direction = args.direction or ev.default_direction(extras, "class", defaults)
-        res, samples = ev.class_conditional_eval(model, ev.class_latents(extras, classes, direction), classes, judge,
-                                                 args.cond_per_class, guidance("class"), chain_for(model), args.seed,
-                                                 args.cond_batch, log=_say)
+        direction = args.direction or default_direction(extras, "class", self.defaults)
+        res, samples = class_conditional_eval(self.model, class_latents(extras, classes, direction), classes, judge,
+                                              args.cond_per_class, self.guidance("class"), self.chain_for(self.model),
+                                              args.seed, args.cond_batch, log=_say)
         res["direction"] = direction
         grid = torch.cat([samples[c][:10] for c in classes])
-        ev.save_grid(grid, out / "figures" / "class_conditional.png", nrow=min(10, args.cond_per_class))
-        ev.confusion_png(res["confusion"], classes, out / "figures" / "confusion.png",
-                         "class-conditional samples judged by the CIFAR-10 classifier")
-        ev.plotly_confusion_html(res["confusion"], classes, out / "figures" / "confusion.html",
-                                 "Class-conditional samples: P(judged class | conditioned class)")
-        test = judge.info.get("test", {})
-        res["judge"] = {"path": _shown_path(judge.path), "test_accuracy": test.get("accuracy")}
+        save_grid(grid, figs / "class_conditional.png", nrow=min(10, args.cond_per_class))
+        confusion_png(res["confusion"], classes, figs / "confusion.png",
+                      "class-conditional samples judged by the CIFAR-10 classifier")
+        plotly_confusion_html(res["confusion"], classes, figs / "confusion.html",
+                              "Class-conditional samples: P(judged class | conditioned class)")
+        res["judge"] = {"path": _shown_path(judge.path), "test_accuracy": judge.info.get("test", {}).get("accuracy")}
         res["figures"] = {"grid": "figures/class_conditional.png", "confusion_png": "figures/confusion.png",
                           "confusion_html": "figures/confusion.html"}
         return res
 
-    if args.conditional:
-        section("conditional", conditional_section)
+    def compositional(self) -> dict:
+        from clel.eval.judges import CELEBA_JUDGE, load_judge
+        from clel.weights import load_pretrained
 
-    # ---------------------------------------------------------------- compositional (CelebA)
-    def compositional_section() -> dict:
-        from clel.judges import CELEBA_JUDGE, load_judge
-
+        args = self.args
         if not Path(args.celeba_weights).is_dir():
             raise EvaluationError(f"no CelebA export at {args.celeba_weights} (pass --celeba-weights)")
-        judge = load_judge(Path(args.judges) / CELEBA_JUDGE, device)
-        cmodel, ccfg, cextras = load_pretrained(args.celeba_weights, device=device)
+        judge = load_judge(Path(args.judges) / CELEBA_JUDGE, self.device)
+        cmodel, _, cextras = load_pretrained(args.celeba_weights, device=self.device)
         cmodel.requires_grad_(False)
-        res, samples = ev.compositional_eval(cmodel, cextras, judge, ev.default_compositions(), args.comp_samples,
-                                             guidance("attributes"), chain_for(cmodel), args.seed, args.cond_batch,
-                                             log=_say,
-                                             direction=args.direction or ev.default_direction(cextras, "attributes",
-                                                                                              defaults))
+        direction = args.direction or default_direction(cextras, "attributes", self.defaults)
+        res, samples = compositional_eval(cmodel, cextras, judge, default_compositions(), args.comp_samples,
+                                          self.guidance("attributes"), self.chain_for(cmodel), args.seed,
+                                          args.cond_batch, log=_say, direction=direction)
         grid = torch.cat([v[:8] for v in samples.values()])
-        ev.save_grid(grid, out / "figures" / "compositional.png", nrow=min(8, args.comp_samples))
-        test = judge.info.get("test", {})
-        res["judge"] = {"path": _shown_path(judge.path), "test_accuracy": test.get("accuracy")}
+        save_grid(grid, self.out / "figures" / "compositional.png", nrow=min(8, args.comp_samples))
+        res["judge"] = {"path": _shown_path(judge.path), "test_accuracy": judge.info.get("test", {}).get("accuracy")}
         res["weights"] = _shown_path(str(cextras.get("path", args.celeba_weights)))
         res["figures"] = {"grid": "figures/compositional.png (one row per condition, in table order)"}
         return res
 
-    if args.compositional:
-        section("compositional", compositional_section)
-
-    # ---------------------------------------------------------------- encoder kNN
-    def knn_section() -> dict:
+    def encoder(self) -> dict:
         from clel.data import load_cifar10
 
+        args, data = self.args, self.data
         root = data / "cifar10" if (data / "cifar10").is_dir() else data
         tr, te = load_cifar10(root, "train"), load_cifar10(root, "test")
         g = torch.Generator().manual_seed(args.seed)
@@ -316,14 +309,24 @@ def run(args: argparse.Namespace) -> int:
 
         xtr, ytr = subset(tr.images, tr.labels, args.knn_train_limit)
         xte, yte = subset(te.images, te.labels, args.knn_test_limit)
-        return ev.encoder_eval(model, xtr, ytr, xte, yte, k=args.knn_k, prototypes=extras.get("class_prototypes"))
+        return encoder_eval(self.model, xtr, ytr, xte, yte, k=args.knn_k,
+                            prototypes=self.extras.get("class_prototypes"))
 
-    if args.knn:
-        section("encoder", knn_section)
 
-    save()
-    _say(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
-    print(json.dumps({"eval_json": str(out / "eval.json"), "eval_md": str(out / "eval.md")}))
+def run(args: argparse.Namespace) -> int:
+    ev = Evaluation(args)
+    if args.fid:
+        ev.generate()
+    if ev.rank != 0:
+        return 0
+    for name, on, fn in (("fid", args.fid, ev.fid), ("ood", args.ood, ev.ood),
+                         ("conditional", args.conditional, ev.conditional),
+                         ("compositional", args.compositional, ev.compositional), ("encoder", args.knn, ev.encoder)):
+        if on:
+            ev.section(name, fn)
+    ev.save()
+    _say(f"wrote {ev.out / 'eval.json'} and {ev.out / 'eval.md'}")
+    print(json.dumps({"eval_json": str(ev.out / "eval.json"), "eval_md": str(ev.out / "eval.md")}))
     return 0
 
 

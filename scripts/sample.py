@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from clel.evaluation import EvaluationError
-from clel.sampling import SAMPLING
+from clel.images import load_images, save_gif, save_grid
+from clel.sampling import (SAMPLING, ChainSettings, Condition, SamplingError, default_direction, draw, parse_term,
+                           term_label)
 
 MODES = ("unconditional", "instance", "class", "attributes", "interpolate")
 
@@ -87,77 +88,69 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (EvaluationError, ValueError) as e:
+    except (SamplingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
 def run(args: argparse.Namespace) -> int:
-    from clel import evaluation as ev
-    from clel.sampling import ChainSettings
     from clel.weights import WeightsError, load_pretrained
 
     if args.n < 1:
-        raise EvaluationError("--n must be at least 1")
+        raise SamplingError("--n must be at least 1")
     try:
         model, cfg, extras = load_pretrained(args.weights, device=args.device)
     except WeightsError as e:
-        raise EvaluationError(f"--weights {args.weights}: {e}") from None
+        raise SamplingError(f"--weights {args.weights}: {e}") from None
     model.requires_grad_(False)
     size = cfg.image_size
     if args.sweeps < 1:
-        raise EvaluationError("--sweeps must be at least 1")
+        raise SamplingError("--sweeps must be at least 1")
     chain = dict(step_size=args.step_size, noise=args.noise, grad_clip=args.grad_clip)
     if args.sweeps > 1:
         settings = ChainSettings.reference(model, sweeps=args.sweeps, steps=args.steps, **chain)
     else:
         settings = ChainSettings.from_model(model, steps=args.steps or 10 * cfg.sgld_steps, **chain)
     if settings.steps < 1:
-        raise EvaluationError("--steps must be at least 1")
+        raise SamplingError("--steps must be at least 1")
     every = max(1, settings.total_steps // max(1, args.gif_frames)) if args.gif else 0
     defaults = SAMPLING[args.sampling]
     if args.guidance is None:
         args.guidance = defaults.guidance(args.mode, "reference" if args.sweeps > 1 else "plain")
     if args.direction is None:
-        args.direction = ev.default_direction(extras, args.mode, defaults)
+        args.direction = default_direction(extras, args.mode, defaults)
     info: dict = {"mode": args.mode, "weights": str(extras.get("path", args.weights)), "n": args.n,
                   "seed": args.seed, "guidance": args.guidance, "direction": args.direction, "chain": vars(settings)}
     out = Path(args.out)
     nrow = args.nrow
 
     if args.mode == "unconditional":
-        runs = [("", ev.mode_energy(model, "unconditional"), args.n)]
+        runs = [Condition.unconditional()]
     elif args.mode == "instance":
-        refs = ev.load_images(args.images, size)
-        runs = [("", ev.mode_energy(model, "instance", images=refs, guidance=args.guidance), args.n)]
+        runs = [Condition.instance(load_images(args.images, size))]
         info["references"] = list(args.images)
     elif args.mode == "class":
-        lat = ev.class_latents(extras, args.classes, args.direction)
-        runs = [(name, ev.mode_energy(model, "class", latents=lat[i:i + 1], weights=[1.0], guidance=args.guidance),
-                 args.n) for i, name in enumerate(args.classes)]
+        runs = [Condition.classes(extras, [name], args.direction) for name in args.classes]
         nrow = nrow or args.n
         info["classes"] = list(args.classes)
     elif args.mode == "attributes":
-        terms = [ev.parse_term(t, 1.0) for t in args.and_] + [ev.parse_term(t, -1.0) for t in args.not_]
-        lat, weights = ev.attribute_terms(extras, terms, args.direction)
-        runs = [("", ev.mode_energy(model, "attributes", latents=lat, weights=weights, guidance=args.guidance),
-                 args.n)]
+        terms = [parse_term(t, 1.0) for t in args.and_] + [parse_term(t, -1.0) for t in args.not_]
+        runs = [Condition.attributes(extras, terms, args.direction)]
         info["terms"] = [[a, w] for a, w in terms]
-        info["condition"] = ev.term_label(terms)
+        info["condition"] = term_label(terms)
     else:  # interpolate
-        a, b = ev.load_images([args.image_a], size), ev.load_images([args.image_b], size)
-        runs = [("", ev.mode_energy(model, "interpolate", images=a, images_b=b, guidance=args.guidance, n=args.n),
-                 args.n)]
+        runs = [Condition.interpolate(load_images([args.image_a], size), load_images([args.image_b], size))]
         nrow = nrow or args.n
         info["references"] = [args.image_a, args.image_b]
 
-    results = [ev.draw(model, n, fn, settings, seed=args.seed, frame_every=every) for _, fn, n in runs]
+    results = [draw(model, args.n, cond, settings, seed=args.seed, guidance=args.guidance, frame_every=every)
+               for cond in runs]
     x = torch.cat([r.x for r in results])
-    png = ev.save_grid(x, out / f"{args.mode}.png", nrow, args.upscale)
+    png = save_grid(x, out / f"{args.mode}.png", nrow, args.upscale)
     files = {"png": str(png)}
     if args.gif:
         frames = [torch.cat([r.frames[i] for r in results]) for i in range(len(results[0].frames))]
-        files["gif"] = str(ev.save_gif(frames, out / f"{args.mode}.gif", nrow, args.upscale, args.gif_ms))
+        files["gif"] = str(save_gif(frames, out / f"{args.mode}.gif", nrow, args.upscale, args.gif_ms))
     info["seconds"] = sum(r.seconds for r in results)
     info["files"] = files
     (out / f"{args.mode}.json").write_text(json.dumps(info, indent=2, default=str) + "\n")

@@ -24,9 +24,11 @@ from typing import Any
 
 import torch
 
-from clel.evaluation import (EvaluationError, class_conditional_eval, class_latents, compositional_eval, draw,
-                             mode_energy, save_grid)
-from clel.judges import CELEBA_JUDGE, CIFAR10_JUDGE, JUDGE_DIR, diversity, load_judge
+from clel.eval import EvaluationError
+from clel.eval.judged import class_conditional_eval, compositional_eval
+from clel.images import save_grid
+from clel.sampling import Condition, class_latents, draw
+from clel.eval.judges import CELEBA_JUDGE, CIFAR10_JUDGE, JUDGE_DIR, diversity, load_judge
 from clel.probe import clamped_fraction
 from clel.sampling import ChainSettings
 from clel.weights import load_pretrained
@@ -119,8 +121,8 @@ def lookalike_cell(model, uploads, labels, judge, guidance, st, args) -> dict[st
     feats_up = judge.features(uploads)
     hits, own, other, xs = 0, [], [], []
     for i in range(len(uploads)):
-        fn = mode_energy(model, "instance", images=uploads[i:i + 1].float() / 255, guidance=guidance)
-        x = draw(model, args.per_upload, fn, st, seed=args.seed + 7919 * i).x
+        cond = Condition.instance(uploads[i:i + 1].float() / 255)
+        x = draw(model, args.per_upload, cond, st, seed=args.seed + 7919 * i, guidance=guidance).x
         xs.append(x)
         pred = judge.predict(x).argmax(1)
         hits += int((pred == labels[i]).sum())
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         uploads = labels = None
         if args.lookalikes:
             from clel.data import load_cifar10
-            from clel.evaluation import default_data_root
+            from clel.eval import default_data_root
 
             test = load_cifar10(Path(args.data or default_data_root()) / "cifar10", "test")
             idx = torch.randperm(len(test.images), generator=torch.Generator().manual_seed(args.seed))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from clel.judges import (CELEBA_JUDGE, CELEBA_RECIPE, CIFAR10_JUDGE, JUDGE_DIR, TrainRecipe,
+from clel.eval.judges import (CELEBA_JUDGE, CELEBA_RECIPE, CIFAR10_JUDGE, JUDGE_DIR, TrainRecipe,
                          train_celeba_judge, train_cifar10_judge)
 
 TARGETS = {"cifar10": 0.90, "celeba": 0.85}
@@ -81,8 +81,8 @@ def _widths(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from clel.data import DataError
-    from clel.evaluation import default_data_root
-    from clel.judges import save_judge
+    from clel.eval import default_data_root
+    from clel.eval.judges import save_judge
 
     data = Path(args.data) if args.data else default_data_root()
     out = Path(args.out)

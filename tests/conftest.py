@@ -1,7 +1,9 @@
 """Shared fixtures: where the offline data sets live, and deterministic seeding."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def load_script(relpath: str, name: str):
+    """A script of the repository (e.g. ``scripts/train.py``) imported as module ``name``, without editing
+    sys.path (scripts are not part of the installed package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / relpath)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -23,8 +23,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from clel import demo as D  # noqa: E402
-from clel.ood import reference_sets  # noqa: E402
+from clel_app import demo as D  # noqa: E402
+from clel.data.ood import reference_sets  # noqa: E402
 
 from conftest import DATA_ROOT  # noqa: E402
 
@@ -33,7 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS_SHOTS = REPO / "docs" / "screenshots"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-sys.path.insert(0, str(REPO / "app"))
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
@@ -93,7 +92,7 @@ def browser(sync_api):
 
 @pytest.fixture(scope="module")
 def gradio_url(weights):
-    import gradio_app
+    from clel_app import gradio_app
 
     demo = gradio_app.build_app(weights["cifar10"], weights["celeba"])
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,

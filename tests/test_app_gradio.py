@@ -18,13 +18,12 @@ from PIL import Image
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-from clel import demo as D  # noqa: E402
+from clel_app import demo as D  # noqa: E402
 
 from test_demo import bad_files, huge_png, odd_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "app"))
-import gradio_app  # noqa: E402
+from clel_app import gradio_app  # noqa: E402
 
 EX = REPO / "app" / "examples"
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*:Warning:gradio.*")

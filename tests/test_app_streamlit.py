@@ -17,8 +17,9 @@ import torch
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from clel import demo as D  # noqa: E402
-from clel.ood import REFERENCE_NAME, reference_sets  # noqa: E402
+from clel_app import demo as D  # noqa: E402
+from clel.data.ood import reference_sets  # noqa: E402
+from clel.eval.ood import REFERENCE_NAME  # noqa: E402
 
 from conftest import data_path  # noqa: E402
 from test_demo import bad_files, huge_png, odd_files  # noqa: E402
@@ -88,7 +89,7 @@ def test_cifar_dtd_and_corrupt_upload(page):
 
 
 def test_scores_match_the_library(page, weights):
-    from clel.ood import score_images
+    from clel.eval.ood import score_images
     from clel.weights import load_pretrained
 
     cat = read("cifar10", "test", "cat", "0001.jpg")
@@ -237,7 +238,7 @@ def test_reference_uses_real_data_sets():
 def test_reference_cli_writes_the_file_the_page_reads(weights, tmp_path, capsys):
     import shutil
 
-    from clel.ood import load_reference, main, model_fingerprint, reference_from_raw
+    from clel.eval.ood import load_reference, main, model_fingerprint, reference_from_raw
     from clel.weights import load_pretrained
 
     folder = tmp_path / "w"
@@ -251,7 +252,7 @@ def test_reference_cli_writes_the_file_the_page_reads(weights, tmp_path, capsys)
     assert {k: len(v) for k, v in ref.scores.items()} == {"cifar10_test": 6, "dtd": 6}
     model, _, _ = load_pretrained(str(folder))
     assert ref.fingerprint == model_fingerprint(model) and out["threshold_tpr95"] == ref.threshold(0.95)
-    # scores computed elsewhere (clel.evaluation's raw output) become the same kind of reference
+    # scores computed elsewhere (clel.eval.ood.ood_evaluate's raw output) become the same kind of reference
     raw = {k: {"score": ref.scores[k], "energy": ref.energies[k]} for k in ref.scores}
     again = reference_from_raw(model, raw, ref.beta)
     assert again.fingerprint == ref.fingerprint and again.threshold() == ref.threshold()

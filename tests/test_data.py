@@ -12,7 +12,7 @@ import torch
 from conftest import data_path
 from PIL import Image
 
-import clel.data
+import clel.data.files
 from clel.data import (CIFAR10_CLASSES, DataError, ImageSet, RandomBatches, cifar10_interpolation, dequantize,
                        load_celeba, load_cifar10, load_dataset, load_dtd, resize_images, to_float)
 
@@ -259,7 +259,7 @@ def test_corrupt_image_raises_naming_the_file(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=re.escape(str(bad))):
         load_dtd(root)
     # large folders decode in worker processes; the error must still name the file
-    monkeypatch.setattr(clel.data, "POOL_MIN_IMAGES", 2)
+    monkeypatch.setattr(clel.data.files, "POOL_MIN_IMAGES", 2)
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(DataError, match=re.escape(str(bad))):
         load_dtd(root)

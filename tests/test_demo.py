@@ -1,4 +1,4 @@
-"""clel.demo and clel.ood: upload validation, caps, grids, live frames, weights store, OOD references."""
+"""clel_app.demo and clel.eval.ood: upload validation, caps, grids, live frames, weights store, OOD references."""
 from __future__ import annotations
 
 import io
@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from clel import demo as D
+from clel_app import demo as D
 from clel.energy import energy, ood_score
-from clel.metrics import tpr_threshold
-from clel.ood import (REFERENCE_NAME, OODReference, compute_reference, load_reference, model_fingerprint,
+from clel.eval.metrics import tpr_threshold
+from clel.eval.ood import (REFERENCE_NAME, OODReference, compute_reference, load_reference, model_fingerprint,
                       save_reference, score_images)
-from clel.sampling import ChainSettings, interpolation_chain, sample
+from clel.sampling import ChainSettings, Condition, run_chain, sample
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def test_grid_and_upscale():
     g = D.make_grid(x)  # 3 per row, 2 rows, 2-pixel white padding
     assert g.shape == (2 * 34 + 2, 3 * 34 + 2, 3) and g.dtype == np.uint8
     assert (g[:2] == 255).all()
-    assert np.array_equal(g[2:34, 2:34], D.to_uint8(x)[0])
+    assert np.array_equal(g[2:34, 2:34], D.hwc_uint8(x)[0])
     up = D.upscale(g)
     f = up.shape[0] // g.shape[0]
     assert f == 560 // g.shape[1] and np.array_equal(up[::f, ::f], g)
@@ -304,24 +304,23 @@ def test_interpolation_plan_is_the_library_chain(store, tmp_path):
     a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     req = D.clamp_request(4, 3, 100, 0.001, 2.0, 11)
     *_, last = D.stream_frames(D.interpolation_plan(lm, a, b, req), req.steps)
-    *_, ref = interpolation_chain(lm.model, a, b, 4, guidance=2.0, settings=req.settings,
-                                  generator=torch.Generator().manual_seed(11))
+    *_, ref = run_chain(lm.model, 4, Condition.interpolate(a, b), guidance=2.0, settings=req.settings,
+                        generator=torch.Generator().manual_seed(11))
     assert torch.equal(last.x, ref.x)
 
 
-def test_attribute_terms(store):
+def test_attribute_condition(store):
     lm = store.get("celeba")
-    latents, weights, labels = D.attribute_terms(lm, {"Young": "off", "Female": "AND", "Smiling": "NOT"})
-    assert weights == [1.0, -1.0] and labels == ["AND Female", "NOT Smiling"]
-    assert torch.equal(latents[0], lm.extras["attribute_latents"][1])
-    assert D.attribute_terms(lm, {"Young": "off"})[0] is None
+    cond = D.attribute_condition(lm, {"Young": "off", "Female": "AND", "Smiling": "NOT"})
+    assert cond.weights == (1.0, -1.0) and cond.label == "E(x, AND Female NOT Smiling)"
+    assert torch.equal(cond.latents[0], lm.extras["attribute_latents"][1])
+    assert D.attribute_condition(lm, {"Young": "off"}).mode == "unconditional"
     # "Male" is served by the stored Female latent with the opposite sign
-    _, w, _ = D.attribute_terms(lm, {"Male": "AND"})
-    assert w == [-1.0]
+    assert D.attribute_condition(lm, {"Male": "AND"}).weights == (-1.0,)
     with pytest.raises(D.DemoError, match="choose one of off, AND, NOT"):
-        D.attribute_terms(lm, {"Young": "maybe"})
+        D.attribute_condition(lm, {"Young": "maybe"})
     with pytest.raises(D.DemoError, match="no attribute latents"):
-        D.attribute_terms(store.get("cifar10"), {"Young": "AND"})
+        D.attribute_condition(store.get("cifar10"), {"Young": "AND"})
     plan = D.attribute_plan(lm, {"Young": "off", "Female": "off", "Smiling": "off"}, D.clamp_request(2, 2))
     assert plan.notes == ["no attribute selected: unconditional faces"]
 

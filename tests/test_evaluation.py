@@ -20,10 +20,13 @@ from torch import nn
 
 from clel import CLEL, get_preset
 from clel.data import CIFAR10_CLASSES
-from clel.evaluation import (OOD_COLUMNS, EvaluationError, GenerateSettings, class_conditional_eval,
-                             compositional_eval, confusion_png, default_compositions, encoder_eval, fid_report,
-                             generate, histogram_png, load_fashion_mnist, load_mnist5k, load_samples,
-                             markdown_report, ood_evaluate, ood_sets, plotly_confusion_html, plotly_histograms_html)
+from clel.data.ood import OOD_COLUMNS, load_fashion_mnist, load_mnist5k, ood_sets
+from clel.eval import EvaluationError
+from clel.eval.fid import GenerateSettings, fid_report, generate, load_samples
+from clel.eval.judged import class_conditional_eval, compositional_eval, default_compositions, encoder_eval
+from clel.eval.ood import ood_evaluate
+from clel.eval.report import (confusion_png, histogram_png, markdown_report, plotly_confusion_html,
+                              plotly_histograms_html)
 from clel.sampling import ChainSettings
 from clel.weights import export_pretrained
 
@@ -106,7 +109,7 @@ def test_generate_protocols(tiny):
 
 
 def test_fid_report_uses_prefixes_of_the_samples():
-    from clel.metrics import fid_stats, frechet_distance
+    from clel.eval.metrics import fid_stats, frechet_distance
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(3000, 16))
@@ -183,7 +186,7 @@ def test_ood_evaluate_table_layout(tiny):
 
 
 def test_ood_without_encoder_reports_the_energy_auroc(tmp_path):
-    from clel.evaluation import encoder_eval, ood_figures
+    from clel.eval.report import ood_figures
     from clel.weights import load_pretrained
 
     torch.manual_seed(0)
@@ -327,7 +330,7 @@ def _evaluate(argv):
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    from clel.judges import CELEBA_JUDGE, CIFAR10_JUDGE, JudgeNet, JudgeSpec, save_judge
+    from clel.eval.judges import CELEBA_JUDGE, CIFAR10_JUDGE, JudgeNet, JudgeSpec, save_judge
 
     root = tmp_path_factory.mktemp("eval")
     torch.manual_seed(0)

@@ -18,9 +18,10 @@ from clel.checkpoints import REPLAY_BUFFER_NAME, TrainError, save_replay_buffer
 from clel.trainer import TrainOptions, Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts" / "gpu"))
-import pack_data  # noqa: E402  (scripts/gpu/pack_data.py)
-import pack_result  # noqa: E402  (scripts/gpu/pack_result.py)
+from conftest import load_script  # noqa: E402
+
+pack_data = load_script("scripts/gpu/pack_data.py", "pack_data")
+pack_result = load_script("scripts/gpu/pack_result.py", "pack_result")
 
 CLASSES = pack_data.CIFAR10_CLASSES
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clel.judges import (CELEBA_JUDGE, CIFAR10_JUDGE, JUDGE_DIR, Judge, JudgeError, JudgeNet, JudgeSpec, TrainRecipe,
+from clel.eval.judges import (CELEBA_JUDGE, CIFAR10_JUDGE, JUDGE_DIR, Judge, JudgeError, JudgeNet, JudgeSpec, TrainRecipe,
                          augment_batch, evaluate_judge, fit, load_judge, save_judge)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def test_evaluate_judge_attribute_accuracies():
 
 def test_celeba_holdout_split():
     from conftest import data_path
-    from clel.judges import celeba_judge_data
+    from clel.eval.judges import celeba_judge_data
 
     xtr, ytr, xte, yte = celeba_judge_data(data_path("celeba"), holdout=1000)
     assert xte.shape == (1000, 3, 64, 64) and xtr.shape[0] + 1000 == 10000
@@ -168,7 +168,7 @@ def test_bundled_cifar10_judge_accuracy_reproduces():
 @pytest.mark.slow
 def test_bundled_celeba_judge_accuracy_reproduces():
     from conftest import data_path
-    from clel.judges import celeba_judge_data
+    from clel.eval.judges import celeba_judge_data
 
     judge = _bundled(CELEBA_JUDGE)
     _, _, xte, yte = celeba_judge_data(data_path("celeba"))

@@ -1,4 +1,4 @@
-"""Tests for clel.metrics: OOD/kNN metrics, Fréchet distance/KID maths, and the FID Inception pipeline.
+"""Tests for clel.eval.metrics: OOD/kNN metrics, Fréchet distance/KID maths, and the FID Inception pipeline.
 
 The Inception tests use the shared JPEG CIFAR-10 copy (skipped when absent) and cost ~50 s on
 2 CPU cores (300 images through Inception at 299 x 299); the 10k-vs-10k FID is marked slow.
@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import data_path
 
 from clel import metrics
-from clel.metrics import (
+from clel.eval.metrics import (
     FIDStats,
     auroc,
     fid_from_features,

@@ -1,6 +1,6 @@
 """The model card says what was measured, with the numbers of eval.json, and what was not."""
 from clel import get_preset
-from clel.modelcard import render_model_card
+from clel.eval.modelcard import render_model_card
 
 CFG = get_preset("cifar10-small")
 META = {"parts": ["f", "g", "h"], "dtype": "float16"}

@@ -8,7 +8,7 @@ from torch import nn
 
 from clel.models import CLEL
 from clel.probe import Probe, ProbeSettings, clamped_fraction
-from clel.judges import CELEBA_JUDGE, CIFAR10_JUDGE, JUDGE_DIR, load_judge
+from clel.eval.judges import CELEBA_JUDGE, CIFAR10_JUDGE, JUDGE_DIR, load_judge
 from test_trainer import options, small_cfg, synthetic
 from clel.trainer import train
 

@@ -25,9 +25,8 @@ from torch import nn
 from clel import CLEL, class_prototypes, get_preset
 from clel.data import CIFAR10_CLASSES
 from clel.energy import latent
-from clel.evaluation import (EvaluationError, attribute_terms, class_latents, draw, load_images, mode_energy,
-                             parse_term, save_gif, save_grid)
-from clel.sampling import ChainSettings, energy_fn
+from clel.images import ImageFileError, load_images, save_gif, save_grid
+from clel.sampling import ChainSettings, Condition, SamplingError, attribute_latents, class_latents, draw, parse_term
 from clel.weights import export_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,9 +92,9 @@ def images(n, seed, size=32):
 def test_guidance_and_raises_not_lowers_the_latent_cosine(tiny):
     z = F.normalize(torch.randn(1, tiny.cfg.feature_dim, generator=torch.Generator().manual_seed(3)), dim=1)
     start = gcos(tiny, images(4, 0), z).mean()
-    up = draw(tiny, 4, energy_fn(tiny, z, [1.0], guidance=10.0), FAST, seed=0)
-    down = draw(tiny, 4, energy_fn(tiny, z, [-1.0], guidance=10.0), FAST, seed=0)
-    plain = draw(tiny, 4, energy_fn(tiny), FAST, seed=0)
+    up = draw(tiny, 4, Condition.concepts(z, [1.0]), FAST, seed=0, guidance=10.0)
+    down = draw(tiny, 4, Condition.concepts(z, [-1.0]), FAST, seed=0, guidance=10.0)
+    plain = draw(tiny, 4, Condition.unconditional(), FAST, seed=0)
     c_up, c_down, c_plain = (gcos(tiny, d.x, z).mean() for d in (up, down, plain))
     assert c_up > start + 0.02 and c_up > c_plain
     assert c_down < start - 0.02 and c_down < c_plain
@@ -103,7 +102,7 @@ def test_guidance_and_raises_not_lowers_the_latent_cosine(tiny):
 
 def test_cosine_rises_along_the_chain_step_by_step(tiny):
     z = F.normalize(torch.randn(1, tiny.cfg.feature_dim, generator=torch.Generator().manual_seed(4)), dim=1)
-    d = draw(tiny, 4, energy_fn(tiny, z, [1.0], guidance=10.0), FAST, seed=1, frame_every=2)
+    d = draw(tiny, 4, Condition.concepts(z, [1.0]), FAST, seed=1, guidance=10.0, frame_every=2)
     curve = [float(gcos(tiny, f, z).mean()) for f in d.frames]
     assert d.frame_steps == [0, 2, 4, 6, 8, 10]
     assert all(b > a for a, b in zip(curve, curve[1:])), curve
@@ -121,7 +120,7 @@ def test_draw_is_seeded_and_starts_from_uniform_noise(tiny):
 def test_unconditional_chain_descends_the_marginal_energy(tiny):
     from clel.energy import energy
 
-    d = draw(tiny, 4, mode_energy(tiny, "unconditional"), ChainSettings(steps=5, step_size=1000.0, noise=0.0),
+    d = draw(tiny, 4, Condition.unconditional(), ChainSettings(steps=5, step_size=1000.0, noise=0.0),
              seed=0, frame_every=5)
     with torch.no_grad():
         e0, e1 = energy(tiny, d.frames[0]), energy(tiny, d.x)
@@ -144,21 +143,21 @@ def test_one_plain_sweep_is_the_plain_chain(tiny):
 
 
 def test_sweeps_number_steps_across_sweeps_and_restart_from_the_previous_sweep(tiny):
-    from clel.sampling import sample_chain
+    from clel.sampling import run_chain
 
     # step size 0 and no noise: SGLD leaves x alone, so only what happens between sweeps changes it
     still = ChainSettings(steps=3, step_size=0.0, noise=0.0, sweeps=4)
     x0 = images(2, 1)
-    steps = list(sample_chain(tiny, 2, settings=still, x0=x0))
+    steps = list(run_chain(tiny, 2, settings=still, x0=x0))
     assert [s.step for s in steps] == list(range(12)) and still.total_steps == 12
     assert all(torch.equal(s.x, x0) for s in steps)  # no augmentation, no reset: sweeps just continue
 
 
 def test_augmented_sweeps_change_the_images_between_sweeps_only(tiny):
-    from clel.sampling import sample_chain
+    from clel.sampling import run_chain
 
     st = ChainSettings(steps=3, step_size=0.0, noise=0.0, sweeps=3, augment=True)
-    xs = [s.x for s in sample_chain(tiny, 4, settings=st, x0=images(4, 2), generator=torch.Generator().manual_seed(0))]
+    xs = [s.x for s in run_chain(tiny, 4, settings=st, x0=images(4, 2), generator=torch.Generator().manual_seed(0))]
     for k in range(3):  # constant inside a sweep, different from one sweep to the next
         assert torch.equal(xs[3 * k], xs[3 * k + 2])
     assert not torch.equal(xs[2], xs[3]) and not torch.equal(xs[5], xs[6])
@@ -210,8 +209,8 @@ def test_draw_follows_the_sweeps_and_keeps_frames_across_them(tiny):
 def test_instance_conditional_samples_are_closer_to_their_reference_than_unconditional(aligned):
     refs = images(2, 10)
     z_ref = F.normalize(latent(aligned, refs).sum(0), dim=0)  # z̄ of the set, as in Appendix D
-    cond = draw(aligned, 8, mode_energy(aligned, "instance", images=refs, guidance=1.0), ALIGNED, seed=2)
-    uncond = draw(aligned, 8, mode_energy(aligned, "unconditional"), ALIGNED, seed=2)
+    cond = draw(aligned, 8, Condition.instance(refs), ALIGNED, seed=2, guidance=1.0)
+    uncond = draw(aligned, 8, None, ALIGNED, seed=2)
     c_cond = F.cosine_similarity(latent(aligned, cond.x), z_ref.expand(8, -1))
     c_uncond = F.cosine_similarity(latent(aligned, uncond.x), z_ref.expand(8, -1))
     assert (c_cond > c_uncond).all() and c_cond.mean() > c_uncond.mean() + 0.3, (c_cond, c_uncond)
@@ -219,8 +218,8 @@ def test_instance_conditional_samples_are_closer_to_their_reference_than_uncondi
 
 def test_class_conditional_samples_are_nearest_their_own_prototype(aligned):
     protos = F.normalize(torch.randn(3, aligned.cfg.feature_dim, generator=torch.Generator().manual_seed(7)), dim=1)
-    z = [latent(aligned, draw(aligned, 4, mode_energy(aligned, "class", latents=protos[k:k + 1], weights=[1.0],
-                                                       guidance=1.0), ALIGNED, seed=4).x) for k in range(3)]
+    z = [latent(aligned, draw(aligned, 4, Condition.concepts(protos[k:k + 1], [1.0], mode="class"),
+                                    ALIGNED, seed=4, guidance=1.0).x) for k in range(3)]
     cos = torch.stack([(z[k] @ protos.T).mean(0) for k in range(3)])  # [conditioned class, prototype]
     assert torch.equal(cos.argmax(0), torch.arange(3)) and torch.equal(cos.argmax(1), torch.arange(3))
 
@@ -228,8 +227,7 @@ def test_class_conditional_samples_are_nearest_their_own_prototype(aligned):
 def test_interpolation_moves_from_image_a_to_image_b(aligned):
     a, b = images(1, 20), images(1, 21)
     za, zb = latent(aligned, a)[0], latent(aligned, b)[0]
-    d = draw(aligned, 5, mode_energy(aligned, "interpolate", images=a, images_b=b, guidance=1.0, n=5), ALIGNED,
-             seed=3)
+    d = draw(aligned, 5, Condition.interpolate(a, b), ALIGNED, seed=3, guidance=1.0)
     z = latent(aligned, d.x)
     to_a, to_b = z @ za, z @ zb
     assert to_a[0] > to_a[-1] and to_b[-1] > to_b[0]
@@ -272,22 +270,22 @@ def test_class_latents_by_name_and_index_and_unknown_name():
     protos = torch.eye(10, 16)
     extras = {"class_prototypes": protos, "classes": list(CIFAR10_CLASSES), "path": "w"}
     assert torch.equal(class_latents(extras, ["cat", "1"]), protos[[3, 1]])
-    with pytest.raises(EvaluationError, match="unknown class 'kitten'.*airplane"):
+    with pytest.raises(SamplingError, match="unknown class 'kitten'.*airplane"):
         class_latents(extras, ["kitten"])
-    with pytest.raises(EvaluationError, match="no class prototypes"):
+    with pytest.raises(SamplingError, match="no class prototypes"):
         class_latents({"path": "w"}, ["cat"])
 
 
-def test_attribute_terms_and_not_weights_and_female_fallback():
+def test_attribute_latents_and_not_weights_and_female_fallback():
     lat = torch.eye(3, 8)
     extras = {"attribute_latents": lat, "attributes": ["Young", "Male", "Smiling"]}
     terms = [parse_term("Young"), parse_term("Smiling:2"), parse_term("Male:0.5", -1.0), parse_term("Female")]
-    z, w = attribute_terms(extras, terms)
+    z, w = attribute_latents(extras, terms)
     assert torch.equal(z, lat[[0, 2, 1, 1]]) and w == [1.0, 2.0, -0.5, -1.0]
-    with pytest.raises(EvaluationError, match="unknown attribute 'Bald'.*Young, Male, Smiling, Female"):
-        attribute_terms(extras, [("Bald", 1.0)])
+    with pytest.raises(SamplingError, match="unknown attribute 'Bald'.*Young, Male, Smiling, Female"):
+        attribute_latents(extras, [("Bald", 1.0)])
     for bad in ("Young:-1", "Young:x", ":2"):
-        with pytest.raises(EvaluationError):
+        with pytest.raises(SamplingError):
             parse_term(bad)
 
 
@@ -301,9 +299,9 @@ def test_load_images_crops_resizes_and_names_bad_files(tmp_path):
     x = load_images([tmp_path / "wide.png", tmp_path / "grey.jpg"], 16)
     assert x.shape == (2, 3, 16, 16) and abs(float(x[0].mean()) - 200 / 255) < 0.01
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(EvaluationError, match="bad.png: cannot decode image"):
+    with pytest.raises(ImageFileError, match="bad.png: cannot decode image"):
         load_images([tmp_path / "bad.png"], 16)
-    with pytest.raises(EvaluationError, match="missing.png: no such image file"):
+    with pytest.raises(ImageFileError, match="missing.png: no such image file"):
         load_images([tmp_path / "missing.png"], 16)
 
 
@@ -423,8 +421,8 @@ def test_trained_instance_conditional_closer_than_unconditional():
     c_cond, c_uncond = [], []
     for i in range(len(refs)):
         z = latent(model, refs[i:i + 1])[0]
-        cond = draw(model, 8, mode_energy(model, "instance", images=refs[i:i + 1], guidance=1.0), st, seed=i)
-        uncond = draw(model, 8, mode_energy(model, "unconditional"), st, seed=i)
+        cond = draw(model, 8, Condition.instance(refs[i:i + 1]), st, seed=i, guidance=1.0)
+        uncond = draw(model, 8, None, st, seed=i)
         c_cond.append(float((latent(model, cond.x) @ z).mean()))
         c_uncond.append(float((latent(model, uncond.x) @ z).mean()))
     assert np.mean(c_cond) > np.mean(c_uncond), (c_cond, c_uncond)
@@ -453,7 +451,7 @@ def test_trained_prototypes_are_nearest_to_their_class():
     "Young",
 ])
 def test_trained_not_moves_the_attribute_judge_the_other_way_from_and(attr):
-    from clel.judges import CELEBA_JUDGE, JUDGE_DIR, load_judge
+    from clel.eval.judges import CELEBA_JUDGE, JUDGE_DIR, load_judge
 
     model, cfg, extras = _bundled("celeba64")
     if not (JUDGE_DIR / CELEBA_JUDGE).is_file():
@@ -462,9 +460,9 @@ def test_trained_not_moves_the_attribute_judge_the_other_way_from_and(attr):
     st = ChainSettings.from_model(model, steps=cfg.sgld_steps * 2)
     probs = {}
     for sign in (1.0, 0.0, -1.0):
-        lat, w = attribute_terms(extras, [(attr, 1.0)])
-        fn = energy_fn(model, lat, [sign * w[0]], guidance=1.0) if sign else energy_fn(model)
-        x = draw(model, 16, fn, st, seed=0).x
+        lat, w = attribute_latents(extras, [(attr, 1.0)])
+        cond = Condition.concepts(lat, [sign * w[0]]) if sign else None
+        x = draw(model, 16, cond, st, seed=0, guidance=1.0).x
         probs[sign] = float(judge.predict(x)[:, judge.label_index(attr)].mean())
     assert probs[1.0] > probs[0.0] > probs[-1.0], (attr, probs)
 
@@ -472,7 +470,7 @@ def test_trained_not_moves_the_attribute_judge_the_other_way_from_and(attr):
 def test_demo_sample_and_evaluate_take_their_defaults_from_clel_sampling(monkeypatch):
     import importlib.util
 
-    import clel.demo as D
+    import clel_app.demo as D
     from clel.sampling import DEFAULTS, SAMPLING
 
     def script(name):
@@ -494,7 +492,7 @@ def test_demo_sample_and_evaluate_take_their_defaults_from_clel_sampling(monkeyp
 
 
 def test_default_direction_falls_back_to_the_mean_for_exports_without_contrasts():
-    from clel.evaluation import default_direction
+    from clel.sampling import default_direction
     from clel.sampling import SAMPLING
 
     z = torch.zeros(2, 4)

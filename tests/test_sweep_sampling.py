@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from clel.judges import diversity
+from clel.eval.judges import diversity
 from clel.models import CLEL
 from clel.weights import export_pretrained
 from test_trainer import CLASSES, small_cfg

@@ -25,8 +25,9 @@ from clel.trainer import DivergenceError, TrainError, TrainOptions, Trainer, ema
 from clel.weights import load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import train as train_cli  # noqa: E402  (scripts/train.py)
+from conftest import load_script  # noqa: E402
+
+train_cli = load_script("scripts/train.py", "train")
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -131,10 +132,10 @@ def test_run_writes_export_metrics_and_samples(tmp_path):
     assert cfg == t.cfg and extras["weights"] == "ema" and extras["iteration"] == 4
     assert extras["class_prototypes"].shape == (10, cfg.feature_dim) and extras["classes"] == CLASSES
     assert extras["class_contrasts"].shape == (10, cfg.feature_dim)
-    from clel.evaluation import EvaluationError, class_latents
+    from clel.sampling import SamplingError, class_latents
     torch.testing.assert_close(class_latents(extras, ["cat"], "contrast"), extras["class_contrasts"][3:4])
     torch.testing.assert_close(class_latents(extras, ["cat"]), extras["class_prototypes"][3:4])
-    with pytest.raises(EvaluationError, match="store no class contrast"):
+    with pytest.raises(SamplingError, match="store no class contrast"):
         class_latents({k: v for k, v in extras.items() if k != "class_contrasts"}, ["cat"], "contrast")
     x = torch.rand(5, 3, 32, 32)
     with torch.no_grad():
@@ -261,7 +262,8 @@ def test_checkpoint_after_ckpt_minutes_without_one(tmp_path):
 
 def run_child_until(script: str, tmp_path: Path, marker: Path, sig: int, what: str) -> subprocess.Popen:
     """Start a training child, wait for it to touch ``marker``, send ``sig``, return the finished process."""
-    env = {**os.environ, "CLEL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "CLEL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO / "tests")}  # the children import test_trainer's helpers
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 150
@@ -279,7 +281,6 @@ def run_child_until(script: str, tmp_path: Path, marker: Path, sig: int, what: s
 
 SIGTERM_SCRIPT = """
 import sys
-sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 import pathlib, clel.trainer as T
 from test_trainer import small_cfg, synthetic, options
 orig = T.Trainer.train_step
@@ -306,12 +307,12 @@ def test_sigterm_writes_a_checkpoint_and_exits(tmp_path):
 
 
 def test_nice_lowers_every_thread_of_the_process(tmp_path):
-    code = ("import os, sys, threading, time; sys.path.insert(0, {tests!r}); import torch\n"
+    code = ("import os, threading; import torch\n"
             "ev = threading.Event(); t = threading.Thread(target=ev.wait); t.start()\n"
-            "from clel.trainer import _lower_priority\n"
-            "_lower_priority(3, print)\n"
-            "print(sorted({{os.getpriority(os.PRIO_PROCESS, int(x)) for x in os.listdir('/proc/self/task')}}))\n"
-            "ev.set()").format(tests=str(REPO / "tests"))
+            "from clel.runtime import lower_priority\n"
+            "lower_priority(3, print)\n"
+            "print(sorted({os.getpriority(os.PRIO_PROCESS, int(x)) for x in os.listdir('/proc/self/task')}))\n"
+            "ev.set()")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     base = os.getpriority(os.PRIO_PROCESS, 0)
     assert out.stdout.strip() == f"[{min(base + 3, 19)}]", out.stderr
@@ -397,7 +398,6 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 KILL_SCRIPT = """
 import sys, time
-sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 import clel.weights as W
 from test_trainer import small_cfg, synthetic, options
 from clel.trainer import train
@@ -431,7 +431,6 @@ def test_sigkill_while_writing_leaves_previous_checkpoint(tmp_path):
 
 DDP_SCRIPT = """
 import sys
-sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 import torch, torch.distributed as dist
 from safetensors.torch import save_file
 from test_trainer import small_cfg, synthetic, options
@@ -451,7 +450,8 @@ def test_torchrun_two_ranks_end_identical(tmp_path):
     run.mkdir()
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), run=str(run)))
-    env = {**os.environ, "CLEL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "CLEL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO / "tests")}  # the children import test_trainer's helpers
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fast import native_bf16
+from ..fast import native_bf16
+from ..weights import BUNDLED_WEIGHTS
 
 __all__ = [
     "CELEBA_ATTRIBUTES", "CELEBA_JUDGE", "CIFAR10_JUDGE", "JUDGE_DIR", "Judge", "JudgeError", "JudgeNet",
@@ -42,7 +43,7 @@ __all__ = [
     "fit", "load_judge", "save_judge", "train_celeba_judge", "train_cifar10_judge",
 ]
 
-JUDGE_DIR = Path(__file__).resolve().parents[1] / "weights" / "judges"
+JUDGE_DIR = BUNDLED_WEIGHTS / "judges"
 CIFAR10_JUDGE = "cifar10_classifier.safetensors"
 CELEBA_JUDGE = "celeba_attributes.safetensors"
 CELEBA_ATTRIBUTES = ("Young", "Male", "Smiling")
@@ -186,7 +187,7 @@ def diversity(features: Tensor) -> float:
 def save_judge(net: JudgeNet, path: str | os.PathLike, info: dict[str, Any] | None = None,
                dtype: torch.dtype = torch.float16) -> Path:
     """Write a judge as one safetensors file: weights (``dtype``; integer buffers kept) + spec/info metadata."""
-    from .weights import write_safetensors_atomic
+    from ..weights import write_safetensors_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,7 +200,7 @@ def save_judge(net: JudgeNet, path: str | os.PathLike, info: dict[str, Any] | No
 
 def load_judge(path: str | os.PathLike, device: str | torch.device = "cpu") -> Judge:
     """Rebuild a judge saved by :func:`save_judge` (float32, eval mode, on ``device``)."""
-    from .weights import read_tagged_safetensors
+    from ..weights import read_tagged_safetensors
 
     path = Path(path)
     if not path.is_file():
@@ -292,6 +293,24 @@ def evaluate_judge(judge: Judge, images: Tensor, targets: Tensor, batch_size: in
     return {"accuracy": per, "mean_accuracy": float(correct.mean()), "n": int(len(targets))}
 
 
+def _sgd(net: nn.Module, recipe: "TrainRecipe", lr: float) -> torch.optim.Optimizer:
+    """Nesterov SGD with weight decay on weights only (not on biases and norm scales)."""
+    decay, no_decay = [], []
+    for _, p in net.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=recipe.momentum,
+                           nesterov=True)
+
+
+@torch.no_grad()
+def _round_weights(net: nn.Module, dtype: torch.dtype) -> None:
+    """Round every float tensor to ``dtype`` and back, so a held-out test measures the weights as saved."""
+    for t in net.state_dict().values():
+        if t.is_floating_point():
+            t.copy_(t.to(dtype).to(t.dtype))
+
+
 def fit(spec: JudgeSpec, train_x: Tensor, train_y: Tensor, test_x: Tensor | None = None, test_y: Tensor | None = None,
         recipe: TrainRecipe | None = None, device: str | torch.device = "cpu",
         log: Callable[[str], None] | None = None, max_minutes: float | None = None,
@@ -317,12 +336,7 @@ def fit(spec: JudgeSpec, train_x: Tensor, train_y: Tensor, test_x: Tensor | None
     total = max(1, int(round(recipe.epochs * steps_per_epoch)))
     warm = max(1, int(recipe.warmup * total))
     lr = recipe.lr * bs / 256
-    decay, no_decay = [], []
-    for name, p in net.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=recipe.momentum,
-                          nesterov=True)
+    opt = _sgd(net, recipe, lr)
 
     def lr_at(step: int) -> float:
         return lr * (step / warm if step < warm else max(0.0, (total - step) / max(1, total - warm)))
@@ -372,10 +386,7 @@ def fit(spec: JudgeSpec, train_x: Tensor, train_y: Tensor, test_x: Tensor | None
     if recipe.channels_last:
         net = net.to(memory_format=torch.contiguous_format)
     if store_dtype is not None:
-        with torch.no_grad():
-            for t in net.state_dict().values():
-                if t.is_floating_point():
-                    t.copy_(t.to(store_dtype).to(t.dtype))
+        _round_weights(net, store_dtype)
     judge = Judge(net)
     if test_x is not None and test_y is not None:
         report["test"] = evaluate_judge(judge, test_x, test_y)
@@ -390,7 +401,7 @@ def fit(spec: JudgeSpec, train_x: Tensor, train_y: Tensor, test_x: Tensor | None
 
 def cifar10_judge_data(data_root: str | os.PathLike) -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:
     """Shared CIFAR-10 train and test sets: uint8 images and labels, and the class names."""
-    from .data import load_cifar10
+    from ..data import load_cifar10
 
     root = Path(data_root)
     root = root / "cifar10" if (root / "cifar10").is_dir() else root
@@ -401,7 +412,7 @@ def cifar10_judge_data(data_root: str | os.PathLike) -> tuple[Tensor, Tensor, Te
 def celeba_judge_data(data_root: str | os.PathLike, attributes: Sequence[str] = CELEBA_ATTRIBUTES,
                       image_size: int = 64, holdout: int = 1000) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """CelebA faces at ``image_size`` and the 0/1 columns of ``attributes``; the last ``holdout`` faces held out."""
-    from .data import load_celeba
+    from ..data import load_celeba
 
     root = Path(data_root)
     root = root / "celeba" if (root / "celeba").is_dir() else root

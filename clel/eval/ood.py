@@ -3,12 +3,12 @@
 The OOD page of the demo plots an upload's score s(x) (eq. 5, :func:`clel.energy.ood_score`) over the scores of
 reference sets computed with the same weights: CIFAR-10 test (in-distribution) and the paper's OOD sets that
 exist offline here (Textures/DTD top-left 32x32, CIFAR-10 interpolation, CelebA 32x32). It also draws the
-threshold at 95% TPR of the in-distribution scores (:func:`clel.metrics.tpr_threshold`).
+threshold at 95% TPR of the in-distribution scores (:func:`clel.eval.metrics.tpr_threshold`).
 
 Make the file for an export folder (a few minutes per thousand images per set on a 2-core CPU for the Base
 model; use ``--limit`` for a quicker, subsampled reference)::
 
-    python -m clel.ood --weights weights/cifar10 --data ../shared/data --limit 2000
+    python -m clel.eval.ood --weights weights/cifar10 --data ../shared/data --limit 2000
 
 The file holds, per set, ``<key>.score`` (s(x)) and ``<key>.energy`` (the marginal ½‖f(x)‖²) as float32, and in
 its metadata the β used, the labels, the image size and a fingerprint of the weights, so scores from other
@@ -23,15 +23,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .energy import ood_scores
-from .metrics import auroc, tpr_threshold
-from .weights import read_tagged_safetensors
+from ..data import resize_images
+from ..data.ood import IN_DISTRIBUTION, OOD_COLUMNS, REFERENCE_LABELS, reference_sets
+from ..energy import energy, ood_scores
+from ..weights import read_tagged_safetensors
+from . import EvaluationError, model_device
+from .metrics import auroc, fpr_at_tpr, tpr_threshold
 
 __all__ = ["REFERENCE_NAME", "REFERENCE_LABELS", "OODReference", "compute_reference", "load_reference",
            "model_fingerprint", "reference_from_raw", "reference_sets", "save_reference", "score_images"]
@@ -39,14 +42,6 @@ __all__ = ["REFERENCE_NAME", "REFERENCE_LABELS", "OODReference", "compute_refere
 REFERENCE_NAME = "ood_reference.safetensors"
 FORMAT = "clel-ood-reference"
 VERSION = 1
-IN_DISTRIBUTION = "cifar10_test"
-# Display names, in plotting order; the in-distribution set first.
-REFERENCE_LABELS: dict[str, str] = {
-    "cifar10_test": "CIFAR-10 test (in-distribution)",
-    "dtd": "Textures (DTD)",
-    "cifar10_interp": "CIFAR-10 interpolation",
-    "celeba32": "CelebA 32x32",
-}
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -66,7 +61,7 @@ def score_images(model, images: Tensor, beta: float, batch_size: int = 256,
 
     Both come from :func:`clel.energy.ood_scores` (one pass of f) on the model in eval mode.
     """
-    from .data import resize_images, to_float
+    from ..data import to_float
 
     model.eval()
     size = model.cfg.image_size
@@ -134,7 +129,7 @@ class OODReference:
 
 def save_reference(ref: OODReference, path: str | Path) -> Path:
     """Write ``ref`` as safetensors (atomically); ``path`` may be the weights folder."""
-    from .weights import write_safetensors_atomic
+    from ..weights import write_safetensors_atomic
 
     path = Path(path)
     if path.is_dir() or not path.suffix:
@@ -178,38 +173,6 @@ def load_reference(path: str | Path) -> OODReference | None:
     )
 
 
-def reference_sets(data_root: str | Path, limit: int | None = None, seed: int = 0,
-                   names: tuple[str, ...] = tuple(REFERENCE_LABELS)) -> dict[str, Tensor]:
-    """uint8 images [N, 3, 32, 32] of each reference set, from the offline data root (``shared/data``).
-
-    ``cifar10_interp`` is ``(x_i + x_{i+100}) / 2`` over the test set shuffled with ``seed`` (so pairs mix
-    classes); ``limit`` takes a seeded random subset of each set.
-    """
-    from .data import cifar10_interpolation, load_dataset
-
-    root = Path(data_root)
-    g = torch.Generator().manual_seed(seed)
-    out: dict[str, Tensor] = {}
-    test = None
-    for key in names:
-        if key in ("cifar10_test", "cifar10_interp"):
-            if test is None:
-                test = load_dataset("cifar10", root / "cifar10", split="test").images
-            imgs = test if key == "cifar10_test" else cifar10_interpolation(test[torch.randperm(len(test),
-                                                                                               generator=g)])
-        elif key == "dtd":
-            dtd_root = root / "dtd10" if (root / "dtd10").is_dir() else root / "dtd"
-            imgs = load_dataset("dtd", dtd_root, image_size=32).images
-        elif key == "celeba32":
-            imgs = load_dataset("celeba", root / "celeba", image_size=32).images
-        else:
-            raise ValueError(f"unknown reference set {key!r}; known: {', '.join(REFERENCE_LABELS)}")
-        if limit is not None and len(imgs) > limit:
-            imgs = imgs[torch.randperm(len(imgs), generator=g)[:limit]]
-        out[key] = imgs
-    return out
-
-
 def compute_reference(model, sets: Mapping[str, Tensor], beta: float | None = None, batch_size: int = 256,
                       log: Callable[[str], None] | None = None) -> OODReference:
     """Score every reference set with ``model`` (β defaults to ``cfg.ood_beta``)."""
@@ -229,12 +192,7 @@ def reference_from_raw(model, raw: Mapping[str, Mapping[str, np.ndarray]], beta:
                        in_distribution: str = IN_DISTRIBUTION) -> OODReference:
     """An :class:`OODReference` from already computed scores ``{set: {"score": ..., "energy": ...}}`` (the raw
     output of ``clel.evaluation.ood_evaluate``), so an evaluation run can ship its scores with the weights."""
-    labels = dict(REFERENCE_LABELS)
-    try:
-        from .evaluation import OOD_COLUMNS
-        labels.update({k: v for k, v in OOD_COLUMNS.items() if k not in labels})
-    except ImportError:
-        pass
+    labels = {**REFERENCE_LABELS, **{k: v for k, v in OOD_COLUMNS.items() if k not in REFERENCE_LABELS}}
     return OODReference(scores={k: np.asarray(v["score"]) for k, v in raw.items()},
                         energies={k: np.asarray(v["energy"]) for k, v in raw.items()}, beta=float(beta),
                         labels=labels, in_distribution=in_distribution, image_size=model.cfg.image_size,
@@ -242,8 +200,68 @@ def reference_from_raw(model, raw: Mapping[str, Mapping[str, np.ndarray]], beta:
                                                                                 for k, v in raw.items()}})
 
 
+def has_encoder(model) -> bool:
+    """False for an export saved without its encoder h (``clel.weights.MissingEncoder`` stands in for it)."""
+    return type(getattr(model, "h", None)).__name__ not in ("MissingEncoder", "NoneType")
+
+
+@torch.no_grad()
+def _energies(model, images: Tensor, batch_size: int = 256) -> np.ndarray:
+    model.eval()
+    dev, s = model_device(model), model.cfg.image_size
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        xb = images[i:i + batch_size]
+        if xb.dtype == torch.uint8:
+            xb = (resize_images(xb, s) if xb.shape[-1] != s else xb).float() / 255
+        out.append(energy(model, xb.to(dev)).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def ood_evaluate(model, sets: Mapping[str, Tensor], missing: Mapping[str, str] | None = None,
+                 beta: float | None = None, batch_size: int = 256, in_key: str = "cifar10_test",
+                 log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """AUROC of s(x) (eq. 5) and of the marginal ½‖f(x)‖² alone, in-distribution ``in_key`` vs every other set.
+
+    Returns (results for eval.json, raw scores {set: {"score": ..., "energy": ...}} for histograms).
+    """
+    beta = float(model.cfg.ood_beta if beta is None else beta)
+    with_h = has_encoder(model)
+    raw: dict[str, dict[str, np.ndarray]] = {}
+    for key, imgs in sets.items():
+        t0 = time.perf_counter()
+        if with_h:
+            s, e = score_images(model, imgs, beta, batch_size)
+            raw[key] = {"score": s, "energy": e}
+        else:  # an export without h: the marginal energy alone is still a score
+            raw[key] = {"energy": _energies(model, imgs, batch_size)}
+        if log:
+            log(f"OOD {key}: {len(imgs)} images scored in {time.perf_counter() - t0:.1f} s")
+    if in_key not in raw:
+        raise EvaluationError(f"the in-distribution set {in_key!r} is missing")
+    s_in, e_in = raw[in_key].get("score"), raw[in_key]["energy"]
+    results: dict[str, Any] = {"beta": beta, "in_distribution": {"name": "CIFAR-10 test", "n": int(len(e_in))},
+                               "sets": {}}
+    if not with_h:
+        results["score_status"] = "s(x) needs the encoder h, which this export does not include"
+    for key, label in OOD_COLUMNS.items():
+        if key in raw:
+            r = raw[key]
+            results["sets"][key] = {
+                "label": label, "n": int(len(r["energy"])), "status": "ok",
+                "auroc_score": auroc(s_in, r["score"]) if with_h else None,
+                "auroc_energy": auroc(e_in, r["energy"]),
+                "fpr95_score": fpr_at_tpr(s_in, r["score"], 0.95) if with_h else None,
+            }
+        else:
+            reason = (missing or {}).get(key, "not available")
+            results["sets"][key] = {"label": label, "status": reason}
+    return results, raw
+
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m clel.ood", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m clel.eval.ood", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", required=True, help="export folder or Hugging Face repo id")
     p.add_argument("--data", required=True, help="offline data root holding cifar10/, dtd10/, celeba/")
     p.add_argument("--out", help=f"where to write (default: <weights folder>/{REFERENCE_NAME})")
@@ -254,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
 
-    from .weights import load_pretrained
+    from ..weights import load_pretrained
 
     model, cfg, extras = load_pretrained(args.weights, device=args.device)
     if extras.get("source") == "hub" and not args.out:

@@ -1,4 +1,4 @@
-"""Helpers shared by the demo apps (``app/gradio_app.py``, ``app/ood_page.py``).
+"""Helpers shared by the demo apps (``app/gradio_app.py``, ``app/ood_page.py``), importable as ``clel_app.demo``.
 
 The apps stay thin: everything here is plain Python and tested without a web server.
 
@@ -17,7 +17,7 @@ The apps stay thin: everything here is plain Python and tested without a web ser
   :data:`FAIL_AT_STEP`) makes step N of every chain raise, so tests can check what a user sees when one fails.
 - **What visitors may see**: :func:`shown_path` and :func:`redact_paths` keep the server's absolute paths out of
   the pages (the server log keeps them).
-- **OOD page**: :func:`ood_histogram` (uploads over the reference scores of :mod:`clel.ood`, with the threshold)
+- **OOD page**: :func:`ood_histogram` (uploads over the reference scores of :mod:`clel.eval.ood`, with the threshold)
   and :func:`scores_csv`.
 - **Trying things out**: :func:`make_demo_exports` writes tiny random exports shaped like the real ones.
 """
@@ -40,22 +40,23 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from .data import to_uint8 as _to_uint8
-from .sampling import (DEFAULTS, ChainSettings, energy_fn, image_latent, per_sample_energy_fn, sample_chain,
-                       slerp, uniform_noise)
-from .sgld import EnergyFn, SGLDStep
+from clel.config import CLELConfig
+from clel.data import to_uint8 as _to_uint8
+from clel.images import grid_array
+from clel.sampling import DEFAULTS, ChainSettings, Condition, SamplingError, run_chain, uniform_noise
+from clel.sgld import EnergyFn, SGLDStep
+from clel.weights import BUNDLED_WEIGHTS, REPO_ROOT
 
 __all__ = [
     "ATTRIBUTE_CHOICES", "ChainPlan", "ChainRequest", "DecodedImage", "DemoError", "EnergyHistory", "FAIL_AT_STEP",
     "FAIL_AT_STEP_ENV", "Frame", "ImageError", "InjectedFailure", "Limits", "LoadedModel", "MODEL_LABELS",
-    "MODEL_SPECS", "ModelStore", "attribute_plan", "attribute_terms", "clamp_request", "class_plan", "decode_image",
+    "MODEL_SPECS", "ModelStore", "attribute_choices", "attribute_condition", "attribute_plan", "clamp_request", "class_plan", "decode_image",
     "default_weights", "energy_figure", "fit_square", "frame_every", "images_to_tensor", "interpolation_plan",
     "lookalike_plan", "make_demo_exports", "make_grid", "ood_histogram", "png_bytes", "redact_paths", "round_sig",
-    "save_png", "scores_csv", "shown_path", "stream_frames", "unconditional_plan", "upscale",
+    "hwc_uint8", "plan_chain", "save_png", "scores_csv", "shown_path", "stream_frames", "unconditional_plan", "upscale",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-log = logging.getLogger("clel.demo")
+log = logging.getLogger("clel_app.demo")
 ATTRIBUTE_CHOICES = ("off", "AND", "NOT")
 
 
@@ -133,8 +134,8 @@ class ChainRequest:
 
     n: int = 16
     steps: int = 60  # per sweep
-    step_size: float = 100.0
-    noise: float = 0.001
+    step_size: float = CLELConfig.sgld_step_size
+    noise: float = CLELConfig.sgld_noise
     guidance: float = DEFAULTS.guidance("class")
     seed: int = 0
     sweeps: int = 1  # > 1: the reference sampler's augmented sweeps (no reset: a fresh-noise tile would puzzle)
@@ -163,7 +164,7 @@ def _number(value: Any, name: str, kind: type = float) -> float:
     return int(round(v)) if kind is int else v
 
 
-def clamp_request(n: Any, steps: Any, step_size: Any = 100.0, noise: Any = 0.001,
+def clamp_request(n: Any, steps: Any, step_size: Any = CLELConfig.sgld_step_size, noise: Any = CLELConfig.sgld_noise,
                   guidance: Any = DEFAULTS.guidance("class"),
                   seed: Any = 0, limits: Limits | None = None, sweeps: Any = 1) -> ChainRequest:
     """Validate and bound a request; out-of-range values are clamped and the clamping is noted.
@@ -361,26 +362,18 @@ def images_to_tensor(images: Sequence[DecodedImage | Image.Image], size: int) ->
 # Grids, upscaling, PNG files
 # ----------------------------------------------------------------------------------------------------------------
 
-def to_uint8(x: Tensor) -> np.ndarray:
-    """[N, 3, H, W] or [3, H, W] floats in [0, 1] → uint8 [..., H, W, 3]."""
+def hwc_uint8(x: Tensor) -> np.ndarray:
+    """[N, 3, H, W] or [3, H, W] floats in [0, 1] → uint8 [..., H, W, 3] (what PIL and the browser show)."""
     x = _to_uint8(x).cpu()
     return (x.permute(0, 2, 3, 1) if x.ndim == 4 else x.permute(1, 2, 0)).numpy()
 
 
-def make_grid(x: Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 255) -> np.ndarray:
-    """Full-resolution image grid, uint8 [H, W, 3]; ``nrow`` images per row (default: about square)."""
+def make_grid(x: Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """Full-resolution image grid, uint8 [H, W, 3] with white padding; ``nrow`` images per row (default: about
+    square)."""
     if x.ndim != 4 or x.shape[0] == 0:
         raise DemoError(f"expected a batch of images [N, 3, H, W], got {tuple(x.shape)}")
-    imgs = to_uint8(x)
-    n, h, w, _ = imgs.shape
-    cols = max(1, min(n, nrow or math.ceil(math.sqrt(n))))
-    rows = math.ceil(n / cols)
-    grid = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, 3), pad_value, np.uint8)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        y, xx = padding + r * (h + padding), padding + c * (w + padding)
-        grid[y:y + h, xx:xx + w] = imgs[i]
-    return grid
+    return grid_array(x, nrow, padding)
 
 
 def upscale(image: np.ndarray, factor: int | None = None, target: int = 560, max_factor: int = 8) -> np.ndarray:
@@ -480,7 +473,7 @@ def default_weights(kind: str) -> str:
     if kind not in MODEL_SPECS:
         raise DemoError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_SPECS)}")
     env, bundled = MODEL_SPECS[kind]
-    return os.environ.get(env, "").strip() or str(REPO_ROOT / "weights" / bundled)
+    return os.environ.get(env, "").strip() or str(BUNDLED_WEIGHTS / bundled)
 
 
 def human_count(n: int) -> str:
@@ -518,7 +511,7 @@ class LoadedModel:
     @property
     def has_encoder(self) -> bool:
         """Whether the export includes the encoder h (needed to encode photos: look-alikes, interpolation, s(x))."""
-        from .weights import MissingEncoder
+        from clel.weights import MissingEncoder
 
         return "h" in self.extras.get("parts", ["f", "g", "h"]) and not isinstance(self.model.h, MissingEncoder)
 
@@ -590,7 +583,7 @@ class LoadedModel:
 
     def class_latent(self, name: str, direction: str | None = None) -> Tensor:
         """The class's concept latent (``direction``: mean or contrast, default ``DEFAULTS.direction('class')``)."""
-        from .evaluation import EvaluationError, class_latents, default_direction
+        from clel.sampling import class_latents, default_direction
 
         if self.extras.get("class_prototypes") is None or not self.class_names():
             raise DemoError(f"the {self.label} weights have no class prototypes; export them with "
@@ -599,7 +592,7 @@ class LoadedModel:
             raise DemoError(f"unknown class {name!r}; choose one of {', '.join(self.class_names())}")
         try:
             return class_latents(self.extras, [name], direction or default_direction(self.extras, "class"))[0]
-        except EvaluationError as e:
+        except SamplingError as e:
             raise DemoError(str(e)) from None
 
     def attribute_names(self) -> list[str]:
@@ -624,7 +617,7 @@ class ModelStore:
                 return self._models[kind]
             if kind in self._errors:
                 raise DemoError(self._errors[kind])
-            from .weights import load_pretrained  # lazy: keeps `import clel.demo` light
+            from clel.weights import load_pretrained  # lazy: keeps `import clel_app.demo` light
 
             spec = self.specs[kind]
             try:
@@ -665,76 +658,68 @@ class ChainPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def _plan(lm: LoadedModel, req: ChainRequest, fn: EnergyFn, nrow: int | None = None, label: str = "E(x)",
-          notes: list[str] | None = None) -> ChainPlan:
+def plan_chain(lm: LoadedModel, condition: Condition, req: ChainRequest, nrow: int | None = None,
+               notes: list[str] | None = None) -> ChainPlan:
+    """The live chain of ``condition`` (clel.sampling's), with the starting noise drawn here so the first frame
+    can show it."""
     g = req.generator()
     x0 = uniform_noise(lm.model, req.n, g)
-    chain = sample_chain(lm.model, req.n, settings=req.settings, generator=g, x0=x0, fn=fn)
-    return ChainPlan(x0, chain, fn, nrow, label, list(notes or []))
+    chain = run_chain(lm.model, req.n, condition, settings=req.settings, guidance=req.guidance, generator=g, x0=x0)
+    return ChainPlan(x0, chain, condition.energy(lm.model, req.n, req.guidance), nrow, condition.label,
+                     list(notes or []))
 
 
 def unconditional_plan(lm: LoadedModel, req: ChainRequest) -> ChainPlan:
     """SGLD on the marginal energy E(x) = ½‖f(x)‖²."""
-    return _plan(lm, req, energy_fn(lm.model))
+    return plan_chain(lm, Condition.unconditional(), req)
 
 
 def lookalike_plan(lm: LoadedModel, images: Tensor, req: ChainRequest) -> ChainPlan:
     """Instance-conditional samples: SGLD on E(x, z̄) with z̄ the mean latent of the reference images."""
     lm.encoder_or_error("Look-alikes")
-    z = image_latent(lm.model, images.to(next(lm.model.parameters()).device)).unsqueeze(0)
-    return _plan(lm, req, energy_fn(lm.model, z, [1.0], req.guidance), label="E(x, z̄)")
+    return plan_chain(lm, Condition.instance(images), req)
 
 
 def class_plan(lm: LoadedModel, class_name: str, req: ChainRequest) -> ChainPlan:
-    """Class-conditional samples: SGLD on E(x, z̄_class) with the class prototype shipped with the weights."""
-    z = lm.class_latent(class_name).unsqueeze(0)
-    return _plan(lm, req, energy_fn(lm.model, z, [1.0], req.guidance), label=f"E(x, z̄ {class_name})")
+    """Class-conditional samples: SGLD on E(x, z̄_class) with the class's concept latent shipped with the weights."""
+    lm.class_latent(class_name)  # a clear DemoError for an unknown class or weights without prototypes
+    return plan_chain(lm, Condition.classes(lm.extras, [class_name]), req)
 
 
-def attribute_terms(lm: LoadedModel, choices: Mapping[str, str], direction: str | None = None,
-                    ) -> tuple[Tensor | None, list[float], list[str]]:
-    """Attribute latents and weights (+1 AND, −1 NOT) for choices like ``{"Female": "AND", "Young": "off"}``.
-
-    The library's :func:`clel.evaluation.attribute_terms` does the lookup (with its Female = not Male rule).
-    """
-    from .evaluation import EvaluationError, attribute_terms as lookup, default_direction
-
-    terms, labels = [], []
+def attribute_choices(choices: Mapping[str, str]) -> list[tuple[str, float]]:
+    """Terms (+1 AND, −1 NOT) of the Faces tab's choices like ``{"Female": "AND", "Young": "off"}``."""
+    terms = []
     for attr, choice in choices.items():
         choice = (choice or "off").strip()
         if choice not in ATTRIBUTE_CHOICES:
             raise DemoError(f"{attr}: choose one of {', '.join(ATTRIBUTE_CHOICES)}, got {choice!r}")
         if choice != "off":
             terms.append((attr, 1.0 if choice == "AND" else -1.0))
-            labels.append(f"{choice} {attr}")
+    return terms
+
+
+def attribute_condition(lm: LoadedModel, choices: Mapping[str, str]) -> Condition:
+    """The Faces tab's condition (clel.sampling's lookup, with its Female = not Male rule); none ticked: E(x)."""
+    terms = attribute_choices(choices)
     if not terms:
-        return None, [], []
+        return Condition.unconditional()
     try:
-        latents, weights = lookup(lm.extras, terms, direction or default_direction(lm.extras, "attributes"))
-    except EvaluationError as e:
+        return Condition.attributes(lm.extras, terms)
+    except SamplingError as e:
         raise DemoError(f"the {lm.label} weights: {e}") from None
-    return latents, weights, labels
 
 
 def attribute_plan(lm: LoadedModel, choices: Mapping[str, str], req: ChainRequest) -> ChainPlan:
     """Compositional samples: ½‖f‖² − guidance Σ wₐ cos(g(f(x)), z̄ₐ), AND = +1, NOT = −1 (no attribute: E(x))."""
-    latents, weights, labels = attribute_terms(lm, choices)
-    if latents is None:
-        return _plan(lm, req, energy_fn(lm.model), notes=["no attribute selected: unconditional faces"])
-    return _plan(lm, req, energy_fn(lm.model, latents, weights, req.guidance), label="E(x, " + " ".join(labels) + ")")
+    cond = attribute_condition(lm, choices)
+    notes = ["no attribute selected: unconditional faces"] if cond.mode == "unconditional" else None
+    return plan_chain(lm, cond, req, notes=notes)
 
 
 def interpolation_plan(lm: LoadedModel, image_a: Tensor, image_b: Tensor, req: ChainRequest) -> ChainPlan:
-    """Samples whose latents walk the sphere from image A's to image B's (slerp), one latent per sample.
-
-    The same chain as :func:`clel.sampling.interpolation_chain`, with the starting noise drawn here so the
-    first frame can show it.
-    """
+    """Samples whose latents walk the sphere from image A's to image B's (slerp), one latent per sample."""
     lm.encoder_or_error("Interpolation")
-    dev = next(lm.model.parameters()).device
-    z = slerp(image_latent(lm.model, image_a.to(dev)), image_latent(lm.model, image_b.to(dev)),
-              torch.linspace(0, 1, req.n))
-    return _plan(lm, req, per_sample_energy_fn(lm.model, z, req.guidance), nrow=min(req.n, 8), label="E(x, z_t)")
+    return plan_chain(lm, Condition.interpolate(image_a, image_b), req, nrow=min(req.n, 8))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -855,17 +840,17 @@ def make_demo_exports(root: str | os.PathLike, preset: str = "tiny", seed: int =
 
     The CIFAR-10 export carries 10 class prototypes, the CelebA one Young/Female/Smiling attribute latents (random
     unit vectors: the networks are untrained, so samples are noise; the apps' behaviour is what is exercised).
-    With ``reference_images`` (uint8 sets as from :func:`clel.ood.reference_sets`) an ``ood_reference.safetensors``
+    With ``reference_images`` (uint8 sets as from :func:`clel.data.ood.reference_sets`) an ``ood_reference.safetensors``
     is written next to the CIFAR-10 weights. ``celeba_encoder=False`` leaves h out of the CelebA export, as in
     the bundled ``weights/celeba64``. Each folder gets a short model card (README.md).
     Returns ``{"cifar10": path, "celeba": path}``.
     """
     import torch.nn.functional as F
 
-    from .config import CELEBA_MEAN, CELEBA_STD, get_preset
-    from .data import CIFAR10_CLASSES
-    from .models import CLEL
-    from .weights import export_pretrained
+    from clel.config import CELEBA_MEAN, CELEBA_STD, get_preset
+    from clel.data import CIFAR10_CLASSES
+    from clel.models import CLEL
+    from clel.weights import export_pretrained
 
     root = Path(root)
     torch.manual_seed(seed)
@@ -886,10 +871,10 @@ def make_demo_exports(root: str | os.PathLike, preset: str = "tiny", seed: int =
     for folder, what in ((cifar_dir, "CIFAR-10"), (celeba_dir, f"CelebA {celeba_size}x{celeba_size}")):
         (folder / MODEL_CARD).write_text(
             f"# Random CLEL ({preset} preset) shaped like the {what} demo weights\n\n"
-            f"Untrained (seed {seed}): samples are noise. Made by `clel.demo.make_demo_exports` to try the apps "
+            f"Untrained (seed {seed}): samples are noise. Made by `clel_app.demo.make_demo_exports` to try the apps "
             f"and run their tests without trained weights.\n")
     if reference_images:
-        from .ood import compute_reference, save_reference
+        from clel.eval.ood import compute_reference, save_reference
 
         ref = compute_reference(cifar, reference_images)
         save_reference(ref, cifar_dir)
@@ -909,7 +894,7 @@ def ood_histogram(reference: Any | None, uploaded: Mapping[str, float], tpr: flo
     """Plotly histogram: each reference set's s(x) as a density (left axis), the uploads as counts (right axis),
     and the threshold at ``tpr`` of the in-distribution scores as a vertical line (its own legend entry).
 
-    ``reference`` is a :class:`clel.ood.OODReference` or None (then only the uploads are drawn).
+    ``reference`` is a :class:`clel.eval.ood.OODReference` or None (then only the uploads are drawn).
     """
     import plotly.graph_objects as go
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .config import PRESETS, CLELConfig
+from ..config import PRESETS, CLELConfig
 
 OOD_SETS = ("svhn", "dtd", "cifar10_interp", "cifar100", "celeba32", "fashion_mnist", "mnist")
 
