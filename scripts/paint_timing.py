@@ -14,7 +14,11 @@ Sample and records in the page, against the click:
 - every redraw of the energy plot (the mean curve's path changes, or a new plot replaces the old one);
 - every status line, with the step it names and the chain's own clock (the seconds it shows), so the lag of
   each frame behind the server is known: a lag that grows and then falls at once is a freeze in the page;
-- the main thread's long tasks (over 50 ms) and the longest gap between animation frames.
+- the main thread's long tasks (over 50 ms) and the longest gap between animation frames;
+- the bytes of the sample PNGs and of the event stream that brought the frames (images' URLs, figures, status).
+
+The click comes ``--read-s`` seconds (3) after the page has loaded, as a visitor reads the page first; the
+long tasks of loading and reading are reported apart (``before_click``).
 
 Reported (and written as JSON with ``--out``): per run, the number of image paints, the gaps between them
 (max, median, 90th percentile), the plot redraws and their largest gap, the first paint and the first plot after
@@ -51,6 +55,7 @@ WATCH_JS = r"""(prefix) => {
     const T = window.__paint = {img: [], loaded: [], plot: [], status: [], longtasks: [], raf_max_gap: 0,
                                 t0: null};
     const now = () => performance.now();
+    performance.setResourceTimingBufferSize(10000);
     const out = document.querySelector('#' + prefix + '-output');
     const energy = document.querySelector('#' + prefix + '-energy');
     const status = document.querySelector('#' + prefix + '-status');
@@ -86,7 +91,7 @@ WATCH_JS = r"""(prefix) => {
     try {
         new PerformanceObserver((list) => {
             for (const e of list.getEntries()) T.longtasks.push({t: e.startTime, ms: e.duration});
-        }).observe({type: 'longtask', buffered: false});
+        }).observe({type: 'longtask', buffered: true});  // from the page's load on
     } catch (e) { T.longtask_error = String(e); }
     let last = null;
     const tick = (ts) => {
@@ -96,10 +101,23 @@ WATCH_JS = r"""(prefix) => {
     requestAnimationFrame(tick);
 }"""
 
-DONE_JS = r"""(prefix) => {
-    const t = (document.querySelector('#' + prefix + '-status').innerText || '').trim();
-    return /^(Done|Stopped|Failed)/.test(t);
+# the status lines seen since the click include the chain's last one
+DONE_JS = r"""() => window.__paint.status.some(s => /^(Done|Stopped|Failed)/.test(s.text.trim()))"""
+
+# Starts a run: what happened before the click (page load, reading) is returned and the records are emptied.
+RESET_JS = r"""() => {
+    const T = window.__paint;
+    const before = {longtasks: T.longtasks.length, longtask_max_ms: Math.round(Math.max(0, ...T.longtasks.map(e => e.ms))),
+                    longtask_total_ms: Math.round(T.longtasks.reduce((a, e) => a + e.ms, 0))};
+    for (const k of ['img', 'loaded', 'plot', 'status', 'longtasks']) T[k] = [];
+    T.raf_max_gap = 0; T.t0 = performance.now();
+    performance.clearResourceTimings();
+    return before;
 }"""
+
+
+RAW_JS = r"""() => ({...window.__paint, resources: performance.getEntriesByType('resource').map(e => ({
+    name: e.name, kind: e.initiatorType, start: e.startTime, bytes: e.encodedBodySize || e.transferSize || 0}))})"""
 
 
 def free_port() -> int:
@@ -156,6 +174,9 @@ def summary(raw: dict) -> dict:
     longtasks = [{"t": round((e["t"] - t0) / 1000, 3), "ms": round(e["ms"])} for e in raw["longtasks"]
                  if e["t"] >= t0]
     q = statistics.quantiles(g, n=10)[-1] if len(g) >= 2 else (g[0] if g else None)
+    res = [e for e in raw.get("resources", []) if e["start"] >= t0]
+    png_kb = sum(e["bytes"] for e in res if e["kind"] == "img") / 1024
+    stream_kb = sum(e["bytes"] for e in res if "/queue/data" in e["name"]) / 1024
     return {
         "image_paints": len(loads), "image_src_changes": len(srcs),
         "first_paint_s": loads[0] if loads else None,
@@ -170,6 +191,7 @@ def summary(raw: dict) -> dict:
         "longtasks": len(longtasks), "longtask_max_ms": max((e["ms"] for e in longtasks), default=0),
         "longtask_total_ms": sum(e["ms"] for e in longtasks),
         "raf_max_gap_ms": round(raw["raf_max_gap"]),
+        "png_kb": round(png_kb, 1), "stream_kb": round(stream_kb, 1),
         "end": status[-1]["text"] if status else None,
         "timeline": {"image_loads_s": loads, "image_src_s": srcs, "plots_s": plots,
                      "status": [{k: s[k] for k in ("t", "step", "server_s")} for s in status],
@@ -198,14 +220,15 @@ def measure(browser, url: str, a: argparse.Namespace, shots: Path | None) -> lis
     page.evaluate(WATCH_JS, a.tab)
     runs = []
     for r in range(a.runs):
-        page.evaluate("() => { const T = window.__paint; for (const k of ['img', 'loaded', 'plot', 'status', "
-                      "'longtasks']) T[k] = []; T.raf_max_gap = 0; T.t0 = performance.now(); }")
+        time.sleep(a.read_s)  # a visitor reads the page before pressing Sample
+        before = page.evaluate(RESET_JS)
         page.locator(f"#{a.tab}-sample").click()
-        page.wait_for_function(DONE_JS, arg=a.tab, timeout=a.timeout * 1000, polling=200)
+        page.wait_for_function(DONE_JS, timeout=a.timeout * 1000, polling=200)
         time.sleep(1.5)  # the last PNG loads, the last plot draws
-        raw = page.evaluate("() => window.__paint")
+        raw = page.evaluate(RAW_JS)
         s = summary(raw)
         s["run"] = r + 1
+        s["before_click"] = before
         runs.append(s)
         print(f"run {r + 1}: {s['image_paints']} paints, gaps max {s['gap_max_s']} s, median {s['gap_median_s']} s; "
               f"{s['plot_redraws']} plot redraws (first at {s['first_plot_s']} s, largest gap {s['plot_gap_max_s']} s); "
@@ -224,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, help="samples (default: the tab's default)")
     p.add_argument("--steps", type=int, help="SGLD steps per sweep (default: the tab's default, 20)")
     p.add_argument("--sweeps", type=int, help="sweeps (default: the tab's default, 5)")
+    p.add_argument("--read-s", type=float, default=3.0, help="seconds between the page's load (or the last "
+                   "chain) and the click (default 3)")
     p.add_argument("--runs", type=int, default=1, help="clicks on the same page (the first is a first visit)")
     p.add_argument("--visits", type=int, default=1, help="fresh pages (contexts), each with --runs clicks")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds a chain may take")

@@ -191,7 +191,7 @@ def compute_reference(model, sets: Mapping[str, Tensor], beta: float | None = No
 def reference_from_raw(model, raw: Mapping[str, Mapping[str, np.ndarray]], beta: float,
                        in_distribution: str = IN_DISTRIBUTION) -> OODReference:
     """An :class:`OODReference` from already computed scores ``{set: {"score": ..., "energy": ...}}`` (the raw
-    output of ``clel.evaluation.ood_evaluate``), so an evaluation run can ship its scores with the weights."""
+    output of :func:`ood_evaluate`), so an evaluation run can ship its scores with the weights."""
     labels = {**REFERENCE_LABELS, **{k: v for k, v in OOD_COLUMNS.items() if k not in REFERENCE_LABELS}}
     return OODReference(scores={k: np.asarray(v["score"]) for k, v in raw.items()},
                         energies={k: np.asarray(v["energy"]) for k, v in raw.items()}, beta=float(beta),
