@@ -54,13 +54,8 @@ def thumbnail_url(arr: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(D.png_bytes(D.upscale(arr, target=64))).decode()
 
 
-def main() -> None:
-    st.set_page_config(page_title="CLEL · is it CIFAR-10?", layout="wide")
-    st.title("Is it CIFAR-10? Energy-based OOD scores")
-    st.markdown(EXPLAIN)
-    limits = D.Limits.from_env()
-
-    spec = D.default_weights("cifar10")
+def load_model(spec: str):
+    """The CIFAR-10 weights, or a message and a stop: a model without h cannot compute s(x)."""
     try:
         lm = get_store(spec).get("cifar10")
     except D.DemoError as e:
@@ -71,7 +66,11 @@ def main() -> None:
         st.error(f"These CIFAR-10 weights ({D.shown_path(lm.path)}) were exported without their encoder h; the OOD "
                  f"score s(x) needs it. Point CLEL_WEIGHTS_CIFAR10 at an export that includes h.")
         st.stop()
+    return lm
 
+
+def reference_and_settings(lm, spec: str):
+    """(reference or None, β, TPR): the sidebar, and what is wrong with the reference scores if anything."""
     ref_path = lm.path / REFERENCE_NAME
     ref, ref_error = get_reference(str(ref_path), ref_path.stat().st_mtime if ref_path.is_file() else 0.0)
     beta = float(lm.cfg.ood_beta)
@@ -93,14 +92,17 @@ def main() -> None:
     elif ref.fingerprint and ref.fingerprint != model_fingerprint(lm.model):
         st.warning("The reference scores were computed with different weights than the ones loaded; the histogram "
                    "and threshold may not match these scores. Recompute them with `python -m clel.eval.ood`.")
+    return ref, beta, tpr
 
+
+def uploads(limits) -> tuple[list, list[tuple[str, str]]]:
+    """The decoded uploads (at most the server's limit) and (file, message) for each that cannot be read."""
     files = st.file_uploader("Drop images here (PNG, JPEG, WebP, …), as many as you like", accept_multiple_files=True,
                              key="uploads")
     files = list(files or [])
     if len(files) > limits.max_ood_files:
         st.warning(f"{len(files)} files uploaded; only the first {limits.max_ood_files} are scored (server limit).")
         files = files[:limits.max_ood_files]
-
     decoded, errors = [], []
     for f in files:
         try:
@@ -109,40 +111,57 @@ def main() -> None:
             errors.append((f.name, str(e)))
     for _, msg in errors:
         st.error(msg)
+    return decoded, errors
 
+
+def score_table(lm, decoded: list, ref, beta: float, tpr: float, spec: str) -> list[dict]:
+    """Score the uploads (cached per set of images) and show them as a table with the verdict per file."""
+    size = lm.cfg.image_size
+    x = D.images_to_tensor(decoded, size)
+    key = hashlib.sha256(x.numpy().tobytes()).hexdigest() + f"{beta!r}{spec}"
+    cache = st.session_state.setdefault("_scores", {})
+    if key not in cache:
+        with st.spinner(f"Scoring {len(decoded)} images…"):
+            cache.clear()
+            cache[key] = score_images(lm.model, x, beta)
+    scores, energies = cache[key]
+    threshold = ref.threshold(tpr) if ref is not None else None
     rows = []
-    if decoded:
-        size = lm.cfg.image_size
-        x = D.images_to_tensor(decoded, size)
-        key = hashlib.sha256(x.numpy().tobytes()).hexdigest() + f"{beta!r}{spec}"
-        cache = st.session_state.setdefault("_scores", {})
-        if key not in cache:
-            with st.spinner(f"Scoring {len(decoded)} images…"):
-                cache.clear()
-                cache[key] = score_images(lm.model, x, beta)
-        scores, energies = cache[key]
-        threshold = ref.threshold(tpr) if ref is not None else None
-        for d, s, e in zip(decoded, scores, energies):
-            verdict = "no reference" if threshold is None else (
-                "out-of-distribution" if s > threshold else "in-distribution")
-            rows.append({"image": thumbnail_url(D.fit_square(d.image, size)), "file": d.name, "s(x)": float(s),
-                         "E(x)": float(e),
-                         "CIFAR-10 test percentile": ref.percentile(float(s)) if ref is not None else None,
-                         "verdict": verdict, "note": d.note})
-        df = pd.DataFrame(rows)
-        st.subheader(f"Scores ({len(rows)} images)")
-        # height="content": every row shows (no inner scroll bar after the fifth 72-pixel row)
-        st.dataframe(df, hide_index=True, width="stretch", height="content", row_height=ROW_HEIGHT, column_config={
-            "image": st.column_config.ImageColumn("image", help="what the model sees (its input size, enlarged)"),
-            "s(x)": st.column_config.NumberColumn(format="%.5g", help="OOD score, higher = more OOD"),
-            "E(x)": st.column_config.NumberColumn(format="%.5g", help="marginal energy ½‖f(x)‖²"),
-            "CIFAR-10 test percentile": st.column_config.NumberColumn(format="%.1f"),
-        })
-        if threshold is not None:
-            flagged = sum(r["verdict"] == "out-of-distribution" for r in rows)
-            st.markdown(f"Threshold at {tpr:.0%} TPR: **{threshold:.5g}**; {flagged} of {len(rows)} uploads are "
-                        f"flagged out-of-distribution.")
-    elif not errors:
+    for d, s, e in zip(decoded, scores, energies):
+        verdict = "no reference" if threshold is None else (
+            "out-of-distribution" if s > threshold else "in-distribution")
+        rows.append({"image": thumbnail_url(D.fit_square(d.image, size)), "file": d.name, "s(x)": float(s),
+                     "E(x)": float(e),
+                     "CIFAR-10 test percentile": ref.percentile(float(s)) if ref is not None else None,
+                     "verdict": verdict, "note": d.note})
+    st.subheader(f"Scores ({len(rows)} images)")
+    # height="content": every row shows (no inner scroll bar after the fifth 72-pixel row)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height="content", row_height=ROW_HEIGHT,
+                 column_config={
+                     "image": st.column_config.ImageColumn("image", help="what the model sees (its input size, "
+                                                                         "enlarged)"),
+                     "s(x)": st.column_config.NumberColumn(format="%.5g", help="OOD score, higher = more OOD"),
+                     "E(x)": st.column_config.NumberColumn(format="%.5g", help="marginal energy ½‖f(x)‖²"),
+                     "CIFAR-10 test percentile": st.column_config.NumberColumn(format="%.1f"),
+                 })
+    if threshold is not None:
+        flagged = sum(r["verdict"] == "out-of-distribution" for r in rows)
+        st.markdown(f"Threshold at {tpr:.0%} TPR: **{threshold:.5g}**; {flagged} of {len(rows)} uploads are "
+                    f"flagged out-of-distribution.")
+    return rows
+
+
+def main() -> None:
+    st.set_page_config(page_title="CLEL · is it CIFAR-10?", layout="wide")
+    st.title("Is it CIFAR-10? Energy-based OOD scores")
+    st.markdown(EXPLAIN)
+    limits = D.Limits.from_env()
+    spec = D.default_weights("cifar10")
+    lm = load_model(spec)
+    ref, beta, tpr = reference_and_settings(lm, spec)
+    decoded, errors = uploads(limits)
+    rows = score_table(lm, decoded, ref, beta, tpr, spec) if decoded else []
+    if not decoded and not errors:
         st.caption("Upload images to score them; the histogram below shows the reference sets.")
 
     fig = D.ood_histogram(ref, {r["file"]: r["s(x)"] for r in rows}, tpr=tpr)
@@ -153,5 +172,6 @@ def main() -> None:
         table += [{"file": name, "error": msg} for name, msg in errors]
         st.session_state["csv_rows"] = table
         st.download_button("Download CSV", D.scores_csv(table), file_name="clel_ood_scores.csv", mime="text/csv")
+
 
 main()

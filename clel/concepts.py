@@ -14,20 +14,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import ImageSet, to_float, with_opposites
+from .data import ImageSet, resize_images, to_float, with_opposites
 from .energy import class_contrasts, class_prototypes, contrast_direction, mean_latent
 
 
 @torch.inference_mode()
 def encode_images(h: nn.Module, images: Tensor, device: torch.device | str = "cpu", bf16: bool = False,
-                  batch_size: int = 500) -> Tensor:
-    """z = h(x)/‖h(x)‖ of uint8 images (no augmentation, no dequantisation), eval mode, [N, D] on CPU."""
+                  batch_size: int = 500, size: int | None = None) -> Tensor:
+    """z = h(x)/‖h(x)‖ of uint8 (or [0, 1] float) images, no augmentation or dequantisation, eval mode, [N, D] on
+    CPU. ``size``: resize uint8 images of another size to it first (antialiased, as the data loaders do)."""
     # A channels-last copy of the encoder: 2-3x faster convolutions, and the model itself is left untouched.
     h = copy.deepcopy(h).eval().to(device, memory_format=torch.channels_last)
     kind = torch.device(device).type
     zs = []
     for chunk in images.split(batch_size):
-        x = to_float(chunk).to(device).contiguous(memory_format=torch.channels_last)
+        if chunk.dtype == torch.uint8 and size is not None and chunk.shape[-1] != size:
+            chunk = resize_images(chunk, size)
+        chunk = to_float(chunk) if chunk.dtype == torch.uint8 else chunk.float()
+        x = chunk.to(device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(kind, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             zs.append(F.normalize(h(x).float(), dim=1).cpu())
     return torch.cat(zs)

@@ -465,10 +465,17 @@ def read_tagged_safetensors(path: str | os.PathLike, fmt: str, what: str,
     return tensors, meta
 
 
-def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The string metadata of a safetensors file (without loading its tensors)."""
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model's state (names, shapes and leading values of every tensor): what files derived from
+    weights (OOD reference scores, FID sample shards) record, so results of other weights are detected."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().flatten()[:256].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def remove_tree(path: str | os.PathLike) -> None:

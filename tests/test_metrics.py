@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import data_path
 
-from clel import metrics
+from clel.eval import metrics
 from clel.eval.metrics import (
     FIDStats,
     auroc,

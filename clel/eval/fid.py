@@ -20,6 +20,7 @@ from ..data import to_uint8
 from ..distributed import dist_info
 from ..fast import FastPath, prepare
 from ..sampling import ChainSettings, sample
+from ..weights import model_fingerprint
 from . import EvaluationError, model_device
 
 
@@ -69,14 +70,6 @@ def _batch_seed(seed: int, start: int) -> int:
     return int.from_bytes(hashlib.sha256(f"clel-fid-{seed}-{start}".encode()).digest()[:7], "little")
 
 
-def _fingerprint(model) -> str:
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().float().flatten()[:512].cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def _read_tensor(path: Path, key: str) -> Tensor | None:
     from safetensors.torch import load_file
 
@@ -116,7 +109,7 @@ def generate(model, n: int, out_dir: str | os.PathLike, settings: GenerateSettin
     world = w0 if world is None else world
     dev = model_device(model)
     fast = fast or FastPath.best(dev)
-    ident = {"settings": st.key(), "weights": _fingerprint(model), "image_size": model.cfg.image_size}
+    ident = {"settings": st.key(), "weights": model_fingerprint(model), "image_size": model.cfg.image_size}
     ident_path = sdir / "generate.json"
     if ident_path.is_file():
         old = json.loads(ident_path.read_text())

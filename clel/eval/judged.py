@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import OPPOSITE_ATTRIBUTE
-from ..energy import latent
+from ..concepts import encode_images
 from ..fast import FastPath
 from ..sampling import ChainSettings, Condition, draw, term_label
 from . import EvaluationError, model_device
@@ -129,25 +129,6 @@ def compositional_eval(model, extras: Mapping[str, Any], judge, compositions: Se
 # Encoder quality
 # ----------------------------------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def encode(model, images: Tensor, batch_size: int = 500) -> Tensor:
-    """z = h(x)/‖h(x)‖ of uint8 (or [0, 1] float) images at the model's size, [N, D] float32 on CPU."""
-    from ..data import resize_images
-
-    model.eval()
-    dev = model_device(model)
-    s = model.cfg.image_size
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        xb = images[i:i + batch_size]
-        if xb.dtype == torch.uint8:
-            if xb.shape[-1] != s:
-                xb = resize_images(xb, s)
-            xb = xb.float() / 255
-        out.append(latent(model, xb.to(dev)).float().cpu())
-    return torch.cat(out)
-
-
 def encoder_eval(model, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, k: int = 200,
                  temperature: float = 0.1, prototypes: Tensor | None = None) -> dict[str, Any]:
     """Weighted cosine kNN accuracy of h's latents (train → test), and nearest-prototype accuracy on test."""
@@ -155,7 +136,8 @@ def encoder_eval(model, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y
 
     if not has_encoder(model):
         raise EvaluationError("the kNN accuracy of h needs the encoder, which this export does not include")
-    ztr, zte = encode(model, train_x), encode(model, test_x)
+    dev, size = model_device(model), model.cfg.image_size
+    ztr, zte = (encode_images(model.h, x, dev, size=size) for x in (train_x, test_x))
     out: dict[str, Any] = {
         "knn_accuracy": knn_accuracy(ztr, train_y, zte, test_y, k=k, temperature=temperature),
         "k": k, "temperature": temperature, "train": int(len(train_x)), "test": int(len(test_x)),

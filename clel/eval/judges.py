@@ -293,6 +293,48 @@ def evaluate_judge(judge: Judge, images: Tensor, targets: Tensor, batch_size: in
     return {"accuracy": per, "mean_accuracy": float(correct.mean()), "n": int(len(targets))}
 
 
+# How samples differ from photographs: blurred, noisy, low in detail, blocky. A judge is only trusted on samples if
+# it still recognises real test images degraded this way (scripts/judge_robustness.py, docs/evaluation.md).
+DEGRADATIONS: tuple[str, ...] = ("none", "blur 1", "blur 2", "noise 0.05", "noise 0.1", "down-up 2", "down-up 4",
+                                 "jpeg 30", "jpeg 10")
+
+
+def degrade(images: Tensor, kind: str, generator: torch.Generator | None = None) -> Tensor:
+    """uint8 images [N, 3, H, W] degraded by ``kind`` (one of :data:`DEGRADATIONS`: Gaussian blur of σ pixels,
+    Gaussian noise of σ in [0, 1] units, bilinear down- then up-sampling by a factor, JPEG at a quality)."""
+    import math
+
+    name, _, amount = kind.partition(" ")
+    if kind not in DEGRADATIONS:
+        raise ValueError(f"unknown degradation {kind!r}; use one of {', '.join(DEGRADATIONS)}")
+    if name == "none":
+        return images
+    if name == "jpeg":
+        from torchvision.io import decode_jpeg, encode_jpeg
+
+        return torch.stack([decode_jpeg(encode_jpeg(im, quality=int(amount))) for im in images.cpu()])
+    x = images.float() / 255
+    v = float(amount)
+    if name == "blur":
+        from torchvision.transforms.functional import gaussian_blur
+
+        x = gaussian_blur(x, [2 * math.ceil(3 * v) + 1] * 2, [v, v])
+    elif name == "noise":
+        x = x + v * torch.randn(x.shape, generator=generator)
+    else:  # down-up
+        size = x.shape[-2:]
+        small = F.interpolate(x, scale_factor=1 / v, mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def robustness(judge: Judge, images: Tensor, targets: Tensor, kinds: Sequence[str] = DEGRADATIONS,
+               seed: int = 0) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_judge` on ``images`` under each degradation (seeded noise), keyed by degradation."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: evaluate_judge(judge, degrade(images, k, g), targets) for k in kinds}
+
+
 def _sgd(net: nn.Module, recipe: "TrainRecipe", lr: float) -> torch.optim.Optimizer:
     """Nesterov SGD with weight decay on weights only (not on biases and norm scales)."""
     decay, no_decay = [], []
@@ -341,13 +383,11 @@ def fit(spec: JudgeSpec, train_x: Tensor, train_y: Tensor, test_x: Tensor | None
     def lr_at(step: int) -> float:
         return lr * (step / warm if step < warm else max(0.0, (total - step) / max(1, total - warm)))
 
-    x_dev = train_x.to(device)
-    y_dev = train_y.to(device)
+    x_dev, y_dev = train_x.to(device), train_y.to(device)
     report: dict[str, Any] = {"recipe": asdict(recipe), "bf16": bf16, "device": str(device), "steps": total,
                               "train_images": int(n), "epoch_loss": []}
     t0 = time.perf_counter()
-    step = 0
-    stopped_early = False
+    step, stopped_early = 0, False
     net.train()
     while step < total:
         perm = torch.randperm(n, generator=g).to(device)

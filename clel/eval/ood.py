@@ -32,7 +32,7 @@ from torch import Tensor
 from ..data import resize_images
 from ..data.ood import IN_DISTRIBUTION, OOD_COLUMNS, REFERENCE_LABELS, reference_sets
 from ..energy import energy, ood_scores
-from ..weights import read_tagged_safetensors
+from ..weights import model_fingerprint, read_tagged_safetensors
 from . import EvaluationError, model_device
 from .metrics import auroc, fpr_at_tpr, tpr_threshold
 
@@ -42,16 +42,6 @@ __all__ = ["REFERENCE_NAME", "REFERENCE_LABELS", "OODReference", "compute_refere
 REFERENCE_NAME = "ood_reference.safetensors"
 FORMAT = "clel-ood-reference"
 VERSION = 1
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of a model's state (names, shapes and leading values of every tensor)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().flatten()[:256].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 @torch.no_grad()
