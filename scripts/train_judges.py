@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--widths", help="comma-separated block widths (default: 64,256,256 for cifar10; "
                    "64,128,256,256 for celeba)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--degrade", type=float, default=None, help="share of each training batch degraded the way "
+                   "samples look (blur, noise, down-up-sampling, JPEG; clel.eval.judges.degrade_batch; default 0)")
     p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="stored weight dtype (default fp16)")
     return p
 
@@ -62,7 +64,8 @@ def _recipe(base: TrainRecipe, args: argparse.Namespace) -> TrainRecipe:
     from dataclasses import replace
 
     changes = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                                 "bf16": args.bf16, "seed": args.seed}.items() if v is not None}
+                                 "bf16": args.bf16, "seed": args.seed, "degrade": args.degrade}.items()
+               if v is not None}
     return replace(base, **changes)
 
 

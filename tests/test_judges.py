@@ -175,3 +175,30 @@ def test_bundled_celeba_judge_accuracy_reproduces():
     res = evaluate_judge(judge, xte, yte)["accuracy"]
     for k, v in judge.info["test"]["accuracy"].items():
         assert res[k] == pytest.approx(v, abs=2e-3)
+
+
+def test_degradations_look_like_samples_and_keep_the_format():
+    from clel.eval.judges import DEGRADATIONS, degrade, degrade_batch
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(6, 3, 32, 32, generator=g) * 255).to(torch.uint8)
+    assert torch.equal(degrade(x, "none"), x)
+
+    def high_freq(t):  # energy of neighbouring-pixel differences
+        t = t.float()
+        return float((t[..., 1:] - t[..., :-1]).abs().mean())
+
+    for kind in DEGRADATIONS[1:]:
+        y = degrade(x, kind, torch.Generator().manual_seed(1))
+        assert y.shape == x.shape and y.dtype == torch.uint8, kind
+        assert not torch.equal(y, x), kind
+    for kind in ("blur 1", "blur 2", "down-up 2", "down-up 4"):  # low-pass: detail goes
+        assert high_freq(degrade(x, kind)) < 0.6 * high_freq(x), kind
+    assert high_freq(degrade(x, "blur 2")) < high_freq(degrade(x, "blur 1"))
+    with pytest.raises(ValueError, match="unknown degradation"):
+        degrade(x, "sepia")
+    f = x.float() / 255
+    assert torch.equal(degrade_batch(f, 0.0, g), f)
+    many = torch.rand(64, 3, 32, 32, generator=g)
+    changed = (degrade_batch(many, 0.5, torch.Generator().manual_seed(3)) - many).flatten(1).abs().amax(1) > 0
+    assert 16 < int(changed.sum()) < 48  # about half the batch, not all of it

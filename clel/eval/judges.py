@@ -242,6 +242,7 @@ class TrainRecipe:
     bf16: bool | None = None  # None: on CUDA with bf16 support, and on CPUs with native bf16 (AVX512-BF16/AMX)
     channels_last: bool = True
     seed: int = 0
+    degrade: float = 0.0  # share of each batch degraded like samples (degrade_batch); 0: photographs only
 
 
 def augment_batch(x: Tensor, translate: int, flip: bool, generator: torch.Generator | None = None) -> Tensor:
@@ -302,30 +303,47 @@ DEGRADATIONS: tuple[str, ...] = ("none", "blur 1", "blur 2", "noise 0.05", "nois
 def degrade(images: Tensor, kind: str, generator: torch.Generator | None = None) -> Tensor:
     """uint8 images [N, 3, H, W] degraded by ``kind`` (one of :data:`DEGRADATIONS`: Gaussian blur of σ pixels,
     Gaussian noise of σ in [0, 1] units, bilinear down- then up-sampling by a factor, JPEG at a quality)."""
+    if kind not in DEGRADATIONS:
+        raise ValueError(f"unknown degradation {kind!r}; use one of {', '.join(DEGRADATIONS)}")
+    if kind == "none":
+        return images
+    return (_degrade_float(images.float() / 255, kind, generator) * 255).round().to(torch.uint8)
+
+
+def _degrade_float(x: Tensor, kind: str, generator: torch.Generator | None = None) -> Tensor:
     import math
 
     name, _, amount = kind.partition(" ")
-    if kind not in DEGRADATIONS:
-        raise ValueError(f"unknown degradation {kind!r}; use one of {', '.join(DEGRADATIONS)}")
-    if name == "none":
-        return images
+    v = float(amount)
     if name == "jpeg":
         from torchvision.io import decode_jpeg, encode_jpeg
 
-        return torch.stack([decode_jpeg(encode_jpeg(im, quality=int(amount))) for im in images.cpu()])
-    x = images.float() / 255
-    v = float(amount)
+        x8 = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        return torch.stack([decode_jpeg(encode_jpeg(im, quality=int(v))) for im in x8]).to(x.device).float() / 255
     if name == "blur":
         from torchvision.transforms.functional import gaussian_blur
 
         x = gaussian_blur(x, [2 * math.ceil(3 * v) + 1] * 2, [v, v])
     elif name == "noise":
-        x = x + v * torch.randn(x.shape, generator=generator)
+        x = x + v * torch.randn(x.shape, generator=generator).to(x.device)
     else:  # down-up
-        size = x.shape[-2:]
         small = F.interpolate(x, scale_factor=1 / v, mode="bilinear", antialias=True, align_corners=False)
-        x = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        x = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return x.clamp(0, 1)
+
+
+def degrade_batch(x: Tensor, prob: float, generator: torch.Generator | None = None) -> Tensor:
+    """Training augmentation: a random ``prob`` share of the [0, 1] batch gets one degradation (drawn per batch
+    from :data:`DEGRADATIONS`), so the judge learns to see through the look of samples."""
+    mask = torch.rand(x.shape[0], generator=generator) < prob
+    if not bool(mask.any()):
+        return x
+    kinds = DEGRADATIONS[1:]
+    kind = kinds[int(torch.randint(len(kinds), (1,), generator=generator))]
+    x = x.clone()
+    idx = mask.nonzero().squeeze(1).to(x.device)
+    x[idx] = _degrade_float(x[idx], kind, generator).to(x.dtype)
+    return x
 
 
 def robustness(judge: Judge, images: Tensor, targets: Tensor, kinds: Sequence[str] = DEGRADATIONS,
@@ -333,6 +351,14 @@ def robustness(judge: Judge, images: Tensor, targets: Tensor, kinds: Sequence[st
     """:func:`evaluate_judge` on ``images`` under each degradation (seeded noise), keyed by degradation."""
     g = torch.Generator().manual_seed(seed)
     return {k: evaluate_judge(judge, degrade(images, k, g), targets) for k in kinds}
+
+
+def _training_batch(x8: Tensor, recipe: "TrainRecipe", g: torch.Generator) -> Tensor:
+    """uint8 images → the augmented (and, with ``recipe.degrade``, partly degraded) float batch a judge trains on."""
+    xb = augment_batch(x8.float() / 255, recipe.translate, recipe.flip, g)
+    if recipe.degrade > 0:
+        xb = degrade_batch(xb, recipe.degrade, g)
+    return xb.contiguous(memory_format=torch.channels_last) if recipe.channels_last else xb
 
 
 def _sgd(net: nn.Module, recipe: "TrainRecipe", lr: float) -> torch.optim.Optimizer:
@@ -396,9 +422,7 @@ def fit(spec: JudgeSpec, train_x: Tensor, train_y: Tensor, test_x: Tensor | None
             if step >= total:
                 break
             idx = perm[b * bs:(b + 1) * bs]
-            xb = augment_batch(x_dev[idx].float() / 255, recipe.translate, recipe.flip, g)
-            if recipe.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = _training_batch(x_dev[idx], recipe, g)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             with _autocast(device, bf16):
