@@ -46,7 +46,18 @@ CONFIG_NAME = "config.json"
 EXTRAS_NAME = "extras.safetensors"
 MAX_SHARD_BYTES = 15 * 2**20
 # Folders shipped with the repository (``weights/<name>/``): the offline fallback for Hub repo ids.
-REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages for an installed copy)
+
+
+def _repo_root() -> Path:
+    """The checkout the package runs from. An installed copy (site-packages, as in the Docker image) has no
+    weights/ beside it: then the working directory, when it holds them (the image's WORKDIR does)."""
+    here = Path(__file__).resolve().parents[1]
+    if (here / "weights").is_dir() or not (Path.cwd() / "weights").is_dir():
+        return here
+    return Path.cwd().resolve()
+
+
+REPO_ROOT = _repo_root()
 BUNDLED_WEIGHTS = REPO_ROOT / "weights"
 HUB_PATTERNS = ["*.safetensors", "*.json", "README.md"]
 

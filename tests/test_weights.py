@@ -262,3 +262,25 @@ def test_export_without_encoder_keeps_sampling_and_says_what_needs_it(tmp_path):
     assert torch.equal(joint_energy(loaded, x, z, 0.1), joint_energy(model, x, z, 0.1))
     with pytest.raises(WeightsError, match="without its encoder"):
         loaded.h(x)
+
+
+def test_an_installed_copy_finds_the_bundled_weights_in_the_working_directory(tmp_path):
+    """The Docker image installs the package into site-packages and runs from its WORKDIR, which holds weights/."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    site, work = tmp_path / "site", tmp_path / "work"
+    shutil.copytree(repo / "clel", site / "clel", ignore=shutil.ignore_patterns("__pycache__"))
+    (work / "weights").mkdir(parents=True)
+    code = "import clel.weights as w; print(w.BUNDLED_WEIGHTS)"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=work, env={**env, "PYTHONPATH": str(site)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()) == (work / "weights").resolve()
+    here = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(site)},
+                          capture_output=True, text=True, timeout=120)
+    assert Path(here.stdout.strip()) == site / "weights"  # no weights/ in the working directory: beside the code
