@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--degrade", type=float, default=None, help="share of each training batch degraded the way "
                    "samples look (blur, noise, down-up-sampling, JPEG; clel.eval.judges.degrade_batch; default 0)")
+    p.add_argument("--init", help="CIFAR-10: fine-tune this judge file instead of training from scratch (e.g. with "
+                   "--degrade; its widths are kept)")
     p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="stored weight dtype (default fp16)")
     return p
 
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from clel.data import DataError
     from clel.eval import default_data_root
-    from clel.eval.judges import save_judge
+    from clel.eval.judges import load_judge, save_judge
 
     data = Path(args.data) if args.data else default_data_root()
     out = Path(args.out)
@@ -98,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.which in ("both", "cifar10"):
             log(f"CIFAR-10 judge on {args.device}")
+            init = load_judge(args.init) if args.init else None
             judge, rep = train_cifar10_judge(data, None, _recipe(TrainRecipe(epochs=15), args),
                                              widths=_widths(args.widths, (64, 256, 256)), device=args.device,
                                              log=log, max_minutes=args.max_minutes, train_limit=args.train_limit,
-                                             test_limit=args.test_limit, store_dtype=dtype)
+                                             test_limit=args.test_limit, store_dtype=dtype, init=init)
             path = save_judge(judge.net, out / CIFAR10_JUDGE, rep, dtype)
             acc = rep["test"]["accuracy"]
             summary["cifar10"] = {"path": path.name, "test_accuracy": acc, "meets_target": acc >= TARGETS["cifar10"],

@@ -58,6 +58,23 @@ def test_fit_learns_a_class_task_and_reports():
     assert rep["images_per_s"] > 0 and not rep["stopped_early"]
 
 
+def test_fit_from_init_starts_from_its_weights_and_keeps_its_skill():
+    xtr, ytr = _colour_task(384, 0)
+    xte, yte = _colour_task(200, 1)
+    spec = JudgeSpec("classes", ["red", "green", "blue"], 8, **SMALL)
+    first, _ = fit(spec, xtr, ytr, xte, yte, TrainRecipe(epochs=4, batch_size=32, lr=0.2, bf16=False))
+    # lr 0: the fine-tuned judge is the one it started from (BN statistics aside); with --degrade it trains on
+    # degraded batches and still knows the task
+    frozen, _ = fit(spec, xtr, ytr, xte, yte, TrainRecipe(epochs=1, batch_size=32, lr=0.0, bf16=False),
+                    store_dtype=None, init=first)
+    for (k, a), b in zip(first.net.state_dict().items(), frozen.net.state_dict().values()):
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(a, b), k
+    tuned, rep = fit(spec, xtr, ytr, xte, yte, TrainRecipe(epochs=2, batch_size=32, lr=0.05, bf16=False,
+                                                           degrade=0.5), init=first)
+    assert rep["test"]["accuracy"] > 0.9
+
+
 def test_fit_learns_attributes_independently():
     g = torch.Generator().manual_seed(0)
     levels = torch.rand(600, 3, 1, 1, generator=g)

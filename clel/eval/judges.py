@@ -382,19 +382,21 @@ def _round_weights(net: nn.Module, dtype: torch.dtype) -> None:
 def fit(spec: JudgeSpec, train_x: Tensor, train_y: Tensor, test_x: Tensor | None = None, test_y: Tensor | None = None,
         recipe: TrainRecipe | None = None, device: str | torch.device = "cpu",
         log: Callable[[str], None] | None = None, max_minutes: float | None = None,
-        store_dtype: torch.dtype | None = torch.float16) -> tuple[Judge, dict[str, Any]]:
+        store_dtype: torch.dtype | None = torch.float16, init: Judge | None = None) -> tuple[Judge, dict[str, Any]]:
     """Train a judge from uint8 images [N, 3, H, W] and targets (class ids [N] or 0/1 attributes [N, L]).
 
     Returns the judge (eval mode) and a report: recipe, per-epoch loss, throughput, wall time and the
     held-out accuracy when a test set is given. ``max_minutes`` stops early (the LR schedule is not
     shortened, so an early stop under-trains: it exists to probe throughput). ``store_dtype``: the weights are
     rounded to this dtype before the held-out evaluation, so the reported accuracy is that of the saved file.
+    ``init``: start from this judge's weights (fine-tuning, e.g. with ``recipe.degrade``); same spec.
     """
-    recipe = recipe or TrainRecipe()
-    device = torch.device(device)
+    recipe, device = recipe or TrainRecipe(), torch.device(device)
     torch.manual_seed(recipe.seed)
     g = torch.Generator().manual_seed(recipe.seed)
     net = JudgeNet(spec).to(device)
+    if init is not None:
+        net.load_state_dict(init.net.state_dict())
     if recipe.channels_last:
         net = net.to(memory_format=torch.channels_last)
     bf16 = _use_bf16(recipe, device)
@@ -496,7 +498,7 @@ def train_cifar10_judge(data_root: str | os.PathLike, out: str | os.PathLike | N
                         device: str | torch.device = "cpu", log: Callable[[str], None] | None = None,
                         max_minutes: float | None = None, train_limit: int | None = None,
                         test_limit: int | None = None, store_dtype: torch.dtype = torch.float16,
-                        ) -> tuple[Judge, dict]:
+                        init: Judge | None = None) -> tuple[Judge, dict]:
     """Train the CIFAR-10 judge on the shared train set; accuracy on the shared test set. Saves to ``out``.
 
     ``train_limit`` / ``test_limit``: seeded subsets (smoke tests only; the reported accuracy is then not the
@@ -510,8 +512,12 @@ def train_cifar10_judge(data_root: str | os.PathLike, out: str | os.PathLike | N
     if test_limit is not None and test_limit < len(xte):
         keep = torch.randperm(len(xte), generator=g)[:test_limit]
         xte, yte = xte[keep], yte[keep]
-    spec = JudgeSpec("classes", classes, 32, tuple(widths), mean=CIFAR10_MEAN_STD[0], std=CIFAR10_MEAN_STD[1])
-    judge, report = fit(spec, xtr, ytr, xte, yte, recipe or TrainRecipe(), device, log, max_minutes, store_dtype)
+    spec = init.spec if init is not None else JudgeSpec("classes", classes, 32, tuple(widths),
+                                                        mean=CIFAR10_MEAN_STD[0], std=CIFAR10_MEAN_STD[1])
+    judge, report = fit(spec, xtr, ytr, xte, yte, recipe or TrainRecipe(), device, log, max_minutes, store_dtype,
+                        init)
+    if init is not None:
+        report["init"] = str(init.path)
     report["data"] = {"train": f"shared cifar10/train (JPEG copy), {len(xtr)} images",
                       "test": f"shared cifar10/test, {len(xte)} images"}
     judge.info = report
