@@ -50,7 +50,8 @@ from clel.weights import BUNDLED_WEIGHTS, REPO_ROOT
 __all__ = [
     "ATTRIBUTE_CHOICES", "ChainPlan", "ChainRequest", "DecodedImage", "DemoError", "EnergyHistory", "FAIL_AT_STEP",
     "FAIL_AT_STEP_ENV", "Frame", "ImageError", "InjectedFailure", "Limits", "LoadedModel", "MODEL_LABELS",
-    "MODEL_SPECS", "ModelStore", "attribute_choices", "attribute_condition", "attribute_plan", "clamp_request", "class_plan", "decode_image",
+    "MODEL_SPECS", "ModelStore", "attribute_choices", "attribute_condition", "attribute_plan", "clamp_request",
+    "class_plan", "decode_image",
     "default_weights", "energy_figure", "fit_square", "frame_every", "images_to_tensor", "interpolation_plan",
     "lookalike_plan", "make_demo_exports", "make_grid", "ood_histogram", "png_bytes", "redact_paths", "round_sig",
     "hwc_uint8", "plan_chain", "save_png", "scores_csv", "shown_path", "stream_frames", "unconditional_plan", "upscale",

@@ -42,6 +42,10 @@ DEFAULT_SAMPLES = 16
 DEFAULT_STEPS = 20  # per sweep: the CIFAR-10 training chain
 DEFAULT_SWEEPS = 5  # augmented sweeps clear the pixel noise one chain from noise keeps (see clel.sampling)
 DEFAULT_FACES = {"Young": "AND", "Female": "off", "Smiling": "AND"}  # opens on a composition, not on "all off"
+# The energy curve is redrawn at most this often while a chain runs (and always with its first steps and at its
+# end). The page rebuilds the whole plotly figure on every redraw, its costliest work per frame: redrawn with every
+# frame it delayed the images behind it. The sample grid keeps every frame.
+PLOT_EVERY_S = 2.0
 CLASS_EXAMPLES = ("cat", "ship", "horse", "airplane")
 CSS = """
 .live-grid img { image-rendering: pixelated; image-rendering: crisp-edges; }
@@ -103,6 +107,7 @@ class DemoApp:
         notes = req.notes + plan.notes
         session = getattr(request, "session_hash", None)
         first = True
+        curve_at = None  # when the energy curve was last sent (perf_counter), None before its first points
         done = 0  # last SGLD step finished, for the failure message
 
         def on_step(step: int) -> None:
@@ -114,7 +119,11 @@ class DemoApp:
                                          should_stop=lambda: session in self._stop_requests):
                 grid = frame.grid(plan.nrow)
                 shown = D.upscale(grid)
-                fig = D.energy_figure(frame.history, req.total_steps, ylabel=plan.label)
+                now = time.perf_counter()
+                if frame.final or (len(frame.history) and (curve_at is None or now - curve_at >= PLOT_EVERY_S)):
+                    fig, curve_at = D.energy_figure(frame.history, req.total_steps, ylabel=plan.label), now
+                else:  # the starting noise has no curve yet; between redraws the page keeps the last one
+                    fig = gr.skip()
                 e = f" · mean energy {frame.history.mean[-1]:.4g}" if len(frame.history) else ""
                 head = ("**Stopped**" if frame.stopped else "**Done**" if frame.final else "**Running**")
                 head += f" · step {frame.step}/{frame.total}"
@@ -259,7 +268,10 @@ class DemoApp:
                                buttons=["download", "fullscreen"])
             with gr.Column(scale=1, min_width=320):
                 # the figure carries its own title: Gradio's label badge would sit on top of it
-                plot = gr.Plot(label="Energy versus SGLD step", show_label=False, elem_id=f"{prefix}-energy")
+                # An empty curve from the start: the page loads its plotting library with the page, not when
+                # the first energies of a chain arrive (seconds of a frozen view on a slow machine)
+                plot = gr.Plot(D.energy_figure(D.EnergyHistory(), DEFAULT_STEPS * DEFAULT_SWEEPS),
+                               label="Energy versus SGLD step", show_label=False, elem_id=f"{prefix}-energy")
                 status = gr.Markdown("Press **Sample** to start a chain.", elem_id=f"{prefix}-status",
                                      elem_classes=["status-line"])
                 download = gr.File(label="Full-resolution grid (PNG)", interactive=False,
@@ -370,117 +382,131 @@ class DemoApp:
             gr.Markdown(self._header(), elem_id="weights-header")
             with gr.Tabs():
                 with gr.Tab("Unconditional", id="unconditional"):
-                    gr.Markdown("SGLD on the marginal energy E(x): what the model believes images look like.")
-                    with gr.Row():
-                        with gr.Column(scale=2):
-                            weights = gr.Radio(list(MODEL_CHOICES), value="CIFAR-10", label="Weights")
-                            ctl = self._controls("unconditional")
-                            run, stop = self._buttons("unconditional")
-                        with gr.Column(scale=4):
-                            outs = self._outputs("unconditional")
-                    inputs = [weights, *ctl[:4], *ctl[5:]]
-                    self._wire(run, stop, self.unconditional, inputs, outs, ctl[5], "unconditional")
-                    gr.Examples([["CIFAR-10", 16, 20, 5], ["CIFAR-10", 16, 60, 1], ["CIFAR-10", 16, 20, 10],
-                                 ["CelebA 64", 9, 10, 5], ["CIFAR-10", 64, 20, 10]],
-                                inputs=[weights, ctl[0], ctl[1], ctl[7]], label="Settings to try",
-                                example_labels=["CIFAR-10, 5 sweeps x 20 steps (default)",
-                                                "one chain of 60 steps from noise (no sweeps)",
-                                                "the FID's sampler: 10 sweeps x 20 steps", "Faces, 9 x 5 sweeps x 10 steps",
-                                                "CIFAR-10, 64 x 10 sweeps x 20 steps (slow on CPU)"])
-
+                    self._tab_unconditional()
                 with gr.Tab("Look-alikes", id="lookalikes"):
-                    gr.Markdown("Upload one or more photos: their encoder latents z̄ guide SGLD on E(x, z̄), so the "
-                                "samples share what the photos have in common.")
-                    with gr.Row():
-                        with gr.Column(scale=2):
-                            files = gr.File(file_count="multiple", file_types=["image"], label="Reference images",
-                                            elem_id="lookalikes-files")
-                            weights, offered, usable = self._encoding_weights("lookalikes")
-                            ctl = self._controls("lookalikes", "instance")
-                            run, stop = self._buttons("lookalikes", usable)
-                        with gr.Column(scale=4):
-                            seen = self._seen("What the model sees", "lookalikes-seen")
-                            outs = self._outputs("lookalikes")
-                    inputs = [files, weights, *ctl]
-                    self._wire(run, stop, self.lookalikes, inputs, outs, ctl[5], "lookalikes", [seen])
-                    self._examples([([_example("cifar10_cat.jpg")], "CIFAR-10", "a cat"),
-                                    ([_example("cifar10_ship.jpg"), _example("cifar10_airplane.jpg")], "CIFAR-10",
-                                     "a ship and a plane"),
-                                    ([_example("cifar10_horse.jpg")], "CIFAR-10", "a horse"),
-                                    ([_example("celeba_000001.jpg"), _example("celeba_000018.jpg")], "CelebA 64",
-                                     "two smiling women")], [files, weights], offered)
-
+                    self._tab_lookalikes()
                 with gr.Tab("Classes", id="classes"):
-                    gr.Markdown("Guide SGLD toward a CIFAR-10 class prototype: the mean encoder latent of the "
-                                "class, shipped with the weights.")
-                    with gr.Row():
-                        with gr.Column(scale=2):
-                            names = self._class_names()
-                            cls = gr.Radio(names, value=names[3] if len(names) > 3 else names[0], label="Class",
-                                           elem_id="classes-class")
-                            ctl = self._controls("classes", "class")
-                            run, stop = self._buttons("classes")
-                        with gr.Column(scale=4):
-                            outs = self._outputs("classes")
-                    self._wire(run, stop, self.classes, [cls, *ctl], outs, ctl[5], "classes")
-                    examples = [c for c in CLASS_EXAMPLES if c in names]
-                    if examples:
-                        gr.Examples([[c] for c in examples], inputs=[cls], label="Classes to try",
-                                    example_labels=examples)
-
+                    self._tab_classes()
                 with gr.Tab("Faces", id="faces"):
-                    gr.Markdown("Compose attributes on the CelebA weights: AND pulls the samples toward an "
-                                "attribute's latent, NOT pushes them away (energy ½‖f‖² − β Σ ±cos).")
-                    with gr.Row():
-                        with gr.Column(scale=2):
-                            with gr.Row():
-                                young = gr.Radio(list(D.ATTRIBUTE_CHOICES), value=DEFAULT_FACES["Young"],
-                                                 label="Young",
-                                                 elem_id="faces-young")
-                                female = gr.Radio(list(D.ATTRIBUTE_CHOICES), value=DEFAULT_FACES["Female"],
-                                                 label="Female",
-                                                  elem_id="faces-female")
-                                smiling = gr.Radio(list(D.ATTRIBUTE_CHOICES), value=DEFAULT_FACES["Smiling"],
-                                                 label="Smiling",
-                                                   elem_id="faces-smiling")
-                            ctl = self._controls("faces", "attributes")
-                            run, stop = self._buttons("faces")
-                        with gr.Column(scale=4):
-                            outs = self._outputs("faces")
-                    self._wire(run, stop, self.faces, [young, female, smiling, *ctl], outs, ctl[5], "faces")
-                    gr.Examples([["AND", "off", "AND"], ["AND", "AND", "AND"], ["off", "NOT", "AND"],
-                                 ["NOT", "off", "NOT"]],
-                                inputs=[young, female, smiling], label="Combinations",
-                                example_labels=["young AND smiling (the default)", "young AND female AND smiling",
-                                                "male (NOT female) AND smiling", "NOT young, NOT smiling"])
-
+                    self._tab_faces()
                 with gr.Tab("Interpolate", id="interpolate"):
-                    gr.Markdown("Two images, and samples whose latents walk the sphere from A's to B's (slerp): "
-                                "one chain per point of the path.")
-                    with gr.Row():
-                        with gr.Column(scale=2):
-                            with gr.Row():
-                                fa = gr.File(file_count="single", file_types=["image"], label="Image A",
-                                             elem_id="interpolate-a")
-                                fb = gr.File(file_count="single", file_types=["image"], label="Image B",
-                                             elem_id="interpolate-b")
-                            weights, offered, usable = self._encoding_weights("interpolate")
-                            ctl = self._controls("interpolate", "interpolate", n=8)
-                            run, stop = self._buttons("interpolate", usable)
-                        with gr.Column(scale=4):
-                            seen = self._seen("What the model sees (A, B)", "interpolate-seen")
-                            outs = self._outputs("interpolate")
-                    self._wire(run, stop, self.interpolate, [fa, fb, weights, *ctl], outs, ctl[5], "interpolate",
-                               [seen])
-                    self._examples([(_example("cifar10_cat.jpg"), _example("cifar10_ship.jpg"), "CIFAR-10",
-                                     "cat → ship"),
-                                    (_example("cifar10_horse.jpg"), _example("cifar10_automobile.jpg"), "CIFAR-10",
-                                     "horse → car"),
-                                    (_example("celeba_000003.jpg"), _example("celeba_000001.jpg"), "CelebA 64",
-                                     "face → face")], [fa, fb, weights], offered)
+                    self._tab_interpolate()
         with demo.route("Model cards", CARDS_PATH):
             self._model_cards()
         return demo
+
+    def _tab_unconditional(self) -> None:
+        """The Unconditional tab's controls, outputs, wiring and examples."""
+        gr.Markdown("SGLD on the marginal energy E(x): what the model believes images look like.")
+        with gr.Row():
+            with gr.Column(scale=2):
+                weights = gr.Radio(list(MODEL_CHOICES), value="CIFAR-10", label="Weights")
+                ctl = self._controls("unconditional")
+                run, stop = self._buttons("unconditional")
+            with gr.Column(scale=4):
+                outs = self._outputs("unconditional")
+        inputs = [weights, *ctl[:4], *ctl[5:]]
+        self._wire(run, stop, self.unconditional, inputs, outs, ctl[5], "unconditional")
+        gr.Examples([["CIFAR-10", 16, 20, 5], ["CIFAR-10", 16, 60, 1], ["CIFAR-10", 16, 20, 10],
+                     ["CelebA 64", 9, 10, 5], ["CIFAR-10", 64, 20, 10]],
+                    inputs=[weights, ctl[0], ctl[1], ctl[7]], label="Settings to try",
+                    example_labels=["CIFAR-10, 5 sweeps x 20 steps (default)",
+                                    "one chain of 60 steps from noise (no sweeps)",
+                                    "the FID's sampler: 10 sweeps x 20 steps",
+                                    "Faces, 9 x 5 sweeps x 10 steps",
+                                    "CIFAR-10, 64 x 10 sweeps x 20 steps (slow on CPU)"])
+
+    def _tab_lookalikes(self) -> None:
+        """The Look-alikes tab's controls, outputs, wiring and examples."""
+        gr.Markdown("Upload one or more photos: their encoder latents z̄ guide SGLD on E(x, z̄), so the "
+                    "samples share what the photos have in common.")
+        with gr.Row():
+            with gr.Column(scale=2):
+                files = gr.File(file_count="multiple", file_types=["image"], label="Reference images",
+                                elem_id="lookalikes-files")
+                weights, offered, usable = self._encoding_weights("lookalikes")
+                ctl = self._controls("lookalikes", "instance")
+                run, stop = self._buttons("lookalikes", usable)
+            with gr.Column(scale=4):
+                seen = self._seen("What the model sees", "lookalikes-seen")
+                outs = self._outputs("lookalikes")
+        inputs = [files, weights, *ctl]
+        self._wire(run, stop, self.lookalikes, inputs, outs, ctl[5], "lookalikes", [seen])
+        self._examples([([_example("cifar10_cat.jpg")], "CIFAR-10", "a cat"),
+                        ([_example("cifar10_ship.jpg"), _example("cifar10_airplane.jpg")], "CIFAR-10",
+                         "a ship and a plane"),
+                        ([_example("cifar10_horse.jpg")], "CIFAR-10", "a horse"),
+                        ([_example("celeba_000001.jpg"), _example("celeba_000018.jpg")], "CelebA 64",
+                         "two smiling women")], [files, weights], offered)
+
+    def _tab_classes(self) -> None:
+        """The Classes tab's controls, outputs, wiring and examples."""
+        gr.Markdown("Guide SGLD toward a CIFAR-10 class prototype: the mean encoder latent of the "
+                    "class, shipped with the weights.")
+        with gr.Row():
+            with gr.Column(scale=2):
+                names = self._class_names()
+                cls = gr.Radio(names, value=names[3] if len(names) > 3 else names[0], label="Class",
+                               elem_id="classes-class")
+                ctl = self._controls("classes", "class")
+                run, stop = self._buttons("classes")
+            with gr.Column(scale=4):
+                outs = self._outputs("classes")
+        self._wire(run, stop, self.classes, [cls, *ctl], outs, ctl[5], "classes")
+        examples = [c for c in CLASS_EXAMPLES if c in names]
+        if examples:
+            gr.Examples([[c] for c in examples], inputs=[cls], label="Classes to try",
+                        example_labels=examples)
+
+    def _tab_faces(self) -> None:
+        """The Faces tab's controls, outputs, wiring and examples."""
+        gr.Markdown("Compose attributes on the CelebA weights: AND pulls the samples toward an "
+                    "attribute's latent, NOT pushes them away (energy ½‖f‖² − β Σ ±cos).")
+        with gr.Row():
+            with gr.Column(scale=2):
+                with gr.Row():
+                    young = gr.Radio(list(D.ATTRIBUTE_CHOICES), value=DEFAULT_FACES["Young"], label="Young",
+                                     elem_id="faces-young")
+                    female = gr.Radio(list(D.ATTRIBUTE_CHOICES), value=DEFAULT_FACES["Female"], label="Female",
+                                      elem_id="faces-female")
+                    smiling = gr.Radio(list(D.ATTRIBUTE_CHOICES), value=DEFAULT_FACES["Smiling"], label="Smiling",
+                                       elem_id="faces-smiling")
+                ctl = self._controls("faces", "attributes")
+                run, stop = self._buttons("faces")
+            with gr.Column(scale=4):
+                outs = self._outputs("faces")
+        self._wire(run, stop, self.faces, [young, female, smiling, *ctl], outs, ctl[5], "faces")
+        gr.Examples([["AND", "off", "AND"], ["AND", "AND", "AND"], ["off", "NOT", "AND"],
+                     ["NOT", "off", "NOT"]],
+                    inputs=[young, female, smiling], label="Combinations",
+                    example_labels=["young AND smiling (the default)", "young AND female AND smiling",
+                                    "male (NOT female) AND smiling", "NOT young, NOT smiling"])
+
+    def _tab_interpolate(self) -> None:
+        """The Interpolate tab's controls, outputs, wiring and examples."""
+        gr.Markdown("Two images, and samples whose latents walk the sphere from A's to B's (slerp): "
+                    "one chain per point of the path.")
+        with gr.Row():
+            with gr.Column(scale=2):
+                with gr.Row():
+                    fa = gr.File(file_count="single", file_types=["image"], label="Image A",
+                                 elem_id="interpolate-a")
+                    fb = gr.File(file_count="single", file_types=["image"], label="Image B",
+                                 elem_id="interpolate-b")
+                weights, offered, usable = self._encoding_weights("interpolate")
+                ctl = self._controls("interpolate", "interpolate", n=8)
+                run, stop = self._buttons("interpolate", usable)
+            with gr.Column(scale=4):
+                seen = self._seen("What the model sees (A, B)", "interpolate-seen")
+                outs = self._outputs("interpolate")
+        self._wire(run, stop, self.interpolate, [fa, fb, weights, *ctl], outs, ctl[5], "interpolate",
+                   [seen])
+        self._examples([(_example("cifar10_cat.jpg"), _example("cifar10_ship.jpg"), "CIFAR-10",
+                         "cat → ship"),
+                        (_example("cifar10_horse.jpg"), _example("cifar10_automobile.jpg"), "CIFAR-10",
+                         "horse → car"),
+                        (_example("celeba_000003.jpg"), _example("celeba_000001.jpg"), "CelebA 64",
+                         "face → face")], [fa, fb, weights], offered)
 
     @staticmethod
     def _seen(label: str, elem_id: str) -> gr.Gallery:

@@ -130,8 +130,8 @@ def chain_rows(arch: str, device: torch.device, batches: list[int], steps: int, 
     for n in batches:
         x0 = torch.rand(n, 3, cfg.image_size, cfg.image_size, device=device)
         plain = lambda: sgld(lambda x: energy(plain_model, x), x0, steps=steps)  # noqa: E731
-        quick = lambda: fast_sgld(fast_model, lambda x: energy(fast_model, x), x0, steps, cfg.sgld_step_size,  # noqa: E731
-                                  cfg.sgld_noise, cfg.sgld_grad_clip, fast)
+        quick = lambda: fast_sgld(fast_model, lambda x: energy(fast_model, x), x0, steps,  # noqa: E731
+                                  cfg.sgld_step_size, cfg.sgld_noise, cfg.sgld_grad_clip, fast)
         flops = sgld_step_flops(plain_model, x0)
         reset_peak_memory(device)
         t_plain = timeit(plain, device, repeats, warmup) / steps

@@ -78,7 +78,8 @@ def _decode_chunk(paths: Sequence[Path], decode: Callable[[Path], np.ndarray]) -
 
 
 def _decode_all(paths: Sequence[Path], decode: Callable[[Path], np.ndarray]) -> torch.Tensor:
-    """Decode images into uint8 ``[N, 3, H, W]``; large sets use a forked process pool (threads measured no faster with PIL)."""
+    """Decode images into uint8 ``[N, 3, H, W]``; large sets use a forked process pool (threads measured no faster
+    with PIL)."""
     if not paths:
         raise ValueError("no images to decode")
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -45,7 +45,8 @@ def class_conditional_eval(model, prototypes: Tensor, classes: Sequence[str], ju
         xs = []
         for b, start in enumerate(range(0, n_per_class, batch_size)):
             m = min(batch_size, n_per_class - start)
-            xs.append(draw(model, m, cond, settings, seed=_batch_seed(seed + 7919 * (i + 1), start), guidance=guidance, fast=fast).x)
+            xs.append(draw(model, m, cond, settings, seed=_batch_seed(seed + 7919 * (i + 1), start), guidance=guidance,
+                           fast=fast).x)
         x = torch.cat(xs)
         samples[c] = x
         pred = judge.predict(x)[:, order].argmax(1)
