@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 import gradio as gr  # noqa: E402  (after the analytics switch)
 
 from clel_app import demo as D  # noqa: E402  (after the analytics switch)
+from clel.config import CLELConfig as SPEC  # noqa: E402  (SPEC's chain constants are the config's defaults)
 from clel.data import CIFAR10_CLASSES  # noqa: E402  (after the analytics switch)
 from clel.sampling import DEFAULTS  # noqa: E402  (after the analytics switch)
 
@@ -249,8 +250,10 @@ class DemoApp:
                                      info="each after a random crop, flip and colour jitter, as in training's "
                                           "replay buffer (the reference sampler: 10)")
             with gr.Row():
-                c_size = gr.Slider(0, 300, value=100, step=1, label="Step size", info="training: 100")
-                c_noise = gr.Slider(0, 0.05, value=0.001, step=0.0005, label="Noise", info="training: 0.001")
+                c_size = gr.Slider(0, 300, value=SPEC.sgld_step_size, step=1, label="Step size",
+                                   info=f"training: {SPEC.sgld_step_size:g}")
+                c_noise = gr.Slider(0, 0.05, value=SPEC.sgld_noise, step=0.0005, label="Noise",
+                                    info=f"training: {SPEC.sgld_noise:g}")
             c_guid = gr.Slider(0, 20, value=DEFAULTS.guidance(mode), step=0.01, label="Guidance β",
                                info="weight of the latent term (training β = 0.01); the default is the value "
                                     "that judged best on these weights (docs/evaluation.md)", visible=guidance)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config import PRESETS, CLELConfig
+from ..data.ood import OOD_COLUMNS
 
-OOD_SETS = ("svhn", "dtd", "cifar10_interp", "cifar100", "celeba32", "fashion_mnist", "mnist")
 
 
 def training_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def _ood_table(ood: Mapping[str, Any] | None) -> str:
     sets = (ood or {}).get("sets") or {}
     if not sets:
         return "OOD detection: not measured.\n"
-    cols = [k for k in OOD_SETS if k in sets]
+    cols = [k for k in OOD_COLUMNS if k in sets]
     n_in = (ood.get("in_distribution") or {}).get("n")
     lines = [f"OOD detection, AUROC (in-distribution: CIFAR-10 test, {n_in} images):", "",
              "| score | " + " | ".join(sets[c].get("label", c) for c in cols) + " |",
