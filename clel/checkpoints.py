@@ -110,6 +110,18 @@ def newest_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[
     return None
 
 
+def checkpoint_weights(meta: dict[str, Any], tensors: dict[str, Tensor], which: str = "ema") -> dict[str, Tensor]:
+    """The state dict of a checkpoint's ``ema`` or live ``model`` weights (from :func:`newest_checkpoint`)."""
+    if which not in ("ema", "model"):
+        raise ValueError(f"which must be ema or model, got {which!r}")
+    return unpack_tree(meta["shared"], tensors)[which]
+
+
+def checkpoint_buffer(meta: dict[str, Any], tensors: dict[str, Tensor], rank: int = 0) -> Tensor:
+    """A rank's replay buffer in a checkpoint, as stored (uint8 with ``--buffer-uint8``, else float)."""
+    return unpack_tree(meta["ranks"][rank], tensors)["buffer"]
+
+
 def write_checkpoint(path: Path, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
     """Write a checkpoint folder atomically: temporary folder, fsync, rename (the old one stays until then)."""
     from .weights import write_json_atomic, write_safetensors_atomic

@@ -40,25 +40,18 @@ def partial_export(meta: dict, tensors: dict, dest: Path) -> int:
     """fp16 export of the checkpoint's EMA weights (encoder included, no prototypes); returns the iteration."""
     import torch
 
+    from clel.checkpoints import checkpoint_weights
     from clel.config import CLELConfig
     from clel.models import CLEL
-    from clel.weights import export_pretrained, load_into, unpack_tree
+    from clel.weights import export_pretrained, load_into
 
-    cfg = CLELConfig.from_dict(meta["config"])
-    model = CLEL(cfg)
-    load_into(model, unpack_tree(meta["shared"], tensors)["ema"], source="EMA weights of the checkpoint")
+    model = CLEL(CLELConfig.from_dict(meta["config"]))
+    load_into(model, checkpoint_weights(meta, tensors, "ema"), source="EMA weights of the checkpoint")
     it = int(meta["iteration"])
     export_pretrained(model, dest, dtype=torch.float16,
                       info={"weights": "ema", "iteration": it, "partial": True,
                             "note": "from a checkpoint during training: no class prototypes, no model card"})
     return it
-
-
-def checkpoint_buffer(meta: dict, tensors: dict):
-    """The replay buffer (rank 0) of a checkpoint, as stored (uint8 or float)."""
-    from clel.weights import unpack_tree
-
-    return unpack_tree(meta["ranks"][0], tensors)["buffer"]
 
 
 def folder_size(p: Path) -> int:
@@ -120,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --bundle DIR, or --partial to export the newest checkpoint")
     t0 = time.time()
     limit = int(args.max_total_mib * MiB)
-    from clel.checkpoints import newest_checkpoint
+    from clel.checkpoints import checkpoint_buffer, newest_checkpoint
 
     ck = newest_checkpoint(args.run)
     manifest: dict = {"format": "clel-gpu-result", "mode": "final" if args.bundle else "partial",
