@@ -32,7 +32,7 @@ from clel.eval import EvaluationError, default_data_root
 from clel.eval.fid import GenerateSettings, fid_report, generate, load_samples, sample_features, train_reference, \
     wait_for_samples
 from clel.eval.judged import class_conditional_eval, compositional_eval, default_compositions, encoder_eval
-from clel.eval.judges import JUDGE_DIR, JudgeError
+from clel.eval.judges import CIFAR10_JUDGE, CIFAR10_ROBUST_JUDGE, JUDGE_DIR, JudgeError
 from clel.eval.ood import ood_evaluate
 from clel.eval.report import confusion_png, markdown_report, ood_figures, plotly_confusion_html
 from clel.images import save_grid
@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = p.add_argument_group("judged conditional and compositional quality")
     c.add_argument("--judges", default=str(JUDGE_DIR),
                    help=f"folder with the judge weights (default {JUDGE_DIR.relative_to(REPO)})")
+    c.add_argument("--cifar10-judge", default=CIFAR10_JUDGE,
+                   help=f"file in --judges that scores class-conditional samples (default {CIFAR10_JUDGE}; "
+                   f"{CIFAR10_ROBUST_JUDGE} is the one fine-tuned on blurred, noisy and down-sampled images)")
     c.add_argument("--celeba-weights", default=str(REPO / "weights" / "celeba64"),
                    help="CelebA export for the compositional section (default weights/celeba64)")
     c.add_argument("--cond-per-class", type=int, default=100,
@@ -249,12 +252,12 @@ class Evaluation:
                                         noise=a.cond_noise)
 
     def conditional(self) -> dict:
-        from clel.eval.judges import CIFAR10_JUDGE, load_judge
+        from clel.eval.judges import load_judge
 
         args, extras, figs = self.args, self.extras, self.out / "figures"
         if extras.get("class_prototypes") is None:
             raise EvaluationError(f"{args.weights} carries no class prototypes")
-        judge = load_judge(Path(args.judges) / CIFAR10_JUDGE, self.device)
+        judge = load_judge(Path(args.judges) / args.cifar10_judge, self.device)
         classes = list(extras.get("classes") or judge.labels)
         direction = args.direction or default_direction(extras, "class", self.defaults)
         res, samples = class_conditional_eval(self.model, class_latents(extras, classes, direction), classes, judge,

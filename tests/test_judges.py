@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clel.eval.judges import (CELEBA_JUDGE, CIFAR10_JUDGE, JUDGE_DIR, Judge, JudgeError, JudgeNet, JudgeSpec, TrainRecipe,
-                         augment_batch, evaluate_judge, fit, load_judge, save_judge)
+from clel.eval.judges import (CELEBA_JUDGE, CIFAR10_JUDGE, CIFAR10_ROBUST_JUDGE, JUDGE_DIR, Judge, JudgeError,
+                              JudgeNet, JudgeSpec, TrainRecipe, augment_batch, evaluate_judge, fit, load_judge,
+                              save_judge)
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(widths=(8, 16), stem=8)
@@ -163,6 +164,22 @@ def _bundled(name: str) -> Judge:
 def test_bundled_cifar10_judge_meets_90_percent():
     judge = _bundled(CIFAR10_JUDGE)
     assert judge.info["test"]["n"] == 10000 and judge.info["test"]["accuracy"] >= 0.90
+
+
+def test_robust_cifar10_judge_sees_through_blur_that_fools_the_standard_one():
+    from conftest import data_path
+    from clel.data import load_cifar10
+    from clel.eval.judges import degrade
+
+    standard, robust = _bundled(CIFAR10_JUDGE), _bundled(CIFAR10_ROBUST_JUDGE)
+    assert robust.info["test"]["n"] == 10000 and robust.info["test"]["accuracy"] >= 0.89
+    test = load_cifar10(data_path("cifar10"), "test")
+    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:300]
+    for kind in ("blur 1", "down-up 2"):
+        x = degrade(test.images[idx], kind)
+        acc = {name: evaluate_judge(j, x, test.labels[idx])["accuracy"]
+               for name, j in (("standard", standard), ("robust", robust))}
+        assert acc["robust"] > acc["standard"] + 0.15 and acc["robust"] > 0.7, (kind, acc)
 
 
 def test_bundled_celeba_judge_meets_85_percent_each():

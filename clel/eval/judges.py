@@ -45,6 +45,8 @@ __all__ = [
 
 JUDGE_DIR = BUNDLED_WEIGHTS / "judges"
 CIFAR10_JUDGE = "cifar10_classifier.safetensors"
+# the same judge fine-tuned on half-degraded batches (degrade_batch): trusted further on blurred samples
+CIFAR10_ROBUST_JUDGE = "cifar10_classifier_robust.safetensors"
 CELEBA_JUDGE = "celeba_attributes.safetensors"
 CELEBA_ATTRIBUTES = ("Young", "Male", "Smiling")
 FORMAT = "clel-judge"
