@@ -47,6 +47,15 @@ DEFAULT_FACES = {"Young": "AND", "Female": "off", "Smiling": "AND"}  # opens on 
 # end). The page rebuilds the whole plotly figure on every redraw, its costliest work per frame: redrawn with every
 # frame it delayed the images behind it. The sample grid keeps every frame.
 PLOT_EVERY_S = 2.0
+
+
+def _plot_data(fig: Any) -> Any:
+    """A figure serialised once: sent again unchanged, the page does not redraw it, nor the server re-encode it."""
+    return gr.components.plot.PlotData(type="plotly", plot=fig.to_json())
+
+
+# The curve each tab shows before its first chain, and each chain's first frame (before its first energies)
+EMPTY_CURVE = _plot_data(D.energy_figure(D.EnergyHistory(), DEFAULT_STEPS * DEFAULT_SWEEPS))
 CLASS_EXAMPLES = ("cat", "ship", "horse", "airplane")
 CSS = """
 .live-grid img { image-rendering: pixelated; image-rendering: crisp-edges; }
@@ -94,7 +103,7 @@ class DemoApp:
 
     # -- the shared live loop ---------------------------------------------------------------------------------
     def _live(self, kind: str, controls: tuple, make_plan: Callable[[D.LoadedModel, D.ChainRequest], D.ChainPlan],
-              extra_first: tuple = (), request: gr.Request | None = None) -> Iterator[tuple]:
+              extra: tuple = (), request: gr.Request | None = None) -> Iterator[tuple]:
         n, steps, step_size, noise, guidance, seed, randomize, sweeps = controls
         try:
             seed = D.random_seed() if randomize else seed
@@ -107,8 +116,11 @@ class DemoApp:
             raise _user_error(e, "Preparing the chain") from None
         notes = req.notes + plan.notes
         session = getattr(request, "session_hash", None)
-        first = True
-        curve_at = None  # when the energy curve was last sent (perf_counter), None before its first points
+        # Every frame sends every output: a skipped output (gr.skip()) makes Gradio keep a new copy of the
+        # component in the session's state, for as long as the session lives, one more with every chain. Between
+        # redraws the curve is sent again unchanged (the page keeps it as drawn), the thumbnails likewise.
+        curve, curve_at = EMPTY_CURVE, None  # curve_at: when the curve was last redrawn, None before its first
+        shown = None
         done = 0  # last SGLD step finished, for the failure message
 
         def on_step(step: int) -> None:
@@ -122,9 +134,8 @@ class DemoApp:
                 shown = D.upscale(grid)
                 now = time.perf_counter()
                 if frame.final or (len(frame.history) and (curve_at is None or now - curve_at >= PLOT_EVERY_S)):
-                    fig, curve_at = D.energy_figure(frame.history, req.total_steps, ylabel=plan.label), now
-                else:  # the starting noise has no curve yet; between redraws the page keeps the last one
-                    fig = gr.skip()
+                    curve = _plot_data(D.energy_figure(frame.history, req.total_steps, ylabel=plan.label))
+                    curve_at = now
                 e = f" · mean energy {frame.history.mean[-1]:.4g}" if len(frame.history) else ""
                 head = ("**Stopped**" if frame.stopped else "**Done**" if frame.final else "**Running**")
                 head += f" · step {frame.step}/{frame.total}"
@@ -141,9 +152,7 @@ class DemoApp:
                     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.out_dir))  # one per run: no clashes
                     path = run_dir / f"clel_{kind}_seed{req.seed}_{req.n}x{frame.step}steps.png"
                     download = str(D.save_png(grid, path))
-                extra = extra_first if first else tuple(gr.skip() for _ in extra_first)
-                first = False
-                yield (shown, fig, download, status, req.seed, *extra)
+                yield (shown, curve, download, status, req.seed, *extra)
         except D.DemoError as e:
             error = _demo_error(e)
         except Exception as e:  # never let a bug kill the worker silently; say what happened, and where
@@ -151,9 +160,8 @@ class DemoApp:
         else:
             return
         # The status line keeps the sentence after the error modal is closed; the last samples stay shown.
-        skips = tuple(gr.skip() for _ in extra_first)
-        yield (gr.skip(), gr.skip(), None, f"**Failed** · step {done}/{req.total_steps} · {error.message}",
-               req.seed, *skips)
+        yield (gr.skip() if shown is None else shown, curve, None,
+               f"**Failed** · step {done}/{req.total_steps} · {error.message}", req.seed, *extra)
         raise error
 
     def _prune(self, max_age_s: float = 3600.0) -> None:
@@ -180,9 +188,13 @@ class DemoApp:
             decoded.append(D.decode_image(path, Path(path).name, self.limits))
         return D.images_to_tensor(decoded, size), decoded
 
-    def _preview(self, decoded: list[D.DecodedImage], size: int) -> list[tuple[Any, str]]:
-        return [(D.upscale(D.fit_square(d.image, size), target=128), d.name + (f" ({d.note})" if d.notes else ""))
-                for d in decoded]
+    def _preview(self, decoded: list[D.DecodedImage], size: int) -> list[tuple[str, str]]:
+        """The thumbnails of "What the model sees", as files written once: every frame sends them again, and
+        Gradio rewrites an image array's cached file each time it is sent, under the page reading it."""
+        self._prune()
+        run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.out_dir))
+        return [(str(D.save_png(D.upscale(D.fit_square(d.image, size), target=128), run_dir / f"seen_{i}.png")),
+                 d.name + (f" ({d.note})" if d.notes else "")) for i, d in enumerate(decoded)]
 
     # -- tab handlers (also the API endpoints) ----------------------------------------------------------------
     def unconditional(self, weights, n, steps, step_size, noise, seed, randomize, sweeps=1,
@@ -204,7 +216,7 @@ class DemoApp:
             raise _user_error(e, "Reading the images") from None
         preview = self._preview(decoded, lm.cfg.image_size)
         yield from self._live(kind, (n, steps, step_size, noise, guidance, seed, randomize, sweeps),
-                              lambda lm, req: D.lookalike_plan(lm, x, req), extra_first=(preview,), request=request)
+                              lambda lm, req: D.lookalike_plan(lm, x, req), extra=(preview,), request=request)
 
     def classes(self, class_name, n, steps, step_size, noise, guidance, seed, randomize, sweeps=1,
                 request: gr.Request = None):
@@ -231,7 +243,7 @@ class DemoApp:
             raise _user_error(e, "Reading the images") from None
         preview = self._preview(da + db, lm.cfg.image_size)
         yield from self._live(kind, (n, steps, step_size, noise, guidance, seed, randomize, sweeps),
-                              lambda lm, req: D.interpolation_plan(lm, xa, xb, req), extra_first=(preview,),
+                              lambda lm, req: D.interpolation_plan(lm, xa, xb, req), extra=(preview,),
                               request=request)
 
     # -- layout ------------------------------------------------------------------------------------------------
@@ -273,8 +285,8 @@ class DemoApp:
                 # the figure carries its own title: Gradio's label badge would sit on top of it
                 # An empty curve from the start: the page loads its plotting library with the page, not when
                 # the first energies of a chain arrive (seconds of a frozen view on a slow machine)
-                plot = gr.Plot(D.energy_figure(D.EnergyHistory(), DEFAULT_STEPS * DEFAULT_SWEEPS),
-                               label="Energy versus SGLD step", show_label=False, elem_id=f"{prefix}-energy")
+                plot = gr.Plot(EMPTY_CURVE, label="Energy versus SGLD step", show_label=False,
+                               elem_id=f"{prefix}-energy")
                 status = gr.Markdown("Press **Sample** to start a chain.", elem_id=f"{prefix}-status",
                                      elem_classes=["status-line"])
                 download = gr.File(label="Full-resolution grid (PNG)", interactive=False,
@@ -555,8 +567,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = p.parse_args(argv)
     demo = build_app(args.cifar10, args.celeba)
+    # the app keeps no gr.State, so old sessions can go: Gradio's default keeps 10,000 (about 0.3 MB each)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size="25mb", css=CSS,
-                footer_links=["api", "settings"])
+                footer_links=["api", "settings"], state_session_capacity=256)
 
 
 if __name__ == "__main__":

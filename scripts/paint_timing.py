@@ -31,7 +31,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import shutil
 import socket
 import statistics
@@ -102,12 +101,18 @@ WATCH_JS = r"""(prefix) => {
 }"""
 
 # the status lines seen since the click include the chain's last one
-DONE_JS = r"""() => window.__paint.status.some(s => /^(Done|Stopped|Failed)/.test(s.text.trim()))"""
+# (the page may show the last chain's line again while the click waits in the queue: count from "Running" on)
+DONE_JS = r"""() => {
+    const seen = window.__paint.status.map(s => s.text.trim());
+    const start = seen.findIndex(t => t.startsWith('Running'));
+    return seen.some((t, i) => (i > start && start >= 0 || t.startsWith('Failed')) && /^(Done|Stopped|Failed)/.test(t));
+}"""
 
 # Starts a run: what happened before the click (page load, reading) is returned and the records are emptied.
 RESET_JS = r"""() => {
     const T = window.__paint;
-    const before = {longtasks: T.longtasks.length, longtask_max_ms: Math.round(Math.max(0, ...T.longtasks.map(e => e.ms))),
+    const before = {longtasks: T.longtasks.length,
+                    longtask_max_ms: Math.round(Math.max(0, ...T.longtasks.map(e => e.ms))),
                     longtask_total_ms: Math.round(T.longtasks.reduce((a, e) => a + e.ms, 0))};
     for (const k of ['img', 'loaded', 'plot', 'status', 'longtasks']) T[k] = [];
     T.raf_max_gap = 0; T.t0 = performance.now();
@@ -166,6 +171,8 @@ def summary(raw: dict) -> dict:
     g = gaps(loads)
     pg = gaps(plots)
     status = [dict(e, t=round((e["t"] - t0) / 1000, 3)) for e in raw["status"] if e["t"] >= t0]
+    start = next((i for i, e in enumerate(status) if e["text"].strip().startswith("Running")), 0)
+    status = status[start:]  # this chain's lines: not the last chain's, shown again while the click waits
     lags = []
     anchor = next((s for s in status if s["server_s"] is not None), None)
     for s in status:
@@ -228,10 +235,11 @@ def measure(browser, url: str, a: argparse.Namespace, shots: Path | None) -> lis
         raw = page.evaluate(RAW_JS)
         s = summary(raw)
         s["run"] = r + 1
-        s["before_click"] = before
+        s["before_click"] = before if r == 0 else None  # the page's load and the reading before the first click
         runs.append(s)
         print(f"run {r + 1}: {s['image_paints']} paints, gaps max {s['gap_max_s']} s, median {s['gap_median_s']} s; "
-              f"{s['plot_redraws']} plot redraws (first at {s['first_plot_s']} s, largest gap {s['plot_gap_max_s']} s); "
+              f"{s['plot_redraws']} plot redraws (first at {s['first_plot_s']} s, "
+              f"largest gap {s['plot_gap_max_s']} s); "
               f"lag behind the server up to {s['lag_max_s']} s; {s['longtasks']} long tasks "
               f"(max {s['longtask_max_ms']} ms, total {s['longtask_total_ms']} ms); {s['end']}", file=sys.stderr)
         if shots is not None:
@@ -240,7 +248,7 @@ def measure(browser, url: str, a: argparse.Namespace, shots: Path | None) -> lis
     return runs
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tab", default="faces", choices=sorted(TAB_NAMES))
     p.add_argument("--weights", default="CIFAR-10", help="Unconditional tab: CIFAR-10 or CelebA 64")
@@ -259,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1", help="OMP_NUM_THREADS of the server it starts (default 1)")
     p.add_argument("--screenshots", help="write a screenshot after each run into this folder")
     p.add_argument("--out", help="also write the JSON here")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     if not Path(CHROMIUM).is_file():
         raise SystemExit(f"{CHROMIUM} not found: install Debian's Chromium (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
@@ -276,12 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cifar, celeba = a.cifar10, a.celeba
             if a.tiny:
-                sys.path.insert(0, str(REPO))
-                from clel.demo import make_demo_exports
+                from clel_app.demo import make_demo_exports
 
                 paths = make_demo_exports(work / "weights")
                 cifar, celeba = str(paths["cifar10"]), str(paths["celeba"])
-            weights = "tiny random exports" if a.tiny else f"{cifar or 'weights/cifar10'}, {celeba or 'weights/celeba64'}"
+            weights = ("tiny random exports" if a.tiny
+                       else f"{cifar or 'weights/cifar10'}, {celeba or 'weights/celeba64'}")
             port = free_port()
             env = {**os.environ, "OMP_NUM_THREADS": a.threads, "TMPDIR": str(work)}
             cmd = [sys.executable, str(REPO / "app" / "gradio_app.py"), "--port", str(port)]

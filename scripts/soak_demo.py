@@ -32,6 +32,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+from clel.config import CLELConfig as SPEC  # SPEC's chain constants are the config's defaults
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -93,11 +96,12 @@ def chain_args(i: int, a: argparse.Namespace, handle_file) -> tuple[str, list]:
     n = 2 + (i * 5) % (a.max_n - 1)
     sweeps = 1 + (i // len(TABS)) % 2
     seed = 1000 + i
-    chain = [n, steps, 100.0, 0.001, 1.0, seed, False, sweeps]
+    chain = [n, steps, SPEC.sgld_step_size, SPEC.sgld_noise, 1.0, seed, False, sweeps]
     if tab == "unconditional":
-        return "/unconditional", ["CIFAR-10", n, steps, 100.0, 0.001, seed, False, sweeps]
+        return "/unconditional", ["CIFAR-10", n, steps, SPEC.sgld_step_size, SPEC.sgld_noise, seed, False, sweeps]
     if tab == "unconditional-celeba":
-        return "/unconditional", ["CelebA 64", n, steps, 100.0, 0.001, seed, False, sweeps]
+        return "/unconditional", ["CelebA 64", n, steps, SPEC.sgld_step_size, SPEC.sgld_noise, seed, False,
+                                sweeps]
     if tab == "classes":
         return "/classes", [CLASSES[i % len(CLASSES)], *chain]
     if tab == "faces":
@@ -121,7 +125,7 @@ def run_chain(client, endpoint: str, args: list) -> tuple[int, str]:
     return frames, status
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--chains", type=int, default=200)
     p.add_argument("--baseline", type=int, default=20, help="the chain whose RSS the last one is compared with")
@@ -138,13 +142,70 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temp-dir", help="with --url: the server's temporary folder to watch (GRADIO_TEMP_DIR)")
     p.add_argument("--threads", default="1", help="OMP_NUM_THREADS of the server it starts (default 1)")
     p.add_argument("--out", help="also write the JSON here")
+    return p
+
+
+def start_server(a: argparse.Namespace, work: Path) -> tuple[str, int, Path, dict, subprocess.Popen, Any]:
+    """Start a demo server (OMP_NUM_THREADS, private temp folders): (url, pid, watched folder, weights, process,
+    log file)."""
+    cifar, celeba = a.cifar10, a.celeba
+    if a.tiny:
+        from clel_app.demo import make_demo_exports
+
+        paths = make_demo_exports(work / "weights")
+        cifar, celeba = str(paths["cifar10"]), str(paths["celeba"])
+    weights = {"cifar10": "tiny random export" if a.tiny else (cifar or "weights/cifar10 (bundled)"),
+               "celeba": "tiny random export" if a.tiny else (celeba or "weights/celeba64 (bundled)")}
+    watched = work / "tmp"
+    watched.mkdir()
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": a.threads, "TMPDIR": str(watched),
+           "GRADIO_TEMP_DIR": str(watched / "gradio")}
+    cmd = [sys.executable, str(REPO / "app" / "gradio_app.py"), "--port", str(port)]
+    cmd += ["--cifar10", cifar] if cifar else []
+    cmd += ["--celeba", celeba] if celeba else []
+    log = open(work / "server.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return f"http://127.0.0.1:{port}", proc.pid, watched, weights, proc, log
+
+
+def soak(a: argparse.Namespace, url: str, pid: int, watched: Path | None) -> tuple[list, list, list]:
+    """Run the chains (a new client, i.e. session, every --chains-per-client); RSS and temp files after each."""
+    from gradio_client import Client, handle_file
+
+    curve, files, failures = [], [], []
+    client = None
+    for i in range(a.chains):
+        if client is None or i % a.chains_per_client == 0:
+            if client is not None and hasattr(client, "close"):
+                client.close()
+            client = Client(url, verbose=False, download_files=False)
+        endpoint, args = chain_args(i, a, handle_file)
+        tc = time.perf_counter()
+        try:
+            n_frames, status = run_chain(client, endpoint, args)
+            if not status.startswith("**Done**"):
+                failures.append({"chain": i + 1, "endpoint": endpoint, "status": status[:200]})
+        except Exception as e:  # keep soaking; the failure is reported
+            failures.append({"chain": i + 1, "endpoint": endpoint, "error": f"{type(e).__name__}: {e}"[:300]})
+            n_frames = 0
+        curve.append(round(rss_mb(pid), 1))
+        nf, nb = folder_usage(watched)
+        files.append([nf, nb])
+        print(f"chain {i + 1:3d} {endpoint:15s} {n_frames:2d} frames {time.perf_counter() - tc:5.2f} s  "
+              f"RSS {curve[-1]:7.1f} MiB  temp files {nf} ({nb / 2**20:.1f} MiB)", file=sys.stderr)
+    if client is not None and hasattr(client, "close"):
+        client.close()
+    return curve, files, failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
     if a.max_steps < a.min_steps or a.max_n < 2 or a.chains < a.baseline:
         p.error("need --min-steps <= --max-steps, --max-n >= 2 and --chains >= --baseline")
     if a.url and not a.pid:
         p.error("--url needs --pid (the server's process id) to read its memory")
-
-    from gradio_client import Client, handle_file
 
     work = Path(tempfile.mkdtemp(prefix="clel-soak-"))
     proc = None
@@ -154,52 +215,11 @@ def main(argv: list[str] | None = None) -> int:
             url, pid, watched = a.url.rstrip("/"), a.pid, Path(a.temp_dir) if a.temp_dir else None
             weights = {"cifar10": "as served", "celeba": "as served"}
         else:
-            cifar, celeba = a.cifar10, a.celeba
-            if a.tiny:
-                sys.path.insert(0, str(REPO))
-                from clel_app.demo import make_demo_exports
-
-                paths = make_demo_exports(work / "weights")
-                cifar, celeba = str(paths["cifar10"]), str(paths["celeba"])
-            weights = {"cifar10": "tiny random export" if a.tiny else (cifar or "weights/cifar10 (bundled)"),
-                       "celeba": "tiny random export" if a.tiny else (celeba or "weights/celeba64 (bundled)")}
-            watched = work / "tmp"
-            watched.mkdir()
-            port = free_port()
-            env = {**os.environ, "OMP_NUM_THREADS": a.threads, "TMPDIR": str(watched),
-                   "GRADIO_TEMP_DIR": str(watched / "gradio")}
-            cmd = [sys.executable, str(REPO / "app" / "gradio_app.py"), "--port", str(port)]
-            cmd += ["--cifar10", cifar] if cifar else []
-            cmd += ["--celeba", celeba] if celeba else []
-            log = open(work / "server.log", "wb")
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-            url, pid = f"http://127.0.0.1:{port}", proc.pid
+            url, pid, watched, weights, proc, log = start_server(a, work)
         wait_for(url, proc)
         start_rss = rss_mb(pid)
-        curve, files, failures = [], [], []
-        client = None
         t0 = time.perf_counter()
-        for i in range(a.chains):
-            if client is None or i % a.chains_per_client == 0:
-                if client is not None and hasattr(client, "close"):
-                    client.close()
-                client = Client(url, verbose=False, download_files=False)
-            endpoint, args = chain_args(i, a, handle_file)
-            tc = time.perf_counter()
-            try:
-                n_frames, status = run_chain(client, endpoint, args)
-                if not status.startswith("**Done**"):
-                    failures.append({"chain": i + 1, "endpoint": endpoint, "status": status[:200]})
-            except Exception as e:  # keep soaking; the failure is reported
-                failures.append({"chain": i + 1, "endpoint": endpoint, "error": f"{type(e).__name__}: {e}"[:300]})
-                n_frames = 0
-            curve.append(round(rss_mb(pid), 1))
-            nf, nb = folder_usage(watched)
-            files.append([nf, nb])
-            print(f"chain {i + 1:3d} {endpoint:15s} {n_frames:2d} frames {time.perf_counter() - tc:5.2f} s  "
-                  f"RSS {curve[-1]:7.1f} MiB  temp files {nf} ({nb / 2**20:.1f} MiB)", file=sys.stderr)
-        if client is not None and hasattr(client, "close"):
-            client.close()
+        curve, files, failures = soak(a, url, pid, watched)
         base, last = curve[a.baseline - 1], curve[-1]
         ratio = last / base
         result = {

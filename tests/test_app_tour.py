@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from clel import demo as D  # noqa: E402
+from clel_app import demo as D  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS_SHOTS = REPO / "docs" / "screenshots"
@@ -37,18 +37,30 @@ FAST_STEPS = 2  # SGLD steps per sweep in the default suite's tour
 CHAIN_TIMEOUT_MS = 180_000
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-# Visible error badges of Gradio's status trackers, and error toasts (the modal of gr.Error)
+# Visible error badges of Gradio's status trackers, and error toasts (the modal of gr.Error) in the page
 ERRORS_JS = """() => {
     const shown = e => e.checkVisibility({opacityProperty: true, visibilityProperty: true});
     const badges = [...document.querySelectorAll('span.error')].filter(shown)
         .map(e => 'badge on #' + ((e.closest('[id]') || {}).id || '?'));
-    const toasts = [...document.querySelectorAll('[data-testid=toast-body].error')].filter(shown)
+    const toasts = [...document.querySelectorAll('[data-testid=toast-body].error')]  // shown or sliding in
         .map(e => 'toast: ' + e.innerText.replace(/\\s+/g, ' ').trim());
     return [...badges, ...toasts];
 }"""
-DONE_JS = """(prefix) => {
-    const t = (document.querySelector('#' + prefix + '-status').innerText || '').trim();
-    return /^(Done|Stopped|Failed)/.test(t) || document.querySelector('[data-testid=toast-body].error') !== null;
+# Records the status lines of a tab from now on: the page may show the last chain's line again while a click
+# waits in the queue, so a chain has ended when a line "Done" (or Stopped, Failed) follows its own "Running".
+WATCH_JS = """(prefix) => {
+    const status = document.querySelector('#' + prefix + '-status');
+    const lines = window.__lines = [];
+    new MutationObserver(() => {
+        const t = (status.innerText || '').trim();
+        if (t !== lines[lines.length - 1]) lines.push(t);
+    }).observe(status, {subtree: true, childList: true, characterData: true});
+}"""
+DONE_JS = """() => {
+    const lines = window.__lines || [];
+    const start = lines.findIndex(t => t.startsWith('Running'));
+    return lines.some((t, i) => (start >= 0 && i > start || t.startsWith('Failed')) && /^(Done|Stopped|Failed)/.test(t))
+        || document.querySelector('[data-testid=toast-body].error') !== null;
 }"""
 
 
@@ -155,19 +167,22 @@ def set_number(page, elem_id: str, value: int) -> None:
 
 def check_filled(page, tab: str, row: list, inputs: list) -> list[str]:
     """The values the example put into the inputs, compared with its row; returns the names of the files."""
+    from playwright.sync_api import expect
+
     files = []
     for value, (elem_id, label, kind) in zip(row, inputs):
         if kind == "slider":
-            assert number(page, elem_id) == int(value), (tab, label, value)
+            expect(page.locator(f"#{elem_id} input[type=number]"), f"{tab}: {label}").to_have_value(str(value))
         elif kind == "radio":
             box = page.locator(f"#{elem_id}") if elem_id else page  # the Weights radio has no elem_id
             radio = box.get_by_label(str(value), exact=True).filter(visible=True).first
-            assert radio.is_checked(), (tab, label, value)
+            expect(radio, f"{tab}: {label} = {value}").to_be_checked()
         elif kind == "file":
             names = [n.strip() for n in str(value).split(",") if n.strip()]
             shown = page.locator(f"#{elem_id}")
-            for n in names:
-                shown.get_by_text(n).first.wait_for(timeout=30_000)  # the example's file, uploaded
+            for n in names:  # the example's files, and only them (not added to the last example's)
+                expect(shown.locator(f'td.filename[aria-label="{n}"]'), f"{tab}: {label}").to_have_count(1)
+            expect(shown.locator("td.filename"), f"{tab}: {label}").to_have_count(len(names))
             files += names
         else:
             raise AssertionError(f"the tour does not know how to check a {kind} input ({tab}: {label})")
@@ -194,14 +209,17 @@ def tour(browser, server, shots, max_steps: int | None) -> list[dict]:
         labels = [b.inner_text().strip() for b in buttons.all()]
         assert labels == ex["labels"], (tab, labels)  # every example offered is shown, in order
         for i, (label, row) in enumerate(zip(ex["labels"], ex["rows"])):
-            buttons.nth(i).click()
+            with page.expect_response(lambda r: "/run/predict" in r.url, timeout=30_000) as loaded:
+                buttons.nth(i).click()  # the server sends the example's values (load_example)
+            assert loaded.value.ok, (tab, label, loaded.value.status)
             files = check_filled(page, tab, row, ex["inputs"])
             if max_steps is not None and number(page, f"{tab}-steps") > max_steps:
                 set_number(page, f"{tab}-steps", max_steps)
             n, steps, sweeps = (number(page, f"{tab}-{k}") for k in ("n", "steps", "sweeps"))
+            page.evaluate(WATCH_JS, tab)
             page.locator(f"#{tab}-sample").click()
             status = page.locator(f"#{tab}-status")
-            page.wait_for_function(DONE_JS, arg=tab, timeout=CHAIN_TIMEOUT_MS, polling=100)
+            page.wait_for_function(DONE_JS, timeout=CHAIN_TIMEOUT_MS, polling=100)
             text = status.inner_text().strip()
             errors = page.evaluate(ERRORS_JS)
             if errors or not text.startswith("Done") or script_errors:
@@ -233,8 +251,9 @@ def test_a_failed_click_shows_a_sentence_and_the_tour_sees_it(browser, server):
     page.goto(server["url"])
     page.get_by_role("tab", name="Look-alikes").click()
     assert page.evaluate(ERRORS_JS) == []
+    page.evaluate(WATCH_JS, "lookalikes")
     page.locator("#lookalikes-sample").click()
-    page.wait_for_function(DONE_JS, arg="lookalikes", timeout=60_000, polling=100)
+    page.wait_for_function(DONE_JS, timeout=60_000, polling=100)
     errors = page.evaluate(ERRORS_JS)
     assert any(e.startswith("toast:") and "upload one or more images first" in e for e in errors), errors
     assert any(e.startswith("badge on #lookalikes-") for e in errors), errors
