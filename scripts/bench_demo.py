@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -34,12 +33,7 @@ import torch  # noqa: E402
 
 from clel.config import CLELConfig  # noqa: E402
 from clel_app import demo as D  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from clel_app.serve import free_port  # noqa: E402
 
 
 def weights_for(kind: str, given: str | None, preset: str, tmp: Path) -> tuple[str, str]:

@@ -32,15 +32,14 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
+
+from clel_app.serve import local_only, start_demo, wait_for
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -123,35 +122,6 @@ RESET_JS = r"""() => {
 
 RAW_JS = r"""() => ({...window.__paint, resources: performance.getEntriesByType('resource').map(e => ({
     name: e.name, kind: e.initiatorType, start: e.startTime, bytes: e.encodedBodySize || e.transferSize || 0}))})"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, proc: subprocess.Popen | None, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the demo server exited with status {proc.returncode} before it answered")
-        try:
-            with urllib.request.urlopen(url + "/config", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-
-
-def local_only(route) -> None:
-    """The page may only talk to this machine: requests elsewhere (web fonts, CDNs) are aborted."""
-    host = urlparse(route.request.url).hostname or ""
-    if route.request.url.startswith(("data:", "blob:")) or host in ("127.0.0.1", "localhost", "::1"):
-        route.continue_()
-    else:
-        route.abort()
 
 
 def gaps(times: list[float]) -> list[float]:
@@ -294,14 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                 cifar, celeba = str(paths["cifar10"]), str(paths["celeba"])
             weights = ("tiny random exports" if a.tiny
                        else f"{cifar or 'weights/cifar10'}, {celeba or 'weights/celeba64'}")
-            port = free_port()
-            env = {**os.environ, "OMP_NUM_THREADS": a.threads, "TMPDIR": str(work)}
-            cmd = [sys.executable, str(REPO / "app" / "gradio_app.py"), "--port", str(port)]
-            cmd += ["--cifar10", cifar] if cifar else []
-            cmd += ["--celeba", celeba] if celeba else []
             log = open(work / "server.log", "wb")
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-            url = f"http://127.0.0.1:{port}"
+            url, proc = start_demo(cifar, celeba, work, log, a.threads)
         wait_for(url, proc)
         visits = []
         with sync_playwright() as pw:

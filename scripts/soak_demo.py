@@ -25,16 +25,15 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from clel.config import CLELConfig as SPEC  # SPEC's chain constants are the config's defaults
+from clel_app.serve import start_demo, wait_for
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,12 +42,6 @@ EX = REPO / "app" / "examples"
 CLASSES = ("cat", "ship", "horse", "airplane", "dog", "truck")
 FACES = (("AND", "off", "AND"), ("AND", "AND", "AND"), ("off", "NOT", "AND"), ("NOT", "off", "NOT"))
 TABS = ("unconditional", "classes", "faces", "lookalikes", "interpolate", "unconditional-celeba")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -72,20 +65,6 @@ def folder_usage(folder: Path | None) -> tuple[int, int]:
             except OSError:
                 pass
     return n, size
-
-
-def wait_for(url: str, proc: subprocess.Popen | None, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the demo server exited with status {proc.returncode} before it answered")
-        try:
-            with urllib.request.urlopen(url + "/config", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
 def chain_args(i: int, a: argparse.Namespace, handle_file) -> tuple[str, list]:
@@ -158,15 +137,9 @@ def start_server(a: argparse.Namespace, work: Path) -> tuple[str, int, Path, dic
                "celeba": "tiny random export" if a.tiny else (celeba or "weights/celeba64 (bundled)")}
     watched = work / "tmp"
     watched.mkdir()
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": a.threads, "TMPDIR": str(watched),
-           "GRADIO_TEMP_DIR": str(watched / "gradio")}
-    cmd = [sys.executable, str(REPO / "app" / "gradio_app.py"), "--port", str(port)]
-    cmd += ["--cifar10", cifar] if cifar else []
-    cmd += ["--celeba", celeba] if celeba else []
     log = open(work / "server.log", "wb")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return f"http://127.0.0.1:{port}", proc.pid, watched, weights, proc, log
+    url, proc = start_demo(cifar, celeba, watched, log, a.threads)
+    return url, proc.pid, watched, weights, proc, log
 
 
 def soak(a: argparse.Namespace, url: str, pid: int, watched: Path | None) -> tuple[list, list, list]:

@@ -19,11 +19,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
 from clel_app import demo as D  # noqa: E402
+from clel_app.serve import free_port, local_only  # noqa: E402
 from clel.data.ood import reference_sets  # noqa: E402
 
 from conftest import DATA_ROOT  # noqa: E402
@@ -34,12 +34,6 @@ DOCS_SHOTS = REPO / "docs" / "screenshots"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def screenshot_dir(env: dict, tmp: Path) -> Path:
@@ -99,15 +93,6 @@ def gradio_url(weights):
                             css=gradio_app.CSS)
     yield url
     demo.close()
-
-
-def local_only(route) -> None:
-    """The pages may only talk to this machine: requests elsewhere (web fonts, CDNs) are aborted, not sent."""
-    host = urlparse(route.request.url).hostname or ""
-    if route.request.url.startswith(("data:", "blob:")) or host in ("127.0.0.1", "localhost", "::1"):
-        route.continue_()
-    else:
-        route.abort()
 
 
 def new_page(browser, width: int = 1600, height: int = 1000):

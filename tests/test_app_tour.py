@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
 from clel_app import demo as D  # noqa: E402
+from clel_app.serve import free_port, local_only  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS_SHOTS = REPO / "docs" / "screenshots"
@@ -69,21 +68,6 @@ def screenshot_dir(env: dict, tmp: Path) -> Path:
     if env.get("CLEL_REFRESH_SCREENSHOTS", "").strip().lower() in ("1", "true", "yes"):
         return Path(env.get("CLEL_SCREENSHOTS") or DOCS_SHOTS)
     return tmp
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def local_only(route) -> None:
-    """The page may only talk to this machine: requests elsewhere (web fonts, CDNs) are aborted, not sent."""
-    host = urlparse(route.request.url).hostname or ""
-    if route.request.url.startswith(("data:", "blob:")) or host in ("127.0.0.1", "localhost", "::1"):
-        route.continue_()
-    else:
-        route.abort()
 
 
 @pytest.fixture(scope="module")

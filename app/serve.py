@@ -1,0 +1,59 @@
+"""Running the demo as a visitor meets it, for the scripts and tests that drive it from outside: a free port, the
+app's own command line in a process of its own, waiting until it answers, and keeping a browser on this machine."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlparse
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_demo(cifar10: str | None, celeba: str | None, temp_dir: Path, log: IO[bytes], threads: str = "1",
+               cwd: Path = REPO) -> tuple[str, subprocess.Popen]:
+    """``python app/gradio_app.py`` on a free port (weights: the bundled folders unless given), with its own
+    temporary folders under ``temp_dir`` and OMP_NUM_THREADS; returns (url, process). Call :func:`wait_for`."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "TMPDIR": str(temp_dir),
+           "GRADIO_TEMP_DIR": str(temp_dir / "gradio")}
+    cmd = [sys.executable, str(REPO / "app" / "gradio_app.py"), "--port", str(port)]
+    cmd += ["--cifar10", cifar10] if cifar10 else []
+    cmd += ["--celeba", celeba] if celeba else []
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return f"http://127.0.0.1:{port}", proc
+
+
+def wait_for(url: str, proc: subprocess.Popen | None, timeout: float = 300.0) -> None:
+    """Until the server at ``url`` serves its config; raises if ``proc`` exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the demo server exited with status {proc.returncode} before it answered")
+        try:
+            with urllib.request.urlopen(url + "/config", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def local_only(route) -> None:
+    """Playwright route: the page may only talk to this machine; requests elsewhere (web fonts, CDNs) are aborted."""
+    host = urlparse(route.request.url).hostname or ""
+    if route.request.url.startswith(("data:", "blob:")) or host in ("127.0.0.1", "localhost", "::1"):
+        route.continue_()
+    else:
+        route.abort()
