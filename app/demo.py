@@ -149,7 +149,7 @@ class ChainRequest:
     @property
     def settings(self) -> ChainSettings:
         return ChainSettings(steps=self.steps, step_size=self.step_size, noise=self.noise, sweeps=self.sweeps,
-                             augment=self.sweeps > 1)
+                             augment=self.sweeps > 1, **DEFAULTS.controls())
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)

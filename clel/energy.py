@@ -36,21 +36,48 @@ def energy(model: CLEL, x: Tensor) -> Tensor:
     return marginal(model.f(x))
 
 
-def joint_energy(model: CLEL, x: Tensor, z: Tensor, beta: float) -> Tensor:
-    """E(x, z) = ½‖f(x)‖² − β cos(g(f(x)), z); z unit-norm, [D] or [N, D]."""
+def joint_energy(model: CLEL, x: Tensor, z: Tensor, beta: float | Tensor, bound: float | None = None) -> Tensor:
+    """E(x, z) = ½‖f(x)‖² − β cos(g(f(x)), z); z unit-norm, [D] or [N, D]. ``bound``: see :func:`bounded`."""
     fx = model.f(x)
-    return marginal(fx) - beta * latent_cosine(model, fx, z)
+    return marginal(fx) - beta * latent_cosine(model, bounded(fx, bound), z)
+
+
+class _BoundedGrad(torch.autograd.Function):
+    """Identity on f(x); on the way back, caps each sample's gradient at ``bound`` · ‖f(x)‖.
+
+    ‖f(x)‖ is the norm of the marginal's gradient with respect to f(x) (∂½‖f‖²/∂f = f), so the latent term can
+    pull at most ``bound`` times as hard as the marginal, in feature space, whatever the guidance.
+    """
+
+    @staticmethod
+    def forward(ctx, fx: Tensor, bound: float) -> Tensor:
+        ctx.save_for_backward(fx)
+        ctx.bound = bound
+        return fx.view_as(fx)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (fx,) = ctx.saved_tensors
+        limit = ctx.bound * fx.float().norm(dim=1, keepdim=True)
+        scale = (limit / grad.float().norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+        return grad * scale.to(grad.dtype), None
+
+
+def bounded(fx: Tensor, bound: float | None) -> Tensor:
+    """f(x) as the latent term sees it: its gradient capped at ``bound`` times the marginal's (None: as is)."""
+    return fx if bound is None else _BoundedGrad.apply(fx, float(bound))
 
 
 def compositional_energy(model: CLEL, x: Tensor, latents: Tensor, weights: Sequence[float] | Tensor,
-                         guidance: float) -> Tensor:
+                         guidance: float | Tensor, bound: float | None = None) -> Tensor:
     """½‖f(x)‖² − guidance · Σₐ wₐ cos(g(f(x)), z̄ₐ) over concept latents [A, D].
 
     A positive weight asks for the concept (AND), a negative one pushes away from it (NOT).
-    With a single concept of weight 1 this is the conditional energy E(x, z̄).
+    With a single concept of weight 1 this is the conditional energy E(x, z̄). ``bound`` caps the latent
+    term's pull (see :func:`bounded`); the energy's value is unchanged, only its gradient.
     """
     fx = model.f(x)
-    gfx = F.normalize(model.g(fx), dim=1)
+    gfx = F.normalize(model.g(bounded(fx, bound)), dim=1)
     w = torch.as_tensor(weights, dtype=gfx.dtype, device=gfx.device)
     if latents.ndim != 2 or w.shape != (latents.shape[0],):
         raise ValueError(f"need latents [A, D] and one weight per concept; got {tuple(latents.shape)} and {tuple(w.shape)}")

@@ -58,6 +58,9 @@ class ChainSettings:
     sweeps: int = 1
     augment: bool = False
     reinit_prob: float = 0.0
+    # Strong guidance turns chains adversarial (saturated "rainbow" pixels); two measured remedies:
+    guidance_ramp: float = 0.0  # guidance grows linearly from 0 over this fraction of all steps (0: constant)
+    guidance_bound: float | None = None  # the latent term pulls at most this many times the marginal (None: free)
 
     @property
     def total_steps(self) -> int:
@@ -107,6 +110,13 @@ class SamplingDefaults:
                                                              "interpolate": 1.0})
     # per mode: "mean" (z̄, the paper's) or "contrast" (z̄ of the concept minus z̄ of the rest)
     directions: dict[str, str] = field(default_factory=lambda: {"class": "mean", "attributes": "mean"})
+    ramp: float = 0.0  # ChainSettings.guidance_ramp of conditional chains
+    bound: float | None = None  # ChainSettings.guidance_bound of conditional chains
+
+    def controls(self, ramp: float | None = None, bound: float | None = None) -> dict[str, Any]:
+        """ChainSettings fields for the guidance ramp and bound; arguments that are not None win (bound 0: none)."""
+        bound = self.bound if bound is None else bound
+        return {"guidance_ramp": self.ramp if ramp is None else ramp, "guidance_bound": bound or None}
 
     def direction(self, mode: str) -> str:
         """Concept direction of the class or attributes mode (the other modes use an image's latent)."""
@@ -331,8 +341,14 @@ class Condition:
             raise SamplingError("interpolation needs two images")
         return cls("interpolate", images=image_a, images_b=image_b, label="E(x, z_t)")
 
-    def energy(self, model: CLEL, n: int, guidance: float | None = None) -> EnergyFn:
-        """The energy of this condition for a batch of ``n`` samples (``guidance``: the sampling-time β)."""
+    def energy(self, model: CLEL, n: int, guidance: float | Tensor | None = None,
+               bound: float | None = None) -> EnergyFn:
+        """The energy of this condition for a batch of ``n`` samples.
+
+        ``guidance`` is the sampling-time β (a 0-d tensor is read at every call, so a chain can change it in
+        place); ``bound`` caps the latent term's gradient at that many times the marginal's
+        (``clel.energy.bounded``).
+        """
         beta = model.cfg.beta if guidance is None else guidance
         dev = _device(model)
         if self.mode == "unconditional":
@@ -340,12 +356,12 @@ class Condition:
         if self.mode == "interpolate":
             z = slerp(image_latent(model, self.images.to(dev)), image_latent(model, self.images_b.to(dev)),
                       torch.linspace(0, 1, n, device=dev))
-            return lambda x: joint_energy(model, x, z, beta)
+            return lambda x: joint_energy(model, x, z, beta, bound)
         if self.mode == "instance":
             latents, weights = image_latent(model, self.images.to(dev)).unsqueeze(0), [1.0]
         else:
             latents, weights = self.latents.to(dev), list(self.weights)
-        return lambda x: compositional_energy(model, x, latents, weights, beta)
+        return lambda x: compositional_energy(model, x, latents, weights, beta, bound)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -365,12 +381,39 @@ def run_chain(model: CLEL, n: int, condition: Condition | None = None, settings:
     st = settings or ChainSettings.from_model(model)
     if st.sweeps < 1 or st.steps < 1:
         raise SamplingError(f"sweeps and steps must be at least 1, got {st.sweeps} and {st.steps}")
+    if st.guidance_ramp < 0 or (st.guidance_bound is not None and st.guidance_bound <= 0):
+        raise SamplingError(f"guidance_ramp must be >= 0 and guidance_bound > 0, got {st.guidance_ramp} and "
+                            f"{st.guidance_bound}")
     x = uniform_noise(model, n, generator) if x0 is None else x0
-    fn = (condition or Condition()).energy(model, x.shape[0], guidance)
+    beta = model.cfg.beta if guidance is None else float(guidance)
+    ramp = guidance_ramp(beta, st, x.device)
+    fn = (condition or Condition()).energy(model, x.shape[0], beta if ramp is None else ramp[0], st.guidance_bound)
     fast = fast or FastPath.best(x.device)
     if st.plain:
-        return fast_chain(model, fn, x, st.steps, st.step_size, st.noise, st.grad_clip, fast, generator)
-    return _sweeps(model, fn, x, st, fast, generator)
+        steps = fast_chain(model, fn, x, st.steps, st.step_size, st.noise, st.grad_clip, fast, generator)
+    else:
+        steps = _sweeps(model, fn, x, st, fast, generator)
+    return steps if ramp is None else _ramped(steps, *ramp)
+
+
+def guidance_ramp(beta: float, st: ChainSettings, device: torch.device | str = "cpu",
+                  ) -> tuple[Tensor, list[float]] | None:
+    """The guidance of every step when it ramps (``st.guidance_ramp`` > 0): a 0-d tensor the energy reads,
+    set to step 0's value, and the values of all steps, β·min(1, (k + 1)/R) with R = ramp · total steps.
+    The tensor lives on the chain's device, so a captured CUDA graph reads its new value at every replay."""
+    if st.guidance_ramp <= 0:
+        return None
+    ramp_steps = max(1.0, st.guidance_ramp * st.total_steps)
+    values = [beta * min(1.0, (k + 1) / ramp_steps) for k in range(st.total_steps)]
+    return torch.tensor(values[0], device=device), values
+
+
+def _ramped(steps: Iterator[SGLDStep], current: Tensor, values: list[float]) -> Iterator[SGLDStep]:
+    """Pass the chain's steps through, setting the guidance of the next step in place after each."""
+    for s in steps:
+        yield s
+        if s.step + 1 < len(values):
+            current.fill_(values[s.step + 1])
 
 
 def _sweeps(model: CLEL, fn: EnergyFn, x: Tensor, st: ChainSettings, fast: FastPath,

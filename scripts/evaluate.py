@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--direction", choices=("mean", "contrast"), default=None,
                    help="concept latents: the paper's mean direction or the contrast with the rest (default: "
                    "--sampling's)")
+    c.add_argument("--guidance-ramp", type=float, default=None,
+                   help="judged chains: guidance ramped up from 0 over this fraction (default: --sampling's)")
+    c.add_argument("--guidance-bound", type=float, default=None,
+                   help="judged chains: latent pull capped at this many times the marginal's (0: none; default: "
+                   "--sampling's)")
     c.add_argument("--cond-steps", type=int,
                    help="SGLD steps of conditional chains from uniform noise (default: 10 x the model's, 600)")
     c.add_argument("--cond-step-size", type=float, help="SGLD step size (default: the model's, 100)")
@@ -249,7 +254,8 @@ class Evaluation:
     def chain_for(self, m) -> ChainSettings:
         a = self.args
         return ChainSettings.from_model(m, steps=a.cond_steps or 10 * m.cfg.sgld_steps, step_size=a.cond_step_size,
-                                        noise=a.cond_noise)
+                                        noise=a.cond_noise, **self.defaults.controls(a.guidance_ramp,
+                                                                                     a.guidance_bound))
 
     def conditional(self) -> dict:
         from clel.eval.judges import load_judge

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--direction", choices=("mean", "contrast"), default=None,
                    help="class / attribute latents: the paper's mean direction z̄, or the contrast z̄(concept) − "
                    "z̄(rest), which removes what all concepts share (default: --sampling's)")
+    c.add_argument("--guidance-ramp", type=float, default=None,
+                   help="ramp the guidance up from 0 over this fraction of the chain (0: constant; default: "
+                   "--sampling's)")
+    c.add_argument("--guidance-bound", type=float, default=None,
+                   help="cap the latent term's pull at this many times the marginal's, per sample (0: no cap; "
+                   "default: --sampling's)")
     c.add_argument("--seed", type=int, default=0, help="seed of the start noise and the chain noise (default 0)")
     c.add_argument("--gif", action="store_true", help="also write an animated GIF of the chain")
     c.add_argument("--gif-frames", type=int, default=30, help="about this many GIF frames (default 30)")
@@ -106,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
     size = cfg.image_size
     if args.sweeps < 1:
         raise SamplingError("--sweeps must be at least 1")
-    chain = dict(step_size=args.step_size, noise=args.noise, grad_clip=args.grad_clip)
+    defaults = SAMPLING[args.sampling]
+    chain = dict(step_size=args.step_size, noise=args.noise, grad_clip=args.grad_clip,
+                 **defaults.controls(args.guidance_ramp, args.guidance_bound))
     if args.sweeps > 1:
         settings = ChainSettings.reference(model, sweeps=args.sweeps, steps=args.steps, **chain)
     else:
@@ -114,7 +122,6 @@ def run(args: argparse.Namespace) -> int:
     if settings.steps < 1:
         raise SamplingError("--steps must be at least 1")
     every = max(1, settings.total_steps // max(1, args.gif_frames)) if args.gif else 0
-    defaults = SAMPLING[args.sampling]
     if args.guidance is None:
         args.guidance = defaults.guidance(args.mode, "reference" if args.sweeps > 1 else "plain")
     if args.direction is None:

@@ -48,7 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain: one chain of --sweeps x --steps steps from noise (the judged evaluations'); "
                    "reference: --sweeps sweeps of --steps, each after the training augmentation")
     p.add_argument("--sweeps", type=int, default=10, help="sweeps of the reference chain (default 10)")
-    p.add_argument("--steps", type=int, default=None, help="steps per sweep (default: the model's training chain)")
+    p.add_argument("--steps", type=int, nargs="+", default=[None],
+                   help="steps per sweep (default: the model's training chain); several values are cells")
+    p.add_argument("--total-steps", type=int, default=None,
+                   help="with several --steps: sweeps = total / steps, so every cell runs as many steps")
+    p.add_argument("--ramp", type=float, nargs="+", default=[0.0],
+                   help="guidance ramped from 0 over this fraction of the chain (0: constant; default 0)")
+    p.add_argument("--bound", type=float, nargs="+", default=[0.0],
+                   help="latent pull capped at this many times the marginal's (0: no cap; default 0)")
     p.add_argument("--variant", nargs="+", default=["live"], choices=["live", "ema"],
                    help="the exported weights, and/or the EMA of f and g stored beside them (ema.safetensors)")
     p.add_argument("--per-class", type=int, default=10, help="samples per class (CIFAR-10, default 10)")
@@ -76,11 +83,34 @@ def load_variant(weights: str, variant: str) -> tuple[Any, Any, dict]:
     return model.eval().requires_grad_(False), cfg, extras
 
 
-def chain_settings(model: Any, kind: str, sweeps: int, steps: int | None) -> ChainSettings:
+def chain_settings(model: Any, kind: str, sweeps: int, steps: int | None, ramp: float = 0.0, bound: float = 0.0,
+                   total: int | None = None) -> ChainSettings:
     steps = steps or model.cfg.sgld_steps
+    if total:
+        sweeps = max(1, total // steps)
+    control = {"guidance_ramp": ramp, "guidance_bound": bound or None}
     if kind == "reference":
-        return ChainSettings.reference(model, sweeps=sweeps, steps=steps)
-    return ChainSettings.from_model(model, steps=sweeps * steps)
+        return ChainSettings.reference(model, sweeps=sweeps, steps=steps, **control)
+    return ChainSettings(**{**vars(ChainSettings.from_model(model, steps=sweeps * steps)), **control})
+
+
+def chain_cells(model: Any, args: argparse.Namespace) -> list[tuple[dict[str, Any], ChainSettings]]:
+    """Every (chain, steps per sweep, ramp, bound) cell, with a label per swept knob."""
+    cells = []
+    for chain in args.chain:
+        for steps in args.steps:
+            for ramp in args.ramp:
+                for bound in args.bound:
+                    st = chain_settings(model, chain, args.sweeps, steps, ramp, bound, args.total_steps)
+                    label = {"chain": chain}
+                    if len(args.steps) > 1:
+                        label["sweeps x steps"] = f"{st.sweeps}x{st.steps}" if chain == "reference" else st.steps
+                    if len(args.ramp) > 1 or ramp:
+                        label["ramp"] = ramp
+                    if len(args.bound) > 1 or bound:
+                        label["bound"] = bound or "none"
+                    cells.append((label, st))
+    return cells
 
 
 def unconditional(model: Any, judge: Any, st: ChainSettings, n: int, seed: int, batch: int) -> dict[str, Any]:
@@ -137,7 +167,8 @@ def lookalike_cell(model, uploads, labels, judge, guidance, st, args) -> dict[st
 
 
 def table(rows: list[dict[str, Any]], uncond: dict[str, Any]) -> str:
-    keys = [k for k in ("variant", "chain", "direction", "guidance") if any(k in r for r in rows)]
+    keys = [k for k in ("variant", "chain", "sweeps x steps", "ramp", "bound", "direction", "guidance")
+            if any(k in r for r in rows)]
     metric = [k for k in ("accuracy", "same_class", "dist_own", "dist_other", "diversity", "clamped", "seconds")
               if any(k in r for r in rows)]
     extra = sorted({t for r in rows for t in (r.get("per_term") or {})})
@@ -172,14 +203,17 @@ def main(argv: list[str] | None = None) -> int:
             idx = torch.randperm(len(test.images), generator=torch.Generator().manual_seed(args.seed))
             idx = idx[:args.lookalikes].sort().values
             uploads, labels = test.images[idx], test.labels[idx]
-        for chain in args.chain:
-            st = chain_settings(model, chain, args.sweeps, args.steps)
-            u = unconditional(model, judge, st, 100, args.seed, args.batch)
-            save_grid(u.pop("samples")[:64], args.out / f"{variant}-{chain}-unconditional.png")
-            uncond[f"{variant}/{chain}"] = u
+        for label, st in chain_cells(model, args):
+            name = "-".join(str(v).replace(" ", "") for v in label.values())
+            key = f"{variant}/{label['chain']}" + (f"/{st.sweeps}x{st.steps}" if len(args.steps) > 1 else "")
+            if key not in uncond:  # ramp and bound do not touch unconditional chains
+                u = unconditional(model, judge, st, 100, args.seed, args.batch)
+                save_grid(u.pop("samples")[:64], args.out / f"{key.replace('/', '-')}-unconditional.png")
+                uncond[key] = u
+            u = uncond[key]
             for guidance in args.guidance:
                 for direction in (["mean"] if args.lookalikes else args.direction):
-                    tag = f"{variant}-{chain}-{direction}-g{guidance:g}"
+                    tag = f"{variant}-{name}-{direction}-g{guidance:g}"
                     if args.lookalikes:
                         row, grid = lookalike_cell(model, uploads, labels, judge, guidance, st, args)
                         grid = grid[:64]
@@ -188,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         row, grid = class_cell(model, extras, judge, direction, guidance, st, args)
                     save_grid(grid, args.out / f"{tag}.png", nrow=8)
-                    row = {"variant": variant, "chain": chain, "direction": direction, "guidance": guidance,
+                    row = {"variant": variant, **label, "direction": direction, "guidance": guidance,
                            **row, "grid": f"{tag}.png"}
                     if "diversity" in row:  # conditional cells; look-alikes are measured by distances instead
                         row["diversity_vs_unconditional"] = row["diversity"] / max(u["diversity"], 1e-9)

@@ -9,6 +9,7 @@ from scipy import integrate, special
 
 from clel import (CLEL, CLELConfig, class_prototypes, compositional_energy, conditional_energy, energy, joint_energy,
                   latent, mean_latent, ood_score)
+from clel.energy import bounded
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +131,34 @@ def test_contrast_direction_is_the_normalised_difference_of_means():
     torch.testing.assert_close(class_contrasts(z, labels, 2), torch.stack([a, b]))
     with pytest.raises(ValueError, match="with and without"):
         contrast_direction(z, torch.ones(8, dtype=torch.bool))
+
+
+def test_bound_caps_the_latent_pull_at_a_multiple_of_the_marginal_and_keeps_the_value(model, x):
+    z = F.normalize(torch.randn(1, model.cfg.feature_dim, generator=torch.Generator().manual_seed(5)), dim=1)
+
+    def parts(guidance, bound):
+        fx = model.f(x).detach().requires_grad_(True)
+        gfx = F.normalize(model.g(bounded(fx, bound)), dim=1)
+        lat = -guidance * (gfx @ z.T).sum(1)
+        (g_lat,) = torch.autograd.grad(lat.sum(), fx)
+        return lat.detach(), g_lat, fx.detach().norm(dim=1)
+
+    free_val, free_grad, fnorm = parts(1e4, None)
+    val, grad, _ = parts(1e4, 2.0)
+    assert torch.equal(val, free_val)  # the energy is the same; only its gradient is capped
+    assert (free_grad.norm(dim=1) > 2.0 * fnorm).all()  # a strong guidance outpulls the marginal ...
+    assert torch.allclose(grad.norm(dim=1), 2.0 * fnorm, rtol=1e-4)  # ... and is capped at 2x it
+    assert torch.allclose(F.normalize(grad, dim=1), F.normalize(free_grad, dim=1), atol=1e-5)  # same direction
+    unit = parts(1.0, None)[1].norm(dim=1)
+    weak = float((fnorm / unit).min())  # the guidance at which every sample pulls at most 1x the marginal
+    assert torch.equal(parts(weak, 2.0)[1], parts(weak, None)[1])  # under the cap: untouched
+
+
+def test_compositional_energy_bound_changes_the_gradient_not_the_energy(model, x):
+    lat = F.normalize(torch.randn(2, model.cfg.feature_dim, generator=torch.Generator().manual_seed(6)), dim=1)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    free = compositional_energy(model, xs[0], lat, [1.0, -1.0], 1e3)
+    capped = compositional_energy(model, xs[1], lat, [1.0, -1.0], 1e3, bound=1.0)
+    assert torch.allclose(free, capped)
+    g_free, g_cap = (torch.autograd.grad(e.sum(), xi)[0] for e, xi in ((free, xs[0]), (capped, xs[1])))
+    assert (g_cap.flatten(1).norm(dim=1) < 0.5 * g_free.flatten(1).norm(dim=1)).all()

@@ -12,6 +12,7 @@ Three kinds of test:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -106,6 +107,41 @@ def test_cosine_rises_along_the_chain_step_by_step(tiny):
     curve = [float(gcos(tiny, f, z).mean()) for f in d.frames]
     assert d.frame_steps == [0, 2, 4, 6, 8, 10]
     assert all(b > a for a, b in zip(curve, curve[1:])), curve
+
+
+def test_guidance_ramp_sets_each_steps_guidance_from_zero_up_to_the_full_value(tiny, monkeypatch):
+    import clel.sampling as sampling
+
+    seen = []
+    real = sampling.compositional_energy
+
+    def spy(model, x, latents, weights, guidance, bound=None):
+        seen.append(float(guidance))
+        return real(model, x, latents, weights, guidance, bound)
+
+    monkeypatch.setattr(sampling, "compositional_energy", spy)
+    z = F.normalize(torch.randn(1, tiny.cfg.feature_dim, generator=torch.Generator().manual_seed(3)), dim=1)
+    st = ChainSettings(steps=5, step_size=1.0, noise=0.0, grad_clip=100.0, sweeps=2, guidance_ramp=0.5)
+    d = draw(tiny, 2, Condition.concepts(z), st, seed=0, guidance=4.0)
+    assert seen == pytest.approx([0.8, 1.6, 2.4, 3.2, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0])  # R = 0.5 x 10 steps
+    seen.clear()
+    const = draw(tiny, 2, Condition.concepts(z), dataclasses.replace(st, guidance_ramp=0.0), seed=0, guidance=4.0)
+    assert seen == [4.0] * 10 and not torch.equal(d.x, const.x)
+    seen.clear()
+    draw(tiny, 2, Condition.concepts(z), st, seed=0, guidance=4.0)
+    assert seen == pytest.approx([0.8, 1.6, 2.4, 3.2] + [4.0] * 6)  # a new chain starts its ramp again
+
+
+def test_ramp_and_bound_temper_strong_guidance_and_bad_values_are_refused(tiny):
+    z = F.normalize(torch.randn(1, tiny.cfg.feature_dim, generator=torch.Generator().manual_seed(3)), dim=1)
+    cond, start = Condition.concepts(z), gcos(tiny, images(4, 0), z).mean()
+    free, ramped, capped = (draw(tiny, 4, cond, dataclasses.replace(FAST, **kw), seed=0, guidance=10.0).x
+                            for kw in ({}, {"guidance_ramp": 1.0}, {"guidance_bound": 0.5}))
+    c_free, c_ramp, c_cap = (gcos(tiny, v, z).mean() for v in (free, ramped, capped))
+    assert c_free > c_ramp > start and c_free > c_cap > start  # both still follow the concept, less hard
+    for bad in ({"guidance_ramp": -0.1}, {"guidance_bound": 0.0}):
+        with pytest.raises(SamplingError, match="guidance_ramp must be"):
+            draw(tiny, 2, cond, dataclasses.replace(FAST, **bad), seed=0, guidance=1.0)
 
 
 def test_draw_is_seeded_and_starts_from_uniform_noise(tiny):
@@ -379,6 +415,21 @@ def test_sample_cli_reference_sweeps(exports, tmp_path):
     assert _sample(["--weights", exports / "cifar10", "--out", tmp_path, "unconditional", "--sweeps", "0"]) == 2
 
 
+def test_sample_cli_guidance_ramp_and_bound_default_to_clel_sampling_and_can_be_set(exports, tmp_path):
+    from clel.sampling import DEFAULTS
+
+    base = ["--weights", exports / "cifar10", "class", "cat", "--n", "2", "--steps", "2"]
+    assert _sample([*base[:2], "--out", tmp_path / "d", *base[2:]]) == 0
+    chain = json.loads((tmp_path / "d" / "class.json").read_text())["chain"]
+    assert (chain["guidance_ramp"], chain["guidance_bound"]) == (DEFAULTS.ramp, DEFAULTS.bound)
+    assert _sample([*base[:2], "--out", tmp_path / "s", *base[2:], "--guidance-ramp", "0.25",
+                    "--guidance-bound", "7"]) == 0
+    chain = json.loads((tmp_path / "s" / "class.json").read_text())["chain"]
+    assert (chain["guidance_ramp"], chain["guidance_bound"]) == (0.25, 7.0)
+    assert _sample([*base[:2], "--out", tmp_path / "n", *base[2:], "--guidance-bound", "0"]) == 0
+    assert json.loads((tmp_path / "n" / "class.json").read_text())["chain"]["guidance_bound"] is None  # 0: no cap
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--weights", "{r}/not_export", "unconditional"], "no config.json"),
     (["--weights", "{r}/cifar10", "instance", "{r}/bad.png"], "bad.png: cannot decode image"),
@@ -486,6 +537,11 @@ def test_demo_sample_and_evaluate_take_their_defaults_from_clel_sampling(monkeyp
     assert sm.sampling == "measured" and sm.guidance is None and sm.direction is None
     assert SAMPLING["measured"] is DEFAULTS and D.ChainRequest().guidance == DEFAULTS.guidance("class")
     assert D.clamp_request(1, 1).guidance == DEFAULTS.guidance("class")
+    st = D.ChainRequest().settings  # the demo's chain carries the same guidance ramp and bound
+    assert (st.guidance_ramp, st.guidance_bound) == (DEFAULTS.ramp, DEFAULTS.bound)
+    ev = script("evaluate")
+    ev_chain = ev.Evaluation.chain_for(type("E", (), {"args": ev_args, "defaults": DEFAULTS})(), CLEL(get_preset("tiny")))
+    assert (ev_chain.guidance_ramp, ev_chain.guidance_bound) == (DEFAULTS.ramp, DEFAULTS.bound)
     assert SAMPLING["paper"].guidance("class", "plain") == 0.01 and SAMPLING["paper"].direction("class") == "mean"
     with pytest.raises(ValueError, match="unknown sampling mode"):
         DEFAULTS.guidance("dream")

@@ -43,3 +43,23 @@ def test_sweep_measures_every_cell(tmp_path):
         assert set(r["per_class"]) == set(CLASSES) and (out / r["grid"]).is_file()
     table = (out / "table.md").read_text()
     assert table.count("\n| ") == len(res["rows"]) and "Unconditional samples" in table
+
+
+def test_sweep_cells_for_steps_per_sweep_ramp_and_bound(tmp_path):
+    torch.manual_seed(0)
+    model = CLEL(small_cfg())
+    z = torch.nn.functional.normalize(torch.randn(10, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    export_pretrained(model, tmp_path / "w", extras={"class_prototypes": z},
+                      extra_names={"class_prototypes": CLASSES})
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, str(REPO / "scripts" / "sweep_sampling.py"), "--weights", str(tmp_path / "w"),
+           "--out", str(out), "--guidance", "3", "--per-class", "1", "--chain", "reference", "--direction", "mean",
+           "--steps", "1", "2", "--total-steps", "4", "--ramp", "0", "0.5", "--bound", "0", "1", "--threads", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    res = json.loads((out / "results.json").read_text())
+    cells = {(r["sweeps x steps"], r["ramp"], r["bound"]) for r in res["rows"]}
+    assert cells == {(s, r, b) for s in ("4x1", "2x2") for r in (0.0, 0.5) for b in ("none", 1.0)}
+    assert set(res["unconditional"]) == {"live/reference/4x1", "live/reference/2x2"}  # one per chain length
+    assert len({r["grid"] for r in res["rows"]}) == 8 and all((out / r["grid"]).is_file() for r in res["rows"])
+    assert "| sweeps x steps | ramp | bound |" in (out / "table.md").read_text()
