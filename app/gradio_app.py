@@ -268,7 +268,10 @@ class DemoApp:
                                     info=f"training: {SPEC.sgld_noise:g}")
             c_guid = gr.Slider(0, 20, value=DEFAULTS.guidance(mode), step=0.01, label="Guidance β",
                                info="weight of the latent term (training β = 0.01); the default is the value "
-                                    "that judged best on these weights (docs/evaluation.md)", visible=guidance)
+                                    "that judged best on these weights (docs/evaluation.md)" + (
+                                        f", and the term never pulls harder than {DEFAULTS.bound:g}x the "
+                                        "marginal, so large values do not saturate" if DEFAULTS.bound else ""),
+                               visible=guidance)
             with gr.Row():
                 c_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
                 c_rand = gr.Checkbox(value=True, label="Randomize seed")
