@@ -149,7 +149,8 @@ class ChainRequest:
     @property
     def settings(self) -> ChainSettings:
         return ChainSettings(steps=self.steps, step_size=self.step_size, noise=self.noise, sweeps=self.sweeps,
-                             augment=self.sweeps > 1, **DEFAULTS.controls())
+                             augment=self.sweeps > 1,
+                             **DEFAULTS.controls("reference" if self.sweeps > 1 else "plain"))
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)

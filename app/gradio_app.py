@@ -269,8 +269,9 @@ class DemoApp:
             c_guid = gr.Slider(0, 20, value=DEFAULTS.guidance(mode), step=0.01, label="Guidance β",
                                info="weight of the latent term (training β = 0.01); the default is the value "
                                     "that judged best on these weights (docs/evaluation.md)" + (
-                                        f", and the term never pulls harder than {DEFAULTS.bound:g}x the "
-                                        "marginal, so large values do not saturate" if DEFAULTS.bound else ""),
+                                        f"; with sweeps the term never pulls harder than "
+                                        f"{DEFAULTS.bound('reference'):g}x the marginal, so large values do not "
+                                        "saturate" if DEFAULTS.bound("reference") else ""),
                                visible=guidance)
             with gr.Row():
                 c_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
@@ -459,8 +460,10 @@ class DemoApp:
 
     def _tab_classes(self) -> None:
         """The Classes tab's controls, outputs, wiring and examples."""
-        gr.Markdown("Guide SGLD toward a CIFAR-10 class prototype: the mean encoder latent of the "
-                    "class, shipped with the weights.")
+        gr.Markdown("Guide SGLD toward a CIFAR-10 class: its encoder latents, shipped with the weights, "
+                    + ("as the mean latent of the class minus the mean of all images (what sets the class apart, "
+                       "which judged best)" if DEFAULTS.direction("class") == "contrast" else
+                       "as the mean latent of the class") + ".")
         with gr.Row():
             with gr.Column(scale=2):
                 names = self._class_names()

@@ -111,11 +111,20 @@ class SamplingDefaults:
     # per mode: "mean" (z̄, the paper's) or "contrast" (z̄ of the concept minus z̄ of the rest)
     directions: dict[str, str] = field(default_factory=lambda: {"class": "mean", "attributes": "mean"})
     ramp: float = 0.0  # ChainSettings.guidance_ramp of conditional chains
-    bound: float | None = None  # ChainSettings.guidance_bound of conditional chains
+    # ChainSettings.guidance_bound per chain (None: no bound)
+    bounds: dict[str, float | None] = field(default_factory=lambda: {"reference": None, "plain": None})
 
-    def controls(self, ramp: float | None = None, bound: float | None = None) -> dict[str, Any]:
-        """ChainSettings fields for the guidance ramp and bound; arguments that are not None win (bound 0: none)."""
-        bound = self.bound if bound is None else bound
+    def bound(self, chain: str = "reference") -> float | None:
+        """The bound on the latent term's pull on a chain (reference or plain), or None."""
+        if chain not in ("reference", "plain"):
+            raise ValueError(f"unknown chain {chain!r}; use reference or plain")
+        return self.bounds.get(chain)
+
+    def controls(self, chain: str = "reference", ramp: float | None = None,
+                 bound: float | None = None) -> dict[str, Any]:
+        """ChainSettings fields for the guidance ramp and bound on ``chain``; arguments that are not None win
+        (bound 0: none)."""
+        bound = self.bound(chain) if bound is None else bound
         return {"guidance_ramp": self.ramp if ramp is None else ramp, "guidance_bound": bound or None}
 
     def direction(self, mode: str) -> str:
@@ -138,11 +147,12 @@ def _every(v: float) -> dict[str, float]:
 
 SAMPLING: dict[str, SamplingDefaults] = {
     # docs/evaluation.md, "The sampling sweep" and "Guidance that does not blow up" (bundled weights); values no
-    # cell measured keep 1.0. The bound keeps strong guidance from saturating pixels; the ramp did not help.
+    # cell measured keep 1.0. The bound keeps strong guidance from saturating pixels on the augmented sweeps; one
+    # plain chain from noise needs the full pull (bounded, it judges worse); the ramp did not help.
     "measured": SamplingDefaults(
         reference={"instance": 0.1, "class": 0.3, "attributes": 0.3, "interpolate": 0.1},
         plain={"instance": 1.0, "class": 1.0, "attributes": 1.0, "interpolate": 1.0},
-        directions={"class": "contrast", "attributes": "mean"}, bound=10.0),
+        directions={"class": "contrast", "attributes": "mean"}, bounds={"reference": 10.0, "plain": None}),
     "paper": SamplingDefaults(_every(0.01), _every(0.01), {"class": "mean", "attributes": "mean"}),  # β = 0.01
 }
 DEFAULTS = SAMPLING["measured"]

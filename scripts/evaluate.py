@@ -254,7 +254,7 @@ class Evaluation:
     def chain_for(self, m) -> ChainSettings:
         a = self.args
         return ChainSettings.from_model(m, steps=a.cond_steps or 10 * m.cfg.sgld_steps, step_size=a.cond_step_size,
-                                        noise=a.cond_noise, **self.defaults.controls(a.guidance_ramp,
+                                        noise=a.cond_noise, **self.defaults.controls("plain", a.guidance_ramp,
                                                                                      a.guidance_bound))
 
     def conditional(self) -> dict:

@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         raise SamplingError("--sweeps must be at least 1")
     defaults = SAMPLING[args.sampling]
     chain = dict(step_size=args.step_size, noise=args.noise, grad_clip=args.grad_clip,
-                 **defaults.controls(args.guidance_ramp, args.guidance_bound))
+                 **defaults.controls("reference" if args.sweeps > 1 else "plain", args.guidance_ramp,
+                                     args.guidance_bound))
     if args.sweeps > 1:
         settings = ChainSettings.reference(model, sweeps=args.sweeps, steps=args.steps, **chain)
     else:

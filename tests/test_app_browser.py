@@ -293,3 +293,24 @@ def test_streamlit_page_scores_uploads(browser, streamlit_url, weights, tmp_path
     assert page.locator("[data-testid=stDataFrame]").bounding_box()["height"] >= 7 * 72, "the table is cut off"
     page.screenshot(path=str(shots / "streamlit_ood.png"), full_page=True)
     page.close()
+
+
+@pytest.mark.parametrize("tab, name", [("lookalikes", "Look-alikes"), ("classes", "Classes"),
+                                       ("interpolate", "Interpolate")])
+def test_tab_runs_its_first_example_to_the_end(browser, gradio_url, weights, shots, tab, name):
+    """Each conditional tab's first example, run as offered: it ends Done with samples (the tab's screenshot)."""
+    page = new_page(browser)
+    page.goto(gradio_url)
+    page.get_by_role("tab", name=name).click()
+    page.locator(f"#{tab}-sample").wait_for(timeout=60_000)
+    example = page.locator("button.gallery-item").filter(visible=True).first
+    with page.expect_response(lambda r: "/run/predict" in r.url, timeout=30_000):
+        example.click()  # the server fills the inputs (load_example)
+    page.locator(f"#{tab}-sample").click()
+    status = page.locator(f"#{tab}-status")
+    status.get_by_text("Done").wait_for(timeout=weights["timeout_ms"])
+    assert "samples" in status.inner_text(), status.inner_text()
+    page.locator(f"#{tab}-download a").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(shots / f"gradio_{tab}.png"), full_page=True)
+    assert (shots / f"gradio_{tab}.png").is_file()
+    page.close()

@@ -421,7 +421,9 @@ def test_sample_cli_guidance_ramp_and_bound_default_to_clel_sampling_and_can_be_
     base = ["--weights", exports / "cifar10", "class", "cat", "--n", "2", "--steps", "2"]
     assert _sample([*base[:2], "--out", tmp_path / "d", *base[2:]]) == 0
     chain = json.loads((tmp_path / "d" / "class.json").read_text())["chain"]
-    assert (chain["guidance_ramp"], chain["guidance_bound"]) == (DEFAULTS.ramp, DEFAULTS.bound)
+    assert (chain["guidance_ramp"], chain["guidance_bound"]) == (DEFAULTS.ramp, DEFAULTS.bound("plain"))
+    assert _sample([*base[:2], "--out", tmp_path / "r", *base[2:], "--sweeps", "2"]) == 0
+    assert json.loads((tmp_path / "r" / "class.json").read_text())["chain"]["guidance_bound"] == DEFAULTS.bound()
     assert _sample([*base[:2], "--out", tmp_path / "s", *base[2:], "--guidance-ramp", "0.25",
                     "--guidance-bound", "7"]) == 0
     chain = json.loads((tmp_path / "s" / "class.json").read_text())["chain"]
@@ -538,10 +540,12 @@ def test_demo_sample_and_evaluate_take_their_defaults_from_clel_sampling(monkeyp
     assert SAMPLING["measured"] is DEFAULTS and D.ChainRequest().guidance == DEFAULTS.guidance("class")
     assert D.clamp_request(1, 1).guidance == DEFAULTS.guidance("class")
     st = D.ChainRequest().settings  # the demo's chain carries the same guidance ramp and bound
-    assert (st.guidance_ramp, st.guidance_bound) == (DEFAULTS.ramp, DEFAULTS.bound)
+    assert (st.guidance_ramp, st.guidance_bound) == (DEFAULTS.ramp, DEFAULTS.bound("plain"))
+    st = D.ChainRequest(sweeps=5).settings
+    assert st.guidance_bound == DEFAULTS.bound("reference") == 10.0
     ev = script("evaluate")
     ev_chain = ev.Evaluation.chain_for(type("E", (), {"args": ev_args, "defaults": DEFAULTS})(), CLEL(get_preset("tiny")))
-    assert (ev_chain.guidance_ramp, ev_chain.guidance_bound) == (DEFAULTS.ramp, DEFAULTS.bound)
+    assert (ev_chain.guidance_ramp, ev_chain.guidance_bound) == (DEFAULTS.ramp, DEFAULTS.bound("plain"))
     assert SAMPLING["paper"].guidance("class", "plain") == 0.01 and SAMPLING["paper"].direction("class") == "mean"
     with pytest.raises(ValueError, match="unknown sampling mode"):
         DEFAULTS.guidance("dream")
