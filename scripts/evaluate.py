@@ -115,8 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--guidance-ramp", type=float, default=None,
                    help="judged chains: guidance ramped up from 0 over this fraction (default: --sampling's)")
     c.add_argument("--guidance-bound", type=float, default=None,
-                   help="judged chains: latent pull capped at this many times the marginal's (0: none; default: "
-                   "--sampling's)")
+                   help="judged chains: latent pull capped at this many times the marginal's (0: none; default none)")
     c.add_argument("--cond-steps", type=int,
                    help="SGLD steps of conditional chains from uniform noise (default: 10 x the model's, 600)")
     c.add_argument("--cond-step-size", type=float, help="SGLD step size (default: the model's, 100)")
