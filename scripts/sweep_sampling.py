@@ -10,8 +10,9 @@ For every cell (guidance, direction, chain, weights) it draws seeded samples and
   CelebA     judged agreement per term (AND Young, AND Female, AND Smiling, NOT Smiling), --per-term samples each;
   both       diversity (mean pairwise distance of the judge's normalised features, within a condition) against
              unconditional samples', the fraction of pixels clamped at 0 or 1, and seconds.
---lookalikes N: N CIFAR-10 test images as uploads, --per-upload samples each; how often the judge gives the samples
-the upload's class, and the judge-feature distance of samples to their own upload against other uploads.
+--lookalikes N: N test images as uploads, --per-upload samples each; how often the judge gives the samples the
+upload's class (CIFAR-10) or agrees with the upload's own judged attributes (CelebA: Young, Male, Smiling), and the
+judge-feature distance of samples to their own upload against other uploads.
 Writes results.json, table.md and one grid per cell into --out.
 """
 from __future__ import annotations
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the exported weights, and/or the EMA of f and g stored beside them (ema.safetensors)")
     p.add_argument("--per-class", type=int, default=10, help="samples per class (CIFAR-10, default 10)")
     p.add_argument("--per-term", type=int, default=25, help="samples per attribute term (CelebA, default 25)")
-    p.add_argument("--lookalikes", type=int, default=0, help="N test uploads for the look-alike metric (CIFAR-10)")
+    p.add_argument("--lookalikes", type=int, default=0, help="N test uploads for the look-alike metric")
     p.add_argument("--per-upload", type=int, default=4, help="look-alike samples per upload (default 4)")
     p.add_argument("--data", default=None, help="data root (default: $CLEL_DATA or ../shared/data)")
     p.add_argument("--judges", default=str(JUDGE_DIR), help="folder with the judge weights")
@@ -145,17 +146,26 @@ def attribute_cell(model, extras, judge, direction, guidance, st, args) -> tuple
     return row, torch.cat([v[:8] for v in samples.values()])
 
 
+def same_judgement(judge, x: torch.Tensor, label: torch.Tensor) -> float:
+    """How many of ``x`` the judge gives ``label``: the class (CIFAR-10), or the fraction of attributes on which
+    it agrees with the upload's own judged attributes (CelebA), summed over ``x``."""
+    p = judge.predict(x)
+    if judge.spec.task == "classes":
+        return float((p.argmax(1) == label).sum())
+    return float(((p > 0.5) == label).float().mean(1).sum())
+
+
 def lookalike_cell(model, uploads, labels, judge, guidance, st, args) -> dict[str, Any]:
-    """Samples guided by each upload's latent: judged class agreement and distance to own vs other uploads."""
+    """Samples guided by each upload's latent: judged class (or attribute) agreement with the upload, and the
+    distance to their own upload against the other uploads."""
     t0 = time.perf_counter()
     feats_up = judge.features(uploads)
-    hits, own, other, xs = 0, [], [], []
+    hits, own, other, xs = 0.0, [], [], []
     for i in range(len(uploads)):
         cond = Condition.instance(uploads[i:i + 1].float() / 255)
         x = draw(model, args.per_upload, cond, st, seed=args.seed + 7919 * i, guidance=guidance).x
         xs.append(x)
-        pred = judge.predict(x).argmax(1)
-        hits += int((pred == labels[i]).sum())
+        hits += same_judgement(judge, x, labels[i])
         f = judge.features(x)
         d = torch.cdist(f.double(), feats_up.double())  # [k, N]
         own.append(float(d[:, i].mean()))
@@ -164,6 +174,26 @@ def lookalike_cell(model, uploads, labels, judge, guidance, st, args) -> dict[st
     return {"same_class": hits / (len(uploads) * args.per_upload), "dist_own": sum(own) / len(own),
             "dist_other": sum(other) / len(other), "clamped": clamped_fraction(x),
             "seconds": time.perf_counter() - t0}, x
+
+
+def lookalike_uploads(args: argparse.Namespace, judge: Any, celeba: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """--lookalikes seeded test images and what the samples should share with them: CIFAR-10 test images and
+    their labels, or faces from the last 1,000 shared CelebA faces (held out by the judge and by
+    scripts/distill_encoder.py) and their own judged attributes."""
+    from clel.data import load_celeba, load_cifar10
+    from clel.eval import default_data_root
+
+    root = Path(args.data or default_data_root())
+    if celeba:
+        images = load_celeba(root / "celeba", 64).images[-1000:]
+    else:
+        test = load_cifar10(root / "cifar10", "test")
+        images = test.images
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[:args.lookalikes]
+    idx = idx.sort().values
+    if celeba:
+        return images[idx], judge.predict(images[idx]) > 0.5
+    return images[idx], test.labels[idx]
 
 
 def table(rows: list[dict[str, Any]], uncond: dict[str, Any]) -> str:
@@ -196,13 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         judge = load_judge(Path(args.judges) / (CELEBA_JUDGE if celeba else CIFAR10_JUDGE))
         uploads = labels = None
         if args.lookalikes:
-            from clel.data import load_cifar10
-            from clel.eval import default_data_root
-
-            test = load_cifar10(Path(args.data or default_data_root()) / "cifar10", "test")
-            idx = torch.randperm(len(test.images), generator=torch.Generator().manual_seed(args.seed))
-            idx = idx[:args.lookalikes].sort().values
-            uploads, labels = test.images[idx], test.labels[idx]
+            uploads, labels = lookalike_uploads(args, judge, celeba)
         for label, st in chain_cells(model, args):
             name = "-".join(str(v).replace(" ", "") for v in label.values())
             key = f"{variant}/{label['chain']}" + (f"/{st.sweeps}x{st.steps}" if len(args.steps) > 1 else "")
