@@ -249,7 +249,7 @@ def examples(demo) -> dict[str, list]:
 
 @pytest.fixture(scope="module")
 def encoderless(tmp_path_factory):
-    """An app whose CelebA export has no encoder h, like the bundled weights/celeba64."""
+    """An app whose CelebA export has no encoder h (an export saved with encoder=False)."""
     paths = D.make_demo_exports(tmp_path_factory.mktemp("noh"), celeba_encoder=False)
     return gradio_app.build_app(str(paths["cifar10"]), str(paths["celeba"])), paths
 
