@@ -13,11 +13,15 @@ Each switch is independent and tested on CPU against the plain path
   where oneDNN's bf16 convolutions are about twice as fast as fp32.
 - ``cuda_graph``: one SGLD step captured as a CUDA graph and replayed, which
   removes the per-kernel launch cost that dominates small batches (CUDA only).
+- ``reuse_memory``: glibc keeps freed activations for reuse instead of handing
+  them back to the OS after every step (CPU only; see :func:`reuse_freed_memory`).
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -35,10 +39,11 @@ class FastPath:
     channels_last: bool = True
     bf16: bool = False
     cuda_graph: bool = False
+    reuse_memory: bool = True
 
     @classmethod
     def plain(cls) -> "FastPath":
-        return cls(cache_sn=False, channels_last=False, bf16=False, cuda_graph=False)
+        return cls(cache_sn=False, channels_last=False, bf16=False, cuda_graph=False, reuse_memory=False)
 
     @classmethod
     def best(cls, device: torch.device | str) -> "FastPath":
@@ -56,6 +61,27 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@functools.lru_cache(maxsize=None)
+def reuse_freed_memory() -> bool:
+    """Keep freed blocks of up to 32 MB in glibc's heap instead of returning them to the OS; True if applied.
+
+    By default glibc maps every large allocation fresh from the OS and unmaps it on free, so each SGLD step
+    page-faults all of its activations in again (the kernel zeroes every page): a 10-step cifar10-small chain at
+    batch 64 took 156k page faults and a fifth of its CPU time in the kernel. Raising the mmap threshold to its
+    maximum and the trim threshold to 1 GB lets the next step reuse the same blocks. Process-wide and for good;
+    peak memory is unchanged, but memory freed after a peak stays with the process. No-op outside glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc's own symbol: musl and others have other mallopt semantics
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -139,6 +165,8 @@ def fast_chain(model: nn.Module, fn: EnergyFn, x: Tensor, steps: int, step_size:
                ) -> Iterator[SGLDStep]:
     """``sgld_chain`` on ``fn`` with the fast-path switches applied around ``model``'s EBM."""
     device = x.device
+    if fast.reuse_memory and device.type == "cpu":
+        reuse_freed_memory()
     efn = wrap_energy(fn, fast, device)
     with frozen_spectral_norm(model) if fast.cache_sn else contextlib.nullcontext():
         if fast.cuda_graph and device.type == "cuda":

@@ -41,7 +41,7 @@ from .config import CLELConfig
 from .data import DataError, ImageSet, RandomBatches, load_dataset
 from .distributed import gather_keep_grad, init_distributed
 from .energy import marginal
-from .fast import FastPath, fast_sgld, set_precision
+from .fast import FastPath, fast_sgld, prepare, set_precision
 from .losses import EBMLoss, NTXentLoss
 from .models import CLEL
 from .sgld import ReplayBuffer
@@ -217,7 +217,13 @@ class Trainer(TrainerState, RunLog):
         opts = self.opts
         # Identical initial weights on every rank (DDP would also broadcast rank 0's).
         torch.manual_seed(opts.seed)
-        self.model = CLEL(cfg).to(self.device)
+        # The trainer's own autocast covers bf16, so the fast path only caches, reorders and (on GPU) graphs.
+        self.fast = FastPath(cache_sn=opts.fast, channels_last=opts.fast, bf16=False,
+                             cuda_graph=opts.fast and self.device.type == "cuda", reuse_memory=opts.fast)
+        # Every network channels_last (not only the chain's input): the training forward and backward of f and h
+        # then run oneDNN/cuDNN's NHWC kernels without a reorder per convolution. Files stay NCHW (saves are
+        # .contiguous()).
+        self.model = prepare(CLEL(cfg).to(self.device), self.fast)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.use_encoder = cfg.beta != 0  # β = 0: the baseline EBM without latent guidance
         objective = _Objective(self.model, self.use_encoder)
@@ -232,9 +238,6 @@ class Trainer(TrainerState, RunLog):
         self.ebm_loss = EBMLoss(cfg.alpha, cfg.beta)
         self.nt_xent = NTXentLoss(cfg.temperature)
         self.augment = StrongAugment(cfg.image_size).to(self.device)
-        # The trainer's own autocast covers bf16, so the fast path only caches, reorders and (on GPU) graphs.
-        self.fast = FastPath(cache_sn=opts.fast, channels_last=opts.fast, bf16=False,
-                             cuda_graph=opts.fast and self.device.type == "cuda")
 
 
     # -- setup helpers -------------------------------------------------------------------------------------------

@@ -15,7 +15,10 @@ For each architecture (Small, Base, and Large when asked for) the same work is t
   3. CLEL's overhead over the beta = 0 baseline (the same trainer with beta=0: no encoder), both fast;
   4. FID sampling, 50k images x 600 SGLD steps: a projection from the measured time per step at the
      sampling batch, not a measurement;
-  5. the demo chain (16 images x 60 steps, Small).
+  5. the demo chain (16 images x 60 steps, Small);
+  6. a full training iteration now against the fast path of 2026-12-01 (NCHW networks, glibc's default
+     frees, avg_pool2d's own backward): each side in fresh processes, alternating, because the allocator
+     setting is process-wide.
 
 After the table, the performance issue's targets for this device, each with its measured value and
 pass / fail (n/a where the run cannot decide it, e.g. iterations timed with fewer SGLD steps).
@@ -25,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
 import json
 import math
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -50,6 +56,7 @@ from clel.fast import set_precision
 from clel.trainer import Trainer, TrainOptions
 
 FID_IMAGES = 50_000
+BASELINE = "2026-12-01"  # the trainer's fast path that the iteration-speed target is measured against
 FID_STEPS = 600  # 10 sweeps of 60 steps: the FID protocol of clel.eval.fid.GenerateSettings
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -314,6 +321,8 @@ TARGETS = [
            batch=64),
     Target("cpu", "demo chain (16 x 60 steps, Small, 32x32) <= 2 s", "small", "demo", "fast_ms", "<=", 2.0, "s",
            scale=1e3),
+    Target("cpu", f"Small training iteration >= 1.5x the {BASELINE} fast path", "small", "baseline", "speedup", ">=",
+           1.5, "x", full_chain=True),
     Target("cuda", "Base full training iteration <= 75 ms", "base", "train", "fast_ms", "<=", 75.0, "ms",
            full_chain=True),
     Target("cuda", "Small full training iteration <= 12 ms", "small", "train", "fast_ms", "<=", 12.0, "ms",
@@ -360,6 +369,64 @@ def evaluate_targets(rows: list[dict], device_type: str, targets: list[Target] =
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# 6. A training iteration against the fast path of 2026-12-01
+# ----------------------------------------------------------------------------------------------------------------
+
+def as_of_baseline(trainer: Trainer) -> None:
+    """Undo what the trainer's fast path gained after 2026-12-01 (in a worker process: it patches clel.models)."""
+    import clel.models
+
+    clel.models.avg_pool = F.avg_pool2d  # avg_pool2d's own backward
+    for m in (trainer.model, trainer.ema):  # only the chain's input was channels_last
+        m.to(memory_format=torch.contiguous_format)
+    trainer.fast = dataclasses.replace(trainer.fast, reuse_memory=False)  # glibc's default frees
+
+
+def iteration_worker(which: str, preset: str, device: torch.device, sgld_steps: int | None, repeats: int,
+                     warmup: int) -> list[float]:
+    """Seconds per iteration of one side ("baseline" or "now"), timed in this (fresh) process."""
+    cfg = get_preset(preset)
+    cfg = cfg.replace(sgld_steps=sgld_steps) if sgld_steps is not None else cfg
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_trainer(cfg, device, True, fast_precision(device), Path(tmp) / "run")
+        if which == "baseline":
+            as_of_baseline(trainer)
+        for _ in range(warmup):
+            trainer.train_step()
+        times = []
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            trainer.train_step()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def baseline_row(preset: str, device: torch.device, rounds: int, repeats: int, warmup: int,
+                 sgld_steps: int | None, threads: int | None) -> dict:
+    """Baseline and now, each in ``rounds`` fresh processes taken in turn (machine drift hits both alike)."""
+    cfg = get_preset(preset)
+    steps = sgld_steps if sgld_steps is not None else cfg.sgld_steps
+    times: dict[str, list[float]] = {"baseline": [], "now": []}
+    for _ in range(rounds):
+        for which in times:
+            cmd = [sys.executable, __file__, "--iteration-worker", which, "--preset", preset, "--device", device.type,
+                   "--repeats", str(repeats), "--warmup", str(warmup)]
+            cmd += ["--train-sgld-steps", str(steps)] + (["--threads", str(threads)] if threads else [])
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"bench worker failed: {' '.join(cmd)}\n{out.stderr[-2000:]}")
+            times[which] += json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+    before, now = statistics.median(times["baseline"]), statistics.median(times["now"])
+    note = "" if steps == cfg.sgld_steps else f" (preset: {cfg.sgld_steps})"
+    return {"arch": cfg.arch, "kind": "baseline", "batch": cfg.batch_size, "sgld_steps": steps,
+            "preset_sgld_steps": cfg.sgld_steps, "what": f"train iteration, {BASELINE} path | now, {steps} steps{note}",
+            "plain_ms": 1e3 * before, "fast_ms": 1e3 * now, "speedup": before / now, "rounds": rounds,
+            "baseline_s": times["baseline"], "now_s": times["now"]}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Output
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -391,7 +458,9 @@ def print_table(rows: list[dict]) -> None:
             a, b, ratio = fmt_time(r["plain_ms"]), fmt_time(r["fast_ms"]), f"{r['speedup']:.2f}x"
         print(f"{r['arch']:6} {r['what']:46} {a:>10} {b:>10} {ratio:>7} {gf:>8} {tf:>8} {peak:>8}")
     print("ratio: plain / fast; for 'CLEL over beta=0' the columns are beta=0 | CLEL and the ratio is the "
-          "overhead.\nFID rows are projections from the measured step time at the sampling batch, not measurements.")
+          f"overhead;\nfor '{BASELINE} path | now' they are the trainer's fast path as of {BASELINE} | today's "
+          "(median over fresh processes taken in turn).\nFID rows are projections from the measured step time at "
+          "the sampling batch, not measurements.")
 
 
 def print_targets(results: list[dict], device_type: str) -> None:
@@ -423,12 +492,22 @@ def main() -> None:
     p.add_argument("--fid-steps", type=int, default=FID_STEPS, help="SGLD steps per image of the projected FID row (default: 600)")
     p.add_argument("--no-demo", action="store_true", help="skip the 16 x 60 demo-chain row")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--baseline-rounds", type=int, default=3,
+                   help=f"fresh processes per side for the iteration against the {BASELINE} fast path, Small only "
+                        "(default: 3; 0 skips the row)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows, targets and machine info here")
+    p.add_argument("--iteration-worker", choices=("baseline", "now"), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--preset", default="cifar10-small", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.iteration_worker:  # one side of the baseline row, in its own process
+        seconds = iteration_worker(args.iteration_worker, args.preset, device, args.train_sgld_steps,
+                                   args.repeats, args.warmup)
+        print(json.dumps({"seconds": seconds}))
+        return
     fast = FastPath.best(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -445,6 +524,9 @@ def main() -> None:
         rows += steps
         if not args.no_train:
             rows += train_rows(f"cifar10-{arch}", device, args.repeats, args.train_sgld_steps, args.warmup)
+            if arch == "small" and args.baseline_rounds > 0:
+                rows.append(baseline_row("cifar10-small", device, args.baseline_rounds, max(1, args.repeats // 2),
+                                         args.warmup, args.train_sgld_steps, args.threads))
         at_sample_batch = next(r for r in steps if r["batch"] == sample_batch)
         rows.append(fid_row(at_sample_batch, args.fid_images, args.fid_steps))
     if not args.no_demo:

@@ -63,11 +63,37 @@ def fake_rows(steps: int = 60, **fields) -> list[dict]:
 
 def test_cpu_targets_pass_and_fail():
     res = bench.evaluate_targets(fake_rows(speedup=1.6, demo_ms=2500.0), "cpu")
-    assert len(res) == 2  # only the CPU targets
-    assert [r["status"] for r in res] == ["pass", "fail"]
+    assert len(res) == 3  # only the CPU targets
+    assert [r["status"] for r in res] == ["pass", "fail", "not measured"]  # no baseline row in fake_rows
     assert res[0]["value"] == pytest.approx(1.6) and res[1]["value"] == pytest.approx(2.5)  # demo in seconds
     res = bench.evaluate_targets(fake_rows(speedup=1.4, demo_ms=1900.0), "cpu")
-    assert [r["status"] for r in res] == ["fail", "pass"]
+    assert [r["status"] for r in res] == ["fail", "pass", "not measured"]
+    row = {"arch": "small", "kind": "baseline", "speedup": 1.3, "sgld_steps": 60, "preset_sgld_steps": 60}
+    assert bench.evaluate_targets([row], "cpu")[2]["status"] == "fail"
+    assert bench.evaluate_targets([{**row, "sgld_steps": 5}], "cpu")[2]["status"] == "n/a"  # shortened chains
+
+
+def test_the_baseline_side_undoes_the_newer_fast_path(monkeypatch):
+    import clel.models
+
+    monkeypatch.setattr(clel.models, "avg_pool", clel.models.avg_pool)  # restored after the test
+    cfg = bench.get_preset("tiny")
+    with bench.tempfile.TemporaryDirectory() as tmp:
+        trainer = bench.build_trainer(cfg, torch.device("cpu"), True, "fp32", Path(tmp) / "run")
+        convs = [p for p in trainer.model.parameters() if p.ndim == 4 and p.shape[-1] > 1]
+        assert trainer.fast.reuse_memory and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        bench.as_of_baseline(trainer)
+        assert not trainer.fast.reuse_memory and trainer.fast.cache_sn and trainer.fast.channels_last
+        assert all(p.is_contiguous() for p in convs) and clel.models.avg_pool is torch.nn.functional.avg_pool2d
+        assert trainer.train_step() is not None
+
+
+def test_baseline_row_times_both_sides_in_fresh_processes(one_thread):
+    row = bench.baseline_row("tiny", torch.device("cpu"), rounds=1, repeats=1, warmup=0, sgld_steps=2, threads=1)
+    assert row["kind"] == "baseline" and row["arch"] == "tiny" and row["rounds"] == 1
+    assert len(row["baseline_s"]) == len(row["now_s"]) == 1 and row["plain_ms"] > 0 and row["fast_ms"] > 0
+    assert row["speedup"] == pytest.approx(row["plain_ms"] / row["fast_ms"])
+    assert row["sgld_steps"] == 2 and "preset: 5" in row["what"]
 
 
 def test_cuda_targets_pass_fail_and_units():

@@ -1,12 +1,15 @@
 """The fast path computes the same function as the plain path (CPU)."""
 import contextlib
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from clel import CLEL, energy, get_preset
-from clel.fast import FastPath, cpu_has_bf16, fast_sgld, frozen_spectral_norm, prepare, wrap_energy
+from clel.fast import FastPath, cpu_has_bf16, fast_sgld, frozen_spectral_norm, prepare, reuse_freed_memory, wrap_energy
+from clel.models import avg_pool
 from clel.sgld import sgld
 
 SWITCHES = [FastPath(cache_sn=True, channels_last=False), FastPath(cache_sn=False, channels_last=True),
@@ -102,4 +105,76 @@ def test_sixty_step_chain_matches_plain(models, mode, bf16):
 def test_best_switches_by_device():
     assert FastPath.best("cpu") == FastPath(cache_sn=True, channels_last=True, bf16=cpu_has_bf16(), cuda_graph=False)
     assert FastPath.best("cuda").cuda_graph and FastPath.best("cuda").bf16
-    assert FastPath.plain() == FastPath(False, False, False, False)
+    assert FastPath.plain() == FastPath(False, False, False, False, reuse_memory=False)
+    assert FastPath.best("cpu").reuse_memory
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("k", [2, 4])
+def test_avg_pool_is_avg_pool2d_forward_and_backward_bit_for_bit(k, dtype, fmt):
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(3, 5, 16, 8, generator=g).to(dtype).contiguous(memory_format=fmt).requires_grad_(True)
+    grad_out = torch.randn(3, 5, 16 // k, 8 // k, generator=g).to(dtype)
+    y_ref, y = torch.nn.functional.avg_pool2d(x, k), avg_pool(x, k)
+    (g_ref,) = torch.autograd.grad(y_ref, x, grad_out)
+    (g_new,) = torch.autograd.grad(y, x, grad_out)
+    assert torch.equal(y, y_ref) and torch.equal(g_new, g_ref)
+    assert g_new.abs().sum() > 0
+
+
+def test_avg_pool_takes_the_plain_path_where_k_does_not_divide_the_size():
+    x = torch.randn(2, 3, 9, 8).bfloat16().requires_grad_(True)  # 9 rows: the last one is dropped by the pool
+    (g_ref,) = torch.autograd.grad(torch.nn.functional.avg_pool2d(x, 2).sum(), x)
+    (g_new,) = torch.autograd.grad(avg_pool(x, 2).sum(), x)
+    assert torch.equal(g_new, g_ref) and (g_new[:, :, -1] == 0).all()
+
+
+def test_ebm_input_gradient_unchanged_by_the_fast_pool_in_bf16(models):
+    """The whole energy network in bf16 autocast: the same input gradient with the fast pool as with avg_pool2d."""
+    import clel.models as M
+
+    plain, _ = models
+    plain.eval()
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+
+    def grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return energy_and_grad(lambda y: energy(plain, y).float(), x)[1]
+
+    fast = grad()
+    original = M._AvgPoolFn.apply
+    M._AvgPoolFn.apply = lambda t, k: torch.nn.functional.avg_pool2d(t, k)
+    try:
+        ref = grad()
+    finally:
+        M._AvgPoolFn.apply = original
+    assert torch.equal(fast, ref) and fast.abs().sum() > 0
+
+
+def test_reuse_freed_memory_stops_the_page_faults_of_every_step():
+    """Large blocks freed by one SGLD step are handed back to the OS and faulted in again by the next; not after."""
+    code = """
+import resource, torch
+from clel.fast import reuse_freed_memory
+
+def faults():
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):  # five "steps", each with six 8 MB activations alive at once, then freed
+        blocks = [torch.ones(2 << 20) for _ in range(6)]
+        del blocks
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+
+faults()
+before = faults()
+applied = reuse_freed_memory()
+faults()
+print(before, applied, faults())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    before, applied, after = int(out[0]), out[1] == "True", int(out[2])
+    if not applied:
+        pytest.skip("not glibc")
+    pages = 5 * 6 * (8 << 20) // 4096
+    assert before > pages // 2, before  # glibc's default: most pages faulted in again every time
+    assert after < pages // 20, (before, after)
