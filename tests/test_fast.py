@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clel import CLEL, energy, get_preset
-from clel.fast import FastPath, cpu_has_bf16, fast_sgld, frozen_spectral_norm, prepare, reuse_freed_memory, wrap_energy
+from clel.fast import FastPath, cpu_has_bf16, fast_sgld, frozen_spectral_norm, prepare, wrap_energy
 from clel.models import avg_pool
 from clel.sgld import sgld
 

@@ -1,0 +1,44 @@
+"""scripts/compare_recipes.py: recipes parse, CPU time is read per process, arms stop at their CPU budget."""
+import os
+import time
+
+import pytest
+
+from clel.checkpoints import find_checkpoints, read_checkpoint_meta
+from clel.trainer import TrainOptions, train
+from conftest import load_script
+
+cr = load_script("scripts/compare_recipes.py", "compare_recipes")
+
+
+def test_recipes_parse_and_bad_ones_are_refused():
+    assert cr.parse_recipe("now=") == ("now", [])
+    assert cr.parse_recipe('steps40=--sgld-steps 40 --lr "2e-4"') == ("steps40", ["--sgld-steps", "40", "--lr", "2e-4"])
+    for bad in ("--sgld-steps 40", "=--lr 1"):
+        with pytest.raises(SystemExit, match="NAME=ARGS"):
+            cr.parse_recipe(bad)
+
+
+def test_cpu_seconds_counts_this_process_work():
+    before = cr.cpu_seconds(os.getpid())
+    t = time.process_time()
+    while time.process_time() - t < 0.3:
+        sum(range(10_000))
+    assert cr.cpu_seconds(os.getpid()) - before >= 0.2
+
+
+def test_arms_resume_one_checkpoint_with_their_overrides_and_stop_at_their_budget(tmp_path):
+    from test_trainer import fake_cifar, small_cfg
+
+    data = fake_cifar(tmp_path / "cifar", per_class=2)  # on disk: train.py runs as a subprocess
+    train(small_cfg(), TrainOptions(out=str(tmp_path / "start"), data=str(data), max_iters=2, progress=False,
+                                    tensorboard=False, prototypes=False))
+    start = find_checkpoints(tmp_path / "start")[-1]
+    long = ["--iters", "100000"]  # the tiny run would end at its 10 iterations long before the budget
+    recipes = [("now", long), ("steps3", ["--sgld-steps", "3", *long])]
+    arms = cr.run_arms(start, recipes, tmp_path / "arms", cpu_budget=8.0, nice=0, poll=0.2)
+    assert set(arms) == {"now", "steps3"}
+    for name, steps in (("now", 2), ("steps3", 3)):
+        meta = read_checkpoint_meta(find_checkpoints(tmp_path / "arms" / name)[-1])
+        assert meta["config"]["sgld_steps"] == steps and meta["iteration"] > 2  # resumed, trained on
+        assert 8.0 <= arms[name]["cpu_s"] < 40.0  # stopped soon after its budget, not at --iters
