@@ -74,10 +74,12 @@ def run_arms(start: Path, recipes: list[tuple[str, list[str]]], out: Path, cpu_b
     result = {}
     for name, (p, log) in procs.items():
         log.close()
-        if p.returncode not in (0, 130):  # 130: stopped by its budget, after its checkpoint
-            raise SystemExit(f"arm {name} failed (exit {p.returncode}): see {out / name / 'train.log'}")
         result[name] = {"cpu_s": round(used.get(name, 0.0), 1), "wall_s": round(time.time() - t0, 1),
                         "args": " ".join(dict(recipes)[name])}
+        if p.returncode not in (0, 130):  # 130: stopped by its budget, after its checkpoint
+            # One broken arm (a bad override) must not cost the others their CPU time: reported, not probed.
+            result[name]["failed"] = f"exit {p.returncode}, see {out / name / 'train.log'}"
+            print(f"arm {name} failed ({result[name]['failed']})", file=sys.stderr)
     return result
 
 
@@ -111,6 +113,9 @@ def probe_all(start: Path, arms: dict[str, dict[str, Any]], out: Path, noise_see
                             for s in range(1, noise_seeds + 1)]
     rows = {}
     for name, arm in arms.items():
+        if "failed" in arm or not find_checkpoints(out / name):
+            rows[name] = {**arm, "failed": arm.get("failed", "no checkpoint")}
+            continue
         model, m = live_model(find_checkpoints(out / name)[-1])
         c = m["config"]
         rows[name] = {**arm, "iteration": m["iteration"], "iterations": m["iteration"] - first,
@@ -126,6 +131,9 @@ def print_table(res: dict[str, Any]) -> None:
         print("  other probe seed: " + ", ".join(f"{k} {o[k]:.4g}" for k in keys))
     print(f"\n{'arm':12} {'CPU min':>8} {'iters':>6} {'images':>7} " + " ".join(f"{k:>18}" for k in keys))
     for name, r in res["arms"].items():
+        if "failed" in r:
+            print(f"{name:12} failed: {r['failed']}")
+            continue
         hours = r["cpu_s"] / 3600
         cells = [f"{r[k]:.4g} ({(r[k] - s[k]) / hours:+.3g}/h)" for k in keys]
         print(f"{name:12} {r['cpu_s'] / 60:8.1f} {r['iterations']:6d} {r['iterations'] * r['batch_size']:7d} "

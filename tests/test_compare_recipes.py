@@ -35,10 +35,13 @@ def test_arms_resume_one_checkpoint_with_their_overrides_and_stop_at_their_budge
                                     tensorboard=False, prototypes=False))
     start = find_checkpoints(tmp_path / "start")[-1]
     long = ["--iters", "100000"]  # the tiny run would end at its 10 iterations long before the budget
-    recipes = [("now", long), ("steps3", ["--sgld-steps", "3", *long])]
+    recipes = [("now", long), ("steps3", ["--sgld-steps", "3", "--batch-size", "4", *long]),
+               ("broken", ["--lr", "not-a-number"])]
     arms = cr.run_arms(start, recipes, tmp_path / "arms", cpu_budget=8.0, nice=0, poll=0.2)
-    assert set(arms) == {"now", "steps3"}
-    for name, steps in (("now", 2), ("steps3", 3)):
+    assert set(arms) == {"now", "steps3", "broken"} and "failed" in arms["broken"]  # the others still ran
+    for name, steps, batch in (("now", 2, 8), ("steps3", 3, 4)):
+        assert "failed" not in arms[name]
         meta = read_checkpoint_meta(find_checkpoints(tmp_path / "arms" / name)[-1])
-        assert meta["config"]["sgld_steps"] == steps and meta["iteration"] > 2  # resumed, trained on
+        assert meta["iteration"] > 2  # resumed, trained on
+        assert (meta["config"]["sgld_steps"], meta["config"]["batch_size"]) == (steps, batch)
         assert 8.0 <= arms[name]["cpu_s"] < 40.0  # stopped soon after its budget, not at --iters

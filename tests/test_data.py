@@ -190,8 +190,21 @@ def test_random_batches_state_round_trip():
     b.load_state_dict(state)
     for (xa, ya), (xb, yb) in zip(expected, (next(b) for _ in range(6))):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    with pytest.raises(ValueError):
-        RandomBatches(data, batch_size=4).load_state_dict(state)
+    with pytest.raises(ValueError, match="10 images"):
+        RandomBatches(_toy_set(12), batch_size=3).load_state_dict(state)
+
+
+def test_random_batches_continue_the_same_epoch_at_another_batch_size():
+    """A resumed run with a new --batch-size takes the next images of the same permutation, not a fresh epoch."""
+    data = _toy_set(12)
+    a = RandomBatches(data, batch_size=2, generator=torch.Generator().manual_seed(0), dequant=False)
+    next(a)
+    state = a.state_dict()
+    rest = torch.cat([next(a)[1] for _ in range(5)])  # the epoch's other 10 labels, in order
+    b = RandomBatches(data, batch_size=5, generator=torch.Generator().manual_seed(9), dequant=False)
+    b.load_state_dict(state)
+    assert torch.equal(torch.cat([next(b)[1] for _ in range(2)]), rest)
+    assert b.epoch == 0 and b.position == 12
 
 
 # ---------------------------------------------------------------------------------------------------- errors

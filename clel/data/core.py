@@ -188,9 +188,9 @@ class RandomBatches:
                 "epoch": self.epoch, "batch_size": self.batch_size, "n": len(self.data)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["n"] != len(self.data) or state["batch_size"] != self.batch_size:
-            raise ValueError(f"state is for {state['n']} images in batches of {state['batch_size']}, "
-                             f"this iterator has {len(self.data)} in batches of {self.batch_size}")
+        """Continue where ``state`` stopped; with another batch size, from the same image of the same epoch."""
+        if state["n"] != len(self.data):
+            raise ValueError(f"state is for {state['n']} images, this iterator has {len(self.data)}")
         self.generator.set_state(state["generator"])
         self.perm = state["perm"].clone()
         self.position = int(state["position"])
