@@ -178,3 +178,46 @@ print(before, applied, faults())
     pages = 5 * 6 * (8 << 20) // 4096
     assert before > pages // 2, before  # glibc's default: most pages faulted in again every time
     assert after < pages // 20, (before, after)
+
+
+def test_prepare_gives_only_the_encoders_small_map_convolutions_the_gemm_backward():
+    from clel.fast import SmallMapConv2d
+
+    model = CLEL(get_preset("tiny"))
+    keys = list(model.state_dict())
+    prepare(model, FastPath())
+    swapped = {n for n, m in model.named_modules() if type(m) is SmallMapConv2d}
+    assert swapped and all(n.startswith("h.backbone.") for n in swapped)  # none of f (spectral-normalised)
+    for n in swapped:
+        m = model.get_submodule(n)
+        assert m.kernel_size == (3, 3) and m.stride == (1, 1) and m.bias is None
+    assert "h.backbone.layer2.0.conv1" not in swapped  # stride 2 keeps oneDNN's
+    assert list(model.state_dict()) == keys  # same modules, same weights
+    assert type(copy.deepcopy(model).get_submodule(next(iter(swapped)))) is SmallMapConv2d  # the EMA copy too
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("size", [4, 8], ids=["4x4-gemm", "8x8-plain"])
+def test_small_map_conv_gradients_match_the_plain_convolution(bf16, size):
+    from clel.fast import SmallMapConv2d
+
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(24, 16, 3, padding=1, bias=False)
+    fast = copy.deepcopy(plain)
+    fast.__class__ = SmallMapConv2d
+    x = torch.randn(6, 24, size, size).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(6, 16, size, size)
+
+    def grads(conv):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = conv(xi)
+        (gx, gw) = torch.autograd.grad(y, (xi, conv.weight), g.to(y.dtype))
+        return y.float(), gx, gw
+
+    for a, b in zip(grads(plain), grads(fast)):
+        assert a.dtype == b.dtype and a.abs().sum() > 0
+        if size == 8:  # above 16 positions: the plain convolution itself
+            assert torch.equal(a, b)
+        else:  # the same sums in another order: fp32 or bf16 rounding apart
+            assert (a - b).norm() / a.norm() < (1e-2 if bf16 else 1e-5)
