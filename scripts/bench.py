@@ -17,8 +17,8 @@ For each architecture (Small, Base, and Large when asked for) the same work is t
      sampling batch, not a measurement;
   5. the demo chain (16 images x 60 steps, Small);
   6. a full training iteration now against the fast path of 2026-12-01 (NCHW networks, glibc's default
-     frees, avg_pool2d's own backward): each side in fresh processes, alternating, because the allocator
-     setting is process-wide.
+     frees, avg_pool2d's and oneDNN's own backward): each side in fresh processes, alternating, because the
+     allocator setting is process-wide.
 
 After the table, the performance issue's targets for this device, each with its measured value and
 pass / fail (n/a where the run cannot decide it, e.g. iterations timed with fewer SGLD steps).
@@ -50,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from clel import CLEL, CLELConfig, energy, get_preset
 from clel.data import ImageSet
-from clel.fast import FastPath, fast_sgld, native_bf16, prepare
+from clel.fast import FastPath, SmallMapConv2d, fast_sgld, native_bf16, prepare
 from clel.sgld import sgld
 from clel.fast import set_precision
 from clel.trainer import Trainer, TrainOptions
@@ -379,6 +379,9 @@ def as_of_baseline(trainer: Trainer) -> None:
     clel.models.avg_pool = F.avg_pool2d  # avg_pool2d's own backward
     for m in (trainer.model, trainer.ema):  # only the chain's input was channels_last
         m.to(memory_format=torch.contiguous_format)
+        for conv in m.modules():  # oneDNN's backward on the encoder's small maps
+            if type(conv) is SmallMapConv2d:
+                conv.__class__ = torch.nn.Conv2d
     trainer.fast = dataclasses.replace(trainer.fast, reuse_memory=False)  # glibc's default frees
 
 

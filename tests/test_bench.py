@@ -82,9 +82,11 @@ def test_the_baseline_side_undoes_the_newer_fast_path(monkeypatch):
         trainer = bench.build_trainer(cfg, torch.device("cpu"), True, "fp32", Path(tmp) / "run")
         convs = [p for p in trainer.model.parameters() if p.ndim == 4 and p.shape[-1] > 1]
         assert trainer.fast.reuse_memory and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        assert any(isinstance(m, bench.SmallMapConv2d) for m in trainer.model.modules())
         bench.as_of_baseline(trainer)
         assert not trainer.fast.reuse_memory and trainer.fast.cache_sn and trainer.fast.channels_last
         assert all(p.is_contiguous() for p in convs) and clel.models.avg_pool is torch.nn.functional.avg_pool2d
+        assert not any(isinstance(m, bench.SmallMapConv2d) for m in trainer.model.modules())
         assert trainer.train_step() is not None
 
 
