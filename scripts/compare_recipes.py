@@ -2,10 +2,12 @@
 """Which CPU recipe buys the most quality per CPU-hour? Short runs from one checkpoint, then one probe each.
 
     python scripts/compare_recipes.py --from ~/.cache/clel/runs/cifar10 --out ~/.cache/clel/recipes \\
-        --cpu-minutes 18 --recipe now= --recipe steps40="--sgld-steps 40" --recipe batch64="--batch-size 64"
+        --cpu-minutes 18 --common "--precision bf16" \\
+        --recipe now= --recipe steps40="--sgld-steps 40" --recipe batch64="--batch-size 64"
 
 Every arm resumes the newest checkpoint of --from (weights, optimisers, replay buffer, data order) with its own
-train.py overrides. All arms run at once, one thread each, so a machine's drift hits them alike, and each stops
+train.py overrides (after --common, which every arm gets: a run's --precision is not in its checkpoint).
+All arms run at once, one thread each, so a machine's drift hits them alike, and each stops
 (SIGTERM: checkpoint, then exit) once its own process has used --cpu-minutes of CPU time. Then the starting
 point and every arm's live weights get the same fixed-seed probe (clel.probe: FID-500 against 2,000 training
 images, judged accuracy or attribute agreement, clamped pixels), and the table gives each probe's change per
@@ -147,6 +149,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for the arms' runs and results.json")
     p.add_argument("--recipe", action="append", required=True,
                    help='NAME=TRAIN.PY ARGS, repeatable; "now=" continues with the checkpoint\'s own recipe')
+    p.add_argument("--common", default="", help='train.py arguments for every arm (e.g. "--precision bf16")')
     p.add_argument("--cpu-minutes", type=float, default=20.0, help="CPU time per arm (default: 20)")
     p.add_argument("--nice", type=int, default=5, help="niceness of the arms (default: 5)")
     p.add_argument("--noise-seeds", type=int, default=1, help="extra probe seeds on the start point (default: 1)")
@@ -158,7 +161,8 @@ def main() -> None:
     found = find_checkpoints(args.run)
     if not found:
         raise SystemExit(f"{args.run} holds no checkpoint to start from")
-    recipes = [parse_recipe(r) for r in args.recipe]
+    common = shlex.split(args.common)
+    recipes = [(name, common + extra) for name, extra in map(parse_recipe, args.recipe)]
     if len({n for n, _ in recipes}) != len(recipes):
         raise SystemExit("recipe names must differ")
     if any(find_checkpoints(args.out / n) for n, _ in recipes):
