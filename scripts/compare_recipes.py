@@ -154,6 +154,8 @@ def main() -> None:
     p.add_argument("--nice", type=int, default=5, help="niceness of the arms (default: 5)")
     p.add_argument("--noise-seeds", type=int, default=1, help="extra probe seeds on the start point (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the probes (default: 1)")
+    p.add_argument("--probe-only", action="store_true",
+                   help="skip the training: probe the arms recorded in --out/arms.json by an earlier call")
     args = p.parse_args()
 
     from clel.checkpoints import find_checkpoints
@@ -165,10 +167,14 @@ def main() -> None:
     recipes = [(name, common + extra) for name, extra in map(parse_recipe, args.recipe)]
     if len({n for n, _ in recipes}) != len(recipes):
         raise SystemExit("recipe names must differ")
-    if any(find_checkpoints(args.out / n) for n, _ in recipes):
-        raise SystemExit(f"{args.out} already holds arms of these names; choose another --out")
     torch.set_num_threads(args.threads)
-    arms = run_arms(found[-1], recipes, args.out, 60 * args.cpu_minutes, args.nice)
+    if args.probe_only:
+        arms = json.loads((args.out / "arms.json").read_text())
+    else:
+        if any(find_checkpoints(args.out / n) for n, _ in recipes):
+            raise SystemExit(f"{args.out} already holds arms of these names; choose another --out")
+        arms = run_arms(found[-1], recipes, args.out, 60 * args.cpu_minutes, args.nice)
+        (args.out / "arms.json").write_text(json.dumps(arms, indent=2))  # what --probe-only reads
     res = {"command": " ".join(sys.argv), **probe_all(found[-1], arms, args.out, args.noise_seeds)}
     (args.out / "results.json").write_text(json.dumps(res, indent=2))
     print_table(res)
