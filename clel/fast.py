@@ -6,7 +6,8 @@ Each switch is independent and tested on CPU against the plain path
 - ``cache_sn``: the EBM's weights do not change inside a chain, so the
   spectral-normalised weights are computed once and reused for every step
   (otherwise every forward repeats the power iteration and the division).
-- ``channels_last``: NHWC activations, which cuDNN and oneDNN convolve faster.
+- ``channels_last``: NHWC activations, which cuDNN and oneDNN convolve faster; with it, the encoder's 3x3
+  convolutions on small maps train through a GEMM on CPU (:class:`SmallMapConv2d`).
 - ``bf16``: autocast of the energy network only; x, the update and the noise
   stay fp32 because the noise (1e-3) is below bf16's resolution near 1. On by
   default on CUDA and on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX),
