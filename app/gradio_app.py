@@ -18,16 +18,38 @@ visitor sees when a chain fails. Leave it unset.
 from __future__ import annotations
 
 import argparse
+import atexit
 import html
 import os
+import shutil
+import signal
 import tempfile
 import time
 import traceback
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 REPO = Path(__file__).resolve().parents[1]
+# The server's own files (uploads, cached outputs) go in one folder of its own, removed when it stops. Gradio reads
+# the variable when it is imported, so it is set here; an importer (tests, another app) keeps its own setting.
+# SIGTERM (docker stop, kill) ends the server as Ctrl-C does, so the folder goes either way, even mid-start.
+SERVER_TMP = None
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        SERVER_TMP = tempfile.mkdtemp(prefix="clel-demo-")
+        atexit.register(shutil.rmtree, SERVER_TMP, ignore_errors=True)
+        os.environ["GRADIO_TEMP_DIR"] = SERVER_TMP
+        # importing torchvision creates torch's compile cache in the temp folder, which the demo never uses
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(SERVER_TMP, "torchinductor"))
 
 import gradio as gr  # noqa: E402  (after the analytics switch)
 
@@ -98,7 +120,10 @@ class DemoApp:
     def __init__(self, store: D.ModelStore, limits: D.Limits | None = None, out_dir: str | None = None):
         self.store = store
         self.limits = limits or D.Limits.from_env()
-        self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="clel-demo-"))
+        if out_dir is None:  # a folder of its own for the chains' downloads, removed with the app or at exit
+            out_dir = tempfile.mkdtemp(prefix="clel-demo-")
+            weakref.finalize(self, shutil.rmtree, out_dir, ignore_errors=True)
+        self.out_dir = Path(out_dir)
         self._stop_requests: set[str] = set()  # browser sessions whose chain should end at the next step
 
     # -- the shared live loop ---------------------------------------------------------------------------------
@@ -572,10 +597,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = p.parse_args(argv)
-    demo = build_app(args.cifar10, args.celeba)
-    # the app keeps no gr.State, so old sessions can go: Gradio's default keeps 10,000 (about 0.3 MB each)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size="25mb", css=CSS,
-                footer_links=["api", "settings"], state_session_capacity=256)
+    try:
+        demo = build_app(args.cifar10, args.celeba)
+        # the app keeps no gr.State, so old sessions can go: Gradio's default keeps 10,000 (about 0.3 MB each)
+        demo.launch(server_name=args.host, server_port=args.port, max_file_size="25mb", css=CSS,
+                    footer_links=["api", "settings"], state_session_capacity=256)
+    except KeyboardInterrupt:  # stopped while loading the weights, before the server listened
+        pass
 
 
 if __name__ == "__main__":

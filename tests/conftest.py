@@ -1,9 +1,12 @@
-"""Shared fixtures: where the offline data sets live, and deterministic seeding."""
+"""Shared fixtures: where the offline data sets live, deterministic seeding, and temporary files kept in pytest's
+own temporary folder (removed after the run) so that a test run leaves nothing behind."""
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,38 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("CLEL_DATA", REPO.parent / "shared" / "data"))
+
+
+SYSTEM_TMP = Path(tempfile.gettempdir())
+_tmp_before: set[str] = set()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Every temporary file of the run, ours and our libraries' (tempfile, subprocesses through TMPDIR, Gradio's
+    uploads and gradio_client's downloads), goes under one folder, removed at the end; pytest's own base folder
+    goes there too unless the user named one with --basetemp."""
+    _tmp_before.update(os.listdir(SYSTEM_TMP))
+    root = Path(tempfile.mkdtemp(prefix="clel-tests-"))
+    config._clel_tmp_root = root
+    if config.option.basetemp is None:
+        config.option.basetemp = str(root / "pytest")  # pytest empties and recreates this one itself
+    scratch = root / "tmp"
+    scratch.mkdir()
+    tempfile.tempdir = str(scratch)
+    os.environ["TMPDIR"] = str(scratch)
+    os.environ["GRADIO_TEMP_DIR"] = str(scratch / "gradio")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    root = getattr(session.config, "_clel_tmp_root", None)
+    if root is None:
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    new = sorted(n for n in set(os.listdir(SYSTEM_TMP)) - _tmp_before if not n.startswith("clel-tests-"))
+    if new:  # something wrote past the redirection above (another pytest run's own folder is not counted)
+        print(f"\ntests left {len(new)} entries in {SYSTEM_TMP}: {', '.join(new[:10])}", file=sys.stderr)
+        session.exitstatus = 1
 
 
 def data_path(*parts: str) -> Path:

