@@ -23,11 +23,12 @@ def free_port() -> int:
 
 def start_demo(cifar10: str | None, celeba: str | None, temp_dir: Path, log: IO[bytes], threads: str = "1",
                cwd: Path = REPO) -> tuple[str, subprocess.Popen]:
-    """``python app/gradio_app.py`` on a free port (weights: the bundled folders unless given), with its own
-    temporary folders under ``temp_dir`` and OMP_NUM_THREADS; returns (url, process). Call :func:`wait_for`."""
+    """``python app/gradio_app.py`` on a free port (weights: the bundled folders unless given), with
+    OMP_NUM_THREADS and ``temp_dir`` as its temp folder, where it keeps its own folder as it does for a user (and
+    removes it when it stops); returns (url, process). Call :func:`wait_for`."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "TMPDIR": str(temp_dir),
-           "GRADIO_TEMP_DIR": str(temp_dir / "gradio")}
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "TMPDIR": str(temp_dir)}
+    env.pop("GRADIO_TEMP_DIR", None)
     cmd = [sys.executable, str(REPO / "app" / "gradio_app.py"), "--port", str(port)]
     cmd += ["--cifar10", cifar10] if cifar10 else []
     cmd += ["--celeba", celeba] if celeba else []
@@ -35,14 +36,15 @@ def start_demo(cifar10: str | None, celeba: str | None, temp_dir: Path, log: IO[
     return f"http://127.0.0.1:{port}", proc
 
 
-def wait_for(url: str, proc: subprocess.Popen | None, timeout: float = 300.0) -> None:
-    """Until the server at ``url`` serves its config; raises if ``proc`` exits first or ``timeout`` passes."""
+def wait_for(url: str, proc: subprocess.Popen | None, timeout: float = 300.0, path: str = "/config") -> None:
+    """Until the server at ``url`` answers ``path`` (Gradio's config; Streamlit's is /_stcore/health); raises if
+    ``proc`` exits first or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the demo server exited with status {proc.returncode} before it answered")
+            raise RuntimeError(f"the server exited with status {proc.returncode} before it answered")
         try:
-            with urllib.request.urlopen(url + "/config", timeout=5) as r:
+            with urllib.request.urlopen(url + path, timeout=5) as r:
                 if r.status == 200:
                     return
         except OSError:

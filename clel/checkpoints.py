@@ -35,7 +35,7 @@ EMA_NAME = "ema.safetensors"
 EMA_FORMAT = "clel-ema"
 # Fields that define the networks (and their input): a checkpoint with other values is another model.
 MODEL_FIELDS = ("dataset", "image_size", "mean", "std", "arch", "feature_dim", "head_hidden", "projection",
-                "encoder_hidden", "encoder_width")
+                "encoder", "encoder_hidden", "encoder_width")
 
 
 class TrainError(RuntimeError):

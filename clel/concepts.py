@@ -16,13 +16,27 @@ from torch import Tensor, nn
 
 from .data import ImageSet, resize_images, to_float, with_opposites
 from .energy import class_contrasts, class_prototypes, contrast_direction, mean_latent
+from .inception import cached_features
+from .models import FrozenEncoder
 
 
 @torch.inference_mode()
 def encode_images(h: nn.Module, images: Tensor, device: torch.device | str = "cpu", bf16: bool = False,
-                  batch_size: int = 500, size: int | None = None) -> Tensor:
+                  batch_size: int = 500, size: int | None = None, features: Tensor | None = None) -> Tensor:
     """z = h(x)/‖h(x)‖ of uint8 (or [0, 1] float) images, no augmentation or dequantisation, eval mode, [N, D] on
-    CPU. ``size``: resize uint8 images of another size to it first (antialiased, as the data loaders do)."""
+    CPU. ``size``: resize uint8 images of another size to it first (antialiased, as the data loaders do).
+
+    With the frozen encoder the network's features of a set come from the feature cache (computed there the first
+    time; ``features`` when the caller already holds them, e.g. the trainer) and only its head runs here.
+    """
+    if isinstance(h, FrozenEncoder):
+        if features is None:
+            if images.dtype == torch.uint8 and size is not None and images.shape[-1] != size:
+                images = resize_images(images, size)
+            features = cached_features(images, device)
+        head = copy.deepcopy(h.head).eval().float().to(device)
+        return torch.cat([F.normalize(head(chunk.to(device).float()), dim=1).cpu()
+                          for chunk in features.split(batch_size)])
     # A channels-last copy of the encoder: 2-3x faster convolutions, and the model itself is left untouched.
     h = copy.deepcopy(h).eval().to(device, memory_format=torch.channels_last)
     kind = torch.device(device).type

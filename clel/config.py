@@ -26,6 +26,10 @@ ARCHS: dict[str, dict[str, Any]] = {
     "tiny": {"stem": 16, "stages": ((16, 1), (32, 1)), "scales": 1},
 }
 
+# The encoder h: "resnet18", the paper's ResNet-18 trained jointly by L_LE; "inception", the frozen TF-Inception
+# pool features of the FID network with a trainable MLP head (the paper's Table 5 route, clel.inception).
+ENCODERS = ("resnet18", "inception")
+
 
 @dataclass
 class CLELConfig:
@@ -39,6 +43,7 @@ class CLELConfig:
     feature_dim: int = 128  # size of f(x) and of the latent z
     head_hidden: int = 2048
     projection: str = "mlp"  # g: "mlp" (paper), "linear" or "identity" (ablations)
+    encoder: str = "resnet18"  # h: resnet18 (trained jointly, the paper's) or inception (frozen network + MLP head)
     encoder_hidden: int = 2048
     encoder_width: int = 64  # ResNet-18 base width; 64 is the paper's encoder (lower only for smoke runs)
     # energies and losses
@@ -75,6 +80,8 @@ class CLELConfig:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS)}")
         if self.projection not in ("mlp", "linear", "identity"):
             raise ValueError(f"unknown projection {self.projection!r}; use mlp, linear or identity")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {self.encoder!r}; use {' or '.join(ENCODERS)}")
         self.mean = tuple(self.mean)
         self.std = tuple(self.std)
         self.adam_betas = tuple(self.adam_betas)
@@ -108,6 +115,13 @@ PRESETS: dict[str, CLELConfig] = {
     "cifar10-large": CLELConfig(arch="large", contrastive_batch_size=256),
     "celeba64-base": CLELConfig(
         dataset="celeba", image_size=64, arch="base", mean=CELEBA_MEAN, std=CELEBA_STD, num_classes=0
+    ),
+    # Faces on a CPU: the Small network at 32x32 (a quarter of the 64 px model's work per image) with the recipe of
+    # the CPU run in ../shared/checkpoints/celeba32-small-cpu: batch 64, 20 SGLD steps, a 1,000-image buffer, a
+    # 40k-iteration schedule, and a short warm-up, since every resume from an export warms a fresh Adam up again.
+    "celeba32-small": CLELConfig(
+        dataset="celeba", image_size=32, arch="small", mean=CELEBA_MEAN, std=CELEBA_STD, num_classes=0,
+        batch_size=64, sgld_steps=20, buffer_size=1000, iters=40_000, warmup_iters=50,
     ),
     "imagenet32-base": CLELConfig(dataset="imagenet32", arch="base", num_classes=1000),
     # CPU smoke run: tiny network, short chains, small buffer.

@@ -30,7 +30,9 @@ COLOURS = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#f
            "#fecb52")
 _DASH = ("solid", "dash", "dot", "dashdot")
 _MPL_DASH = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-."}
-LABELS = {"e_pos": "E(x+)", "e_neg": "E(x-)", "hours": "hours", "fid": "FID"}
+# fd_judge / kid_judge: the probe's distances in the judge's features, which no model trains with (clel.probe).
+LABELS = {"e_pos": "E(x+)", "e_neg": "E(x-)", "hours": "hours", "fid": "FID", "fd_judge": "FD, judge features",
+          "kid_judge": "KID, judge features"}
 
 
 class DashboardError(Exception):

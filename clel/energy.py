@@ -133,16 +133,21 @@ def class_contrasts(z: Tensor, labels: Tensor, num_classes: int) -> Tensor:
 
 
 @torch.no_grad()
-def ood_scores(model: CLEL, x: Tensor, beta: float = 0.1) -> tuple[Tensor, Tensor]:
-    """(s(x), E(x)) from one pass of f: the OOD score of eq. 5 and the marginal energy it refines."""
+def ood_scores(model: CLEL, x: Tensor, beta: float = 0.1, z: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(s(x), E(x)) from one pass of f: the OOD score of eq. 5 and the marginal energy it refines.
+
+    ``z``: the latents h(x)/‖h(x)‖ [N, D] when they are already known (a stored set's, through
+    :func:`clel.concepts.encode_images`: the frozen encoder's come from its feature cache); else h runs on x.
+    """
     fx = model.f(x)
     e = marginal(fx)
-    return e - beta * latent_cosine(model, fx, latent(model, x)), e
+    z = latent(model, x) if z is None else z.to(fx)
+    return e - beta * latent_cosine(model, fx, z), e
 
 
-def ood_score(model: CLEL, x: Tensor, beta: float = 0.1) -> Tensor:
+def ood_score(model: CLEL, x: Tensor, beta: float = 0.1, z: Tensor | None = None) -> Tensor:
     """s(x) = ½‖f(x)‖² − β cos(g(f(x)), h(x)/‖h(x)‖) (eq. 5); higher means more out-of-distribution.
 
     The reference evaluates it on the EMA model in eval mode, β = 0.1, x unaugmented.
     """
-    return ood_scores(model, x, beta)[0]
+    return ood_scores(model, x, beta, z)[0]

@@ -3,6 +3,9 @@
 E(x) = ½‖f(x)‖² is the marginal energy; g maps f(x) into the encoder's latent
 space, where h(x)/‖h(x)‖ lives on the unit sphere. Every network normalises its
 own input, so SGLD, the replay buffer and clamping all work in [0, 1] pixels.
+The encoder is the paper's ResNet-18 (``encoder="resnet18"``) or a frozen
+pretrained network with a trainable head (``encoder="inception"``); both take
+images and give h(x), so no caller needs to know which.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import torchvision
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from . import inception
 from .config import ARCHS, CLELConfig
 
 
@@ -198,6 +202,35 @@ class Encoder(nn.Module):
         return self.head(self.backbone(self.normalize(x)))
 
 
+class FrozenEncoder(nn.Module):
+    """h_φ(x) = head(Inception(x)): the frozen TF-Inception pool features of the FID network and a trainable 2-layer
+    MLP to the latent size, the paper's Table 5 route (its MAE variant: a frozen pretrained encoder, only the MLP
+    trained, by L_LE without augmentation).
+
+    The network is not a submodule: it is never trained, copied (the EMA, deep copies) or saved, and one instance
+    per device serves FID and every model (:func:`clel.inception.get_inception`). ``forward`` runs it once, for
+    new images (an upload, an interpolation's ends); the images of a data set go through it once ever
+    (:func:`clel.inception.cached_features`) and then only through ``head``.
+    """
+
+    def __init__(self, cfg: CLELConfig):
+        super().__init__()
+        self.head = nn.Sequential(
+            nn.Linear(inception.INCEPTION_DIM, cfg.encoder_hidden),
+            nn.BatchNorm1d(cfg.encoder_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.encoder_hidden, cfg.feature_dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(inception.encoder_features(x).to(self.head[0].weight.dtype))
+
+
+def build_encoder(cfg: CLELConfig) -> nn.Module:
+    """h_φ of ``cfg.encoder``: the ResNet-18 :class:`Encoder` or the :class:`FrozenEncoder`."""
+    return FrozenEncoder(cfg) if cfg.encoder == "inception" else Encoder(cfg)
+
+
 class CLEL(nn.Module):
     """The three networks together, so EMA, checkpoints and exports treat them as one."""
 
@@ -206,7 +239,7 @@ class CLEL(nn.Module):
         self.cfg = cfg
         self.f = EBM(cfg)
         self.g = build_projection(cfg)
-        self.h = Encoder(cfg)
+        self.h = build_encoder(cfg)
 
 
 def count_parameters(module: nn.Module) -> int:

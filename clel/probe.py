@@ -8,6 +8,10 @@ clamped at 0 or 1 (saturated "rainbow" chains). Concept latents are computed fro
 probe needs no export. FID-500 against 2,000 images reads higher than FID-1k against 50,000: it is a trend
 measure, comparable only with itself.
 
+It also reports the Fréchet distance and KID of the same samples in the judge's pooled features (``fd_judge``,
+``kid_judge``; the judge's file in ``feature_judge``): a space no model is trained with, where the frozen encoder
+(``encoder="inception"``), which trains with the FID network's own features, cannot flatter the number.
+
 Everything is seeded and runs on a copy of the model inside a forked RNG, so a probe neither changes the
 training state nor depends on it: the same weights and seed give the same numbers.
 """
@@ -48,18 +52,22 @@ def clamped_fraction(x: Tensor) -> float:
 class Probe:
     """Probes one run's model: ``Probe(data, judges_dir)(model)`` returns a dict of numbers.
 
-    The reference features, the Inception network and the judge load once, at the first call.
+    The reference features, the Inception network and the judge load once, at the first call. ``features``: the
+    frozen encoder's cached features of ``data`` (the trainer's), so its latents of the subset need no new pass.
     """
 
     def __init__(self, data: ImageSet, judges_dir: str | Path | None = None, settings: ProbeSettings | None = None,
-                 device: str | torch.device = "cpu", inception: Any = None, judge: Any = None):
+                 device: str | torch.device = "cpu", inception: Any = None, judge: Any = None,
+                 features: Tensor | None = None):
         self.st = settings or ProbeSettings()
         self.device = torch.device(device)
         n = min(self.st.reference_images, len(data))
         idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.st.seed))[:n].sort().values
         self.ref = data.subset(idx)
+        self.ref_features = features[idx.to(features.device)] if features is not None else None
         self.judges_dir = Path(judges_dir) if judges_dir is not None else None
         self._inception, self._judge, self._ref_stats = inception, judge, None
+        self._judge_ref: np.ndarray | None = None  # the judge's pooled features of the fixed subset
         self._standin = inception is not None
 
     # -- lazily loaded parts -------------------------------------------------------------------------------------
@@ -88,11 +96,24 @@ class Probe:
 
     def _load_judge(self) -> Any:
         if self._judge is None:
-            from .eval.judges import CELEBA_JUDGE, CIFAR10_JUDGE, JUDGE_DIR, load_judge
+            from .eval.judges import CIFAR10_JUDGE, JUDGE_DIR, celeba_judge_path, load_judge
 
-            name = CIFAR10_JUDGE if self.ref.labels is not None else CELEBA_JUDGE
-            self._judge = load_judge((self.judges_dir or JUDGE_DIR) / name, self.device)
+            folder = self.judges_dir or JUDGE_DIR
+            path = (folder / CIFAR10_JUDGE if self.ref.labels is not None
+                    else celeba_judge_path(folder, self.ref.images.shape[-1]))  # the judge of the faces' own size
+            self._judge = load_judge(path, self.device)
         return self._judge
+
+    def _judge_distances(self, x: Tensor) -> dict[str, Any]:
+        """FD and KID of the samples against the fixed subset in the judge's pooled features."""
+        from .eval.metrics import fid_stats, frechet_distance, kid
+
+        judge = self._load_judge()
+        if self._judge_ref is None:
+            self._judge_ref = judge.pooled_features(self.ref.images).double().numpy()
+        feats = judge.pooled_features(x).double().numpy()
+        return {"fd_judge": float(frechet_distance(fid_stats(feats), fid_stats(self._judge_ref))),
+                "kid_judge": kid(feats, self._judge_ref)[0], "feature_judge": judge.name}
 
     # -- the probe -----------------------------------------------------------------------------------------------
 
@@ -112,6 +133,7 @@ class Probe:
             out: dict[str, Any] = {
                 "fid": float(frechet_distance(fid_stats(self._features(x)), self._reference())),
                 "clamped_fraction": clamped_fraction(x),
+                **self._judge_distances(x),
             }
             out.update(self._judged(m))
         out["seconds"] = round(time.perf_counter() - t0, 2)
@@ -124,7 +146,8 @@ class Probe:
 
         judge = self._load_judge()
         chain = ChainSettings.from_model(m, steps=10 * m.cfg.sgld_steps)  # scripts/evaluate.py's judged chain
-        extras, _ = concept_latents(encode_images(m.h, self.ref.images, self.device), self.ref)
+        z = encode_images(m.h, self.ref.images, self.device, features=self.ref_features)
+        extras, _ = concept_latents(z, self.ref)
         if self.ref.labels is not None:
             classes = list(self.ref.classes or map(str, range(int(self.ref.labels.max()) + 1)))
             per = max(1, self.st.judged_samples // len(classes))

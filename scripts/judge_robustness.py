@@ -8,7 +8,9 @@ Samples of an early EBM are blurred, noisy and low in detail. Each judge scores 
 test; the last --holdout shared CelebA faces) as they are and after each degradation of
 ``clel.eval.judges.DEGRADATIONS``: Gaussian blur (σ in pixels), Gaussian noise (σ in [0, 1] units), bilinear
 down- then up-sampling, JPEG. A judge whose accuracy drops far under a degradation cannot tell what samples
-with that look show. Prints a table; --json writes the numbers.
+with that look show. ``--image-size 32`` scores the faces decoded at 32 px instead (the judge resizes them to its
+own size, as it does a 32 px model's samples): how far a 64 px judge can be trusted on a 32 px model.
+Prints a table; --json writes the numbers.
 """
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judges", default=str(JUDGE_DIR), help="folder with the judge weights")
     p.add_argument("--limit", type=int, default=2000, help="seeded subset of the CIFAR-10 test set (default 2000)")
     p.add_argument("--holdout", type=int, default=1000, help="CelebA faces held out when the judge was trained")
+    p.add_argument("--celeba-judge", default=CELEBA_JUDGE, help=f"file in --judges (default {CELEBA_JUDGE})")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="decode the held-out faces at this size (default: the judge's own); the judge resizes them")
     p.add_argument("--kinds", default=",".join(DEGRADATIONS), help="comma-separated degradations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -60,10 +65,13 @@ def main(argv: list[str] | None = None) -> int:
             out["cifar10"] = {"n": len(idx), "results": robustness(judge, x[idx], y[idx], kinds, args.seed)}
             print(_table("CIFAR-10 judge (class accuracy)", out["cifar10"]["results"]))
         if args.which in ("both", "celeba"):
-            judge = load_judge(Path(args.judges) / CELEBA_JUDGE)
-            _, _, x, y = celeba_judge_data(data, judge.labels, 64, args.holdout)
-            out["celeba"] = {"n": len(x), "results": robustness(judge, x, y, kinds, args.seed)}
-            print(_table("CelebA judge (accuracy per attribute)", out["celeba"]["results"]))
+            judge = load_judge(Path(args.judges) / args.celeba_judge)
+            size = args.image_size or judge.spec.image_size
+            _, _, x, y = celeba_judge_data(data, judge.labels, size, args.holdout)
+            out["celeba"] = {"n": len(x), "judge": args.celeba_judge, "judge_size": judge.spec.image_size,
+                             "image_size": size, "results": robustness(judge, x, y, kinds, args.seed)}
+            print(_table(f"CelebA judge {args.celeba_judge} on {size} px faces (accuracy per attribute)",
+                         out["celeba"]["results"]))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

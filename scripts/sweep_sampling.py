@@ -29,7 +29,7 @@ from clel.eval import EvaluationError
 from clel.eval.judged import class_conditional_eval, compositional_eval
 from clel.images import save_grid
 from clel.sampling import Condition, class_latents, draw
-from clel.eval.judges import CELEBA_JUDGE, CIFAR10_JUDGE, JUDGE_DIR, diversity, load_judge
+from clel.eval.judges import CIFAR10_JUDGE, JUDGE_DIR, celeba_judge_path, diversity, load_judge
 from clel.probe import clamped_fraction
 from clel.sampling import ChainSettings
 from clel.weights import load_pretrained
@@ -185,7 +185,7 @@ def lookalike_uploads(args: argparse.Namespace, judge: Any, celeba: bool) -> tup
 
     root = Path(args.data or default_data_root())
     if celeba:
-        images = load_celeba(root / "celeba", 64).images[-1000:]
+        images = load_celeba(root / "celeba", judge.spec.image_size).images[-1000:]  # the judge's own size
     else:
         test = load_cifar10(root / "cifar10", "test")
         images = test.images
@@ -223,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variant:
         model, cfg, extras = load_variant(args.weights, variant)
         celeba = extras.get("attribute_latents") is not None
-        judge = load_judge(Path(args.judges) / (CELEBA_JUDGE if celeba else CIFAR10_JUDGE))
+        # faces: the attribute judge trained at the model's image size (clel.eval.judges.celeba_judge_path)
+        judge = load_judge(celeba_judge_path(args.judges, cfg.image_size) if celeba
+                           else Path(args.judges) / CIFAR10_JUDGE)
         uploads = labels = None
         if args.lookalikes:
             uploads, labels = lookalike_uploads(args, judge, celeba)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 
-from clel.config import ARCHS, PRESETS, CLELConfig, get_preset
+from clel.config import ARCHS, ENCODERS, PRESETS, CLELConfig, get_preset
 
 # Help for config fields whose definition carries no comment (the others use their comment).
 CONFIG_HELP = {
@@ -62,7 +62,7 @@ CONFIG_HELP = {
 }
 
 
-CONFIG_CHOICES = {"arch": sorted(ARCHS), "projection": ["mlp", "linear", "identity"]}
+CONFIG_CHOICES = {"arch": sorted(ARCHS), "projection": ["mlp", "linear", "identity"], "encoder": list(ENCODERS)}
 
 
 def _field_comments(cls: type) -> dict[str, str]:

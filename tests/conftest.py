@@ -62,6 +62,12 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """CLEL_CACHE in the test's own folder: caches written by the test are its own and go with it."""
+    monkeypatch.setenv("CLEL_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread: on a shared 2-core machine OpenMP spinning makes 2 threads several times slower."""

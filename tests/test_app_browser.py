@@ -14,7 +14,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from clel_app import demo as D  # noqa: E402
-from clel_app.serve import free_port, local_only  # noqa: E402
+from clel_app.serve import free_port, local_only, wait_for  # noqa: E402
 from clel.data.ood import reference_sets  # noqa: E402
 
 from conftest import DATA_ROOT  # noqa: E402
@@ -244,15 +243,7 @@ def streamlit_url(weights):
          "--browser.gatherUsageStats", "false", "--server.maxUploadSize", "25", "--client.toolbarMode", "viewer"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read().decode())
-            time.sleep(0.2)
+    wait_for(url, proc, timeout=60, path="/_stcore/health")
     yield url
     proc.terminate()
     try:

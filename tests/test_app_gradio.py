@@ -7,7 +7,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -365,35 +364,25 @@ def test_the_demo_server_leaves_no_temporary_files(exports, tmp_path, sig):
     """`python app/gradio_app.py` stopped by SIGTERM (docker stop) or Ctrl-C, after serving an upload, exits cleanly
     and leaves its temporary folder as it found it."""
     import signal
-    import subprocess
+
+    from clel_app.serve import start_demo, wait_for
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    env = {**os.environ, "TMPDIR": str(tmp)}
-    env.pop("GRADIO_TEMP_DIR", None)  # the server's own default, as a user starts it
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(REPO / "app" / "gradio_app.py"), "--cifar10", str(exports["cifar10"]),
-                             "--celeba", str(exports["celeba"]), "--port", str(port)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read().decode()
-                assert time.monotonic() < deadline, "the demo did not start"
-                time.sleep(0.3)
-        client = gradio_client.Client(f"http://127.0.0.1:{port}", verbose=False, download_files=str(tmp_path / "dl"))
-        client.predict([f(EX / "cifar10_cat.jpg")], "CIFAR-10", *chain(n=2, steps=2), api_name="/lookalikes")
-        assert any(tmp.iterdir())  # while it runs, the server's folder holds the upload and the results
-        proc.send_signal(getattr(signal, sig))
-        out = proc.communicate(timeout=60)[0].decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with open(tmp_path / "server.log", "wb") as log:
+        url, proc = start_demo(str(exports["cifar10"]), str(exports["celeba"]), tmp, log, cwd=tmp_path)
+        try:
+            wait_for(url, proc, timeout=180)
+            client = gradio_client.Client(url, verbose=False, download_files=str(tmp_path / "dl"))
+            client.predict([f(EX / "cifar10_cat.jpg")], "CIFAR-10", *chain(n=2, steps=2), api_name="/lookalikes")
+            assert any(tmp.iterdir())  # while it runs, the server's folder holds the upload and the results
+            proc.send_signal(getattr(signal, sig))
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    out = (tmp_path / "server.log").read_text()
     assert proc.returncode == 0, out
     assert list(tmp.iterdir()) == [], out
 

@@ -261,27 +261,19 @@ def test_reference_cli_writes_the_file_the_page_reads(weights, tmp_path, capsys)
 def test_the_page_starts_offline_with_one_local_url(weights, tmp_path):
     """`streamlit run app/ood_page.py` from the repository root, as the README says, with no network: it prints
     its local URL and no notice about an external IP it could not look up."""
-    import socket
     import subprocess
     import sys
     import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from clel_app.serve import free_port, wait_for
+
+    port = free_port()
     env = {**os.environ, "CLEL_WEIGHTS_CIFAR10": str(weights), "STREAMLIT_SERVER_HEADLESS": "true"}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", PAGE, "--server.port", str(port),
                              "--server.fileWatcherType", "none"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                assert proc.poll() is None
-                time.sleep(0.2)
+        wait_for(f"http://127.0.0.1:{port}", proc, timeout=60, path="/_stcore/health")
         time.sleep(2)  # the URL lines are printed once the server listens
     finally:
         proc.terminate()

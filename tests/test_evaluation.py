@@ -120,6 +120,35 @@ def test_fid_report_uses_prefixes_of_the_samples():
     assert rep["fid_1500"] > 0.5 and rep["kid"]["mean"] > 0 and rep["kid"]["subset_size"] == 200
 
 
+def _tiny_judge(task="classes", labels=tuple("ab"), size=32, name="tiny.safetensors"):
+    from clel.eval.judges import Judge, JudgeNet, JudgeSpec
+
+    torch.manual_seed(0)
+    return Judge(JudgeNet(JudgeSpec(task, list(labels), size, (8, 8), stem=8)).eval(), path=f"judges/{name}")
+
+
+def test_judge_distances_are_zero_for_a_set_against_itself_and_grow_with_a_shift():
+    from clel.eval.fid import judge_report
+
+    judge = _tiny_judge()
+    x = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pooled = judge.pooled_features(x)
+    assert pooled.shape == (24, 8) and torch.allclose(judge.features(x), F.normalize(pooled, dim=1))
+    assert not torch.allclose(pooled.norm(dim=1), torch.ones(24))  # un-normalised: what a Fréchet distance needs
+
+    def report(images):
+        return judge_report(judge, images, x, sizes=(), kid_subsets=5, kid_subset_size=12)
+
+    same = report(x)
+    assert same["fd_judge_24"] == pytest.approx(0, abs=1e-6) and abs(same["kid_judge"]["mean"]) < 1e-2
+    assert same["feature_judge"] == "tiny.safetensors" and same["judge_reference"] == 24
+    brighter = [report((x.int() + d).clamp(0, 255).to(torch.uint8)) for d in (30, 90)]
+    assert 0 < brighter[0]["fd_judge_24"] < brighter[1]["fd_judge_24"]
+    assert same["kid_judge"]["mean"] < brighter[0]["kid_judge"]["mean"] < brighter[1]["kid_judge"]["mean"]
+    with pytest.raises(EvaluationError, match="at least 2"):
+        report(x[:1])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # OOD
 # ---------------------------------------------------------------------------------------------------------------
@@ -301,7 +330,9 @@ def test_markdown_report_renders_every_section_and_statuses():
         "weights": {"path": "w", "dataset": "cifar10", "arch": "base", "iteration": 100000}, "device": "cpu",
         "fid": {"samples": 1000, "fid_1k": 40.123, "fid_10k": None, "fid_50k": None,
                 "kid": {"mean": 0.01, "std": 0.001}, "reference": {"set": "train", "n": 50000},
-                "protocol": "reference", "settings": {"sweeps": 10, "steps": 60}},
+                "protocol": "reference", "settings": {"sweeps": 10, "steps": 60},
+                "fd_judge_1k": 7.891, "fd_judge_10k": None, "kid_judge": {"mean": 0.002, "std": 0.0001},
+                "feature_judge": "cifar10_classifier.safetensors", "judge_reference": 50000},
         "ood": {"beta": 0.1, "sets": {"svhn": {"label": "SVHN", "status": "not installed: x"},
                                       "dtd": {"label": "Textures", "status": "ok", "n": 5, "auroc_score": 0.9,
                                               "auroc_energy": 0.8}}},
@@ -313,7 +344,9 @@ def test_markdown_report_renders_every_section_and_statuses():
     }
     md = markdown_report(ev)
     for text in ("| 1000 | 40.12 |", "not installed", "| CLEL s(x), β = 0.1 | not installed | 0.9000 |",
-                 "skipped: no judge", "| AND Young | 1.00 |", "| 0.8000 | 200 |", "iteration 100000"):
+                 "skipped: no judge", "| AND Young | 1.00 |", "| 0.8000 | 200 |", "iteration 100000",
+                 "judge `cifar10_classifier.safetensors`", "| FD-1k | FD-10k | KID (x 1e3) |",
+                 "| 7.89 | – | 2.00 ± 0.10 |"):
         assert text in md, text
 
 
@@ -386,6 +419,71 @@ def test_evaluate_cli_rejects_a_folder_that_is_not_an_export(tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err
 
 
+class StandInInception(nn.Module):
+    """8 seeded random features per image in place of the Inception network (its plumbing is what is tested)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, x):
+        return self.conv(x.float() / 255 if x.dtype == torch.uint8 else x).mean((2, 3))
+
+
+def test_evaluate_cli_reports_judge_feature_distances_beside_fid(export_dir, tmp_path, monkeypatch):
+    """The FID section also gives FD and KID in the CIFAR-10 judge's features; fast: a stand-in for Inception and
+    a 20-image CIFAR-10 root, with every cache under tmp_path."""
+    from PIL import Image as PILImage
+    from clel.eval import metrics
+
+    monkeypatch.setenv("CLEL_CACHE", str(tmp_path / "cache"))
+    net = StandInInception()
+    monkeypatch.setattr(metrics, "get_inception", lambda device="cpu": net)
+    g = torch.Generator().manual_seed(0)
+    for c in CIFAR10_CLASSES:
+        folder = tmp_path / "data" / "cifar10" / "train" / c
+        folder.mkdir(parents=True)
+        for i in range(2):
+            pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=g).numpy()
+            PILImage.fromarray(pixels).save(folder / f"{i:04d}.png")
+    args = _fast_args(export_dir, tmp_path / "out") + ["--data", tmp_path / "data", "--no-ood", "--no-conditional",
+                                                       "--no-compositional", "--no-knn", "--fid-samples", 6,
+                                                       "--fid-batch", 3, "--fid-ref-samples", 8, "--fid-steps", 1,
+                                                       "--fid-sweeps", 1, "--kid-subsets", 2]
+    assert _evaluate(args) == 0
+    fid = json.loads((tmp_path / "out" / "eval.json").read_text())["fid"]
+    assert fid["fid_6"] > 0 and fid["reference"]["n"] == 8
+    assert fid["fd_judge_6"] > 0 and fid["fd_judge_1k"] is None and fid["kid_judge"]["subsets"] == 2
+    assert fid["feature_judge"] == "cifar10_classifier.safetensors" and fid["judge_reference"] == 8
+    assert "judge `cifar10_classifier.safetensors`" in (tmp_path / "out" / "eval.md").read_text()
+
+
+def test_compositional_section_uses_the_judge_of_the_model_size_and_scores_unconditional_samples(export_dir,
+                                                                                                tmp_path):
+    import shutil
+
+    from clel.eval.judges import CELEBA_JUDGE, CELEBA_JUDGES, JudgeNet, JudgeSpec, save_judge
+
+    judges = tmp_path / "judges"
+    shutil.copytree(export_dir / "judges", judges)
+    save_judge(JudgeNet(JudgeSpec("attributes", ["Young", "Male", "Smiling"], 32, (8, 8), stem=8)),
+               judges / CELEBA_JUDGES[32], {"test": {"accuracy": {"Young": 0.5}}})
+    args = _fast_args(export_dir, tmp_path / "out") + ["--judges", judges, "--no-fid", "--no-ood", "--no-conditional",
+                                                       "--no-knn", "--comp-samples", 3]
+    assert _evaluate(args) == 0
+    comp = json.loads((tmp_path / "out" / "eval.json").read_text())["compositional"]
+    assert comp["judge"]["image_size"] == 32 and comp["judge"]["path"].endswith(CELEBA_JUDGES[32])
+    unc = comp["unconditional"]  # the 32 px export's own samples against 2,000 real faces, in that judge's features
+    assert unc["samples"] == 3 and unc["fd_judge_3"] > 0 and unc["kid_judge"]["mean"] is not None
+    assert unc["feature_judge"] == CELEBA_JUDGES[32] and unc["judge_reference"] == 2000
+    (judges / CELEBA_JUDGES[32]).unlink()  # no 32 px judge in the folder: the 64 px one, which resizes
+    assert _evaluate(args) == 0
+    comp = json.loads((tmp_path / "out" / "eval.json").read_text())["compositional"]
+    assert comp["judge"]["image_size"] == 64 and comp["unconditional"]["feature_judge"] == CELEBA_JUDGE
+
+
 @pytest.mark.slow
 def test_evaluate_cli_with_fid(export_dir, tmp_path, monkeypatch):
     """FID/KID end to end (Inception on 2 x 20 images: ~1 min on 2 CPU cores)."""
@@ -398,6 +496,7 @@ def test_evaluate_cli_with_fid(export_dir, tmp_path, monkeypatch):
     fid = json.loads((tmp_path / "out" / "eval.json").read_text())["fid"]
     assert fid["fid_20"] > 0 and fid["kid"]["subset_size"] == 20 and fid["reference"]["n"] == 20
     assert fid["fid_1k"] is None and fid["samples"] == 20
+    assert fid["fd_judge_20"] > 0 and fid["kid_judge"]["subset_size"] == 20
     # a second run reuses the shards, their features and the cached reference features
     assert _evaluate(args) == 0
     again = json.loads((tmp_path / "out" / "eval.json").read_text())["fid"]

@@ -26,14 +26,7 @@ pack_result = load_script("scripts/gpu/pack_result.py", "pack_result")
 CLASSES = pack_data.CIFAR10_CLASSES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_thread):
-    yield
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLEL_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("one_thread", "private_cache")
 
 
 def jpeg_cifar(root: Path, per_class: int = 3, odd_one: bool = True) -> Path:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clel.eval.judges import (CELEBA_JUDGE, CIFAR10_JUDGE, CIFAR10_ROBUST_JUDGE, JUDGE_DIR, Judge, JudgeError,
-                              JudgeNet, JudgeSpec, TrainRecipe, augment_batch, evaluate_judge, fit, load_judge,
-                              save_judge)
+from clel.eval.judges import (CELEBA_JUDGE, CELEBA_JUDGES, CIFAR10_JUDGE, CIFAR10_ROBUST_JUDGE, JUDGE_DIR, Judge,
+                              JudgeError, JudgeNet, JudgeSpec, TrainRecipe, augment_batch, celeba_judge_path,
+                              celeba_recipe, evaluate_judge, fit, load_judge, save_judge)
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(widths=(8, 16), stem=8)
@@ -124,6 +124,14 @@ def test_evaluate_judge_attribute_accuracies():
     assert res["accuracy"] == {"a": 0.75, "b": 0.75} and res["mean_accuracy"] == 0.75
 
 
+def test_faces_are_judged_by_the_judge_of_their_size(tmp_path):
+    assert celeba_judge_path(tmp_path, 32) == tmp_path / CELEBA_JUDGE  # none at 32 here: the 64 px one resizes
+    (tmp_path / CELEBA_JUDGES[32]).touch()
+    assert celeba_judge_path(tmp_path, 32) == tmp_path / CELEBA_JUDGES[32]
+    assert celeba_judge_path(tmp_path, 64) == celeba_judge_path(tmp_path, 128) == tmp_path / CELEBA_JUDGE
+    assert (celeba_recipe(64).translate, celeba_recipe(32).translate) == (4, 2)  # the same share of the face
+
+
 def test_celeba_holdout_split():
     from conftest import data_path
     from clel.eval.judges import celeba_judge_data
@@ -148,6 +156,24 @@ def test_train_judges_cli_smoke(tmp_path):
     judge = load_judge(tmp_path / CIFAR10_JUDGE)
     assert judge.info["test"]["accuracy"] == summary["test_accuracy"] and judge.spec.widths == (8, 8)
     assert judge.net.head.weight.dtype == torch.float32  # stored fp16, loaded as fp32
+
+
+def test_train_judges_cli_makes_the_32px_face_judge_and_measures_the_64px_one_on_its_faces(tmp_path):
+    from conftest import data_path
+
+    spec = importlib.util.spec_from_file_location("train_judges_cli", REPO / "scripts" / "train_judges.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    save_judge(JudgeNet(JudgeSpec("attributes", ["Young", "Male", "Smiling"], 64, (8,), stem=8)),
+               tmp_path / CELEBA_JUDGE)
+    rc = mod.main(["--which", "celeba", "--image-size", "32", "--data", str(data_path()), "--out", str(tmp_path),
+                   "--device", "cpu", "--epochs", "0.1", "--widths", "8,8", "--no-bf16"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "judges.json").read_text())
+    assert set(summary) == {"celeba32"} and summary["celeba32"]["path"] == CELEBA_JUDGES[32]
+    assert set(summary["celeba32"]["64px_judge_accuracy"]) == {"Young", "Male", "Smiling"}
+    judge = load_judge(tmp_path / CELEBA_JUDGES[32])
+    assert judge.spec.image_size == 32 and judge.info["recipe"]["translate"] == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,6 +214,21 @@ def test_bundled_celeba_judge_meets_85_percent_each():
     assert set(accs) == {"Young", "Male", "Smiling"} and min(accs.values()) >= 0.85, accs
 
 
+def test_bundled_32px_celeba_judge_beats_the_64px_one_on_32px_faces():
+    judge = _bundled(CELEBA_JUDGES[32])
+    accs = judge.info["test"]["accuracy"]
+    entry = json.loads((JUDGE_DIR / "judges.json").read_text())["celeba32"]
+    assert judge.spec.image_size == 32 and judge.info["test"]["n"] == 1000 and entry["test_accuracy"] == accs
+    assert set(accs) == {"Young", "Male", "Smiling"}
+    assert (JUDGE_DIR / CELEBA_JUDGES[32]).stat().st_size < 6e6  # fp16, like the others
+    # what it replaces: the 64 px judge on the same held-out faces at 32 px, which it resizes (docs/evaluation.md)
+    on32 = entry["64px_judge_accuracy"]
+    assert all(accs[k] > on32[k] + 0.03 for k in accs), (accs, on32)
+    # the 85 % target: Male and Smiling meet it, Young misses it by 0.006 (0.844), and judges.json says so
+    assert min(accs["Male"], accs["Smiling"]) >= 0.85 and accs["Young"] >= 0.84
+    assert entry["meets_target"] == (min(accs.values()) >= 0.85)
+
+
 @pytest.mark.slow
 def test_bundled_cifar10_judge_accuracy_reproduces():
     from conftest import data_path
@@ -200,15 +241,21 @@ def test_bundled_cifar10_judge_accuracy_reproduces():
 
 
 @pytest.mark.slow
-def test_bundled_celeba_judge_accuracy_reproduces():
+@pytest.mark.parametrize("size", sorted(CELEBA_JUDGES))
+def test_bundled_celeba_judge_accuracy_reproduces(size):
     from conftest import data_path
     from clel.eval.judges import celeba_judge_data
 
-    judge = _bundled(CELEBA_JUDGE)
-    _, _, xte, yte = celeba_judge_data(data_path("celeba"))
+    judge = _bundled(CELEBA_JUDGES[size])
+    _, _, xte, yte = celeba_judge_data(data_path("celeba"), image_size=size)
     res = evaluate_judge(judge, xte, yte)["accuracy"]
     for k, v in judge.info["test"]["accuracy"].items():
         assert res[k] == pytest.approx(v, abs=2e-3)
+    if size == 64:  # and the recorded accuracy on the same faces at 32 px, which made the 32 px judge necessary
+        _, _, x32, _ = celeba_judge_data(data_path("celeba"), image_size=32)
+        on32 = json.loads((JUDGE_DIR / "judges.json").read_text())["celeba32"]["64px_judge_accuracy"]
+        for k, v in evaluate_judge(judge, x32, yte)["accuracy"].items():
+            assert v == pytest.approx(on32[k], abs=2e-3)
 
 
 def test_degradations_look_like_samples_and_keep_the_format():

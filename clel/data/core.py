@@ -145,7 +145,7 @@ def cifar10_interpolation(images: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 class RandomBatches:
-    """Endless, reproducible random batches ``(x, y)`` from an ImageSet.
+    """Endless, reproducible random batches ``(x, y)`` from an ImageSet (:meth:`next_indexed`: and their rows).
 
     Each epoch is a fresh permutation drawn from ``generator``; batches are taken from it without replacement.
     With ``drop_last=True`` (default) every batch has exactly ``batch_size`` images and the incomplete tail of an
@@ -172,6 +172,12 @@ class RandomBatches:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, y, _ = self.next_indexed()
+        return x, y
+
+    def next_indexed(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The next ``(x, y)`` and the rows of the set they are (int64, CPU): what per-image data that is stored
+        beside the set, such as the frozen encoder's cached features, is looked up by."""
         n = len(self.data)
         remaining = n - self.position
         if remaining == 0 or (self.drop_last and remaining < self.batch_size):
@@ -181,7 +187,7 @@ class RandomBatches:
         idx = self.perm[self.position:self.position + self.batch_size]
         self.position += len(idx)
         x, y = self.data.batch(idx, generator=self.generator if self.dequant else None, dequant=self.dequant)
-        return x.to(self.device), (y.to(self.device) if y is not None else None)
+        return x.to(self.device), (y.to(self.device) if y is not None else None), idx
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "position": self.position,

@@ -32,6 +32,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CLEL_CACHE", Path.home() / ".cache" / "clel"))
 
 
+def content_key(images: torch.Tensor | np.ndarray) -> str:
+    """A set's identity from its content (dtype, shape and every byte), whatever its file or name: what the caches
+    of results computed from a set (FID statistics, the frozen encoder's features) are keyed by."""
+    a = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:16]
+
+
 def _open_rgb(path: Path) -> Image.Image:
     """Fully decode an image as RGB, turning any decoder failure into a DataError that names the file."""
     try:

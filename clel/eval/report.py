@@ -217,7 +217,23 @@ def _fid_md(fid: Mapping[str, Any]) -> list[str]:
     kid_s = f"{kid['mean'] * 1e3:.2f} ± {kid['std'] * 1e3:.2f}" if kid else "–"
     lines += [f"| {fid.get('samples')} | {_num(fid.get('fid_1k'), 2)} | {_num(fid.get('fid_10k'), 2)} | "
               f"{_num(fid.get('fid_50k'), 2)} | {kid_s} |", ""]
-    return lines
+    return lines + _judge_distances_md(fid)
+
+
+def _judge_distances_md(section: Mapping[str, Any]) -> list[str]:
+    """The independent FD / KID in a judge's features (clel.eval.fid.judge_report), or why they are missing."""
+    if section.get("fd_judge_status"):
+        return [f"Judge-feature FD / KID: _{section['fd_judge_status']}_", ""]
+    fds = {k: v for k, v in section.items() if k.startswith("fd_judge_")}
+    if not fds:
+        return []
+    kid = section.get("kid_judge") or {}
+    kid_s = f"{kid['mean'] * 1e3:.2f} ± {kid['std'] * 1e3:.2f}" if kid else "–"
+    return [f"In the pooled features of the judge `{section.get('feature_judge')}` (no model is trained with them, "
+            f"so the encoder cannot flatter these), against {section.get('judge_reference')} real images:", "",
+            "| " + " | ".join(k.replace("fd_judge_", "FD-") for k in fds) + " | KID (x 1e3) |",
+            "|---" * (len(fds) + 1) + "|",
+            "| " + " | ".join(_num(v, 2) for v in fds.values()) + f" | {kid_s} |", ""]
 
 
 def _ood_md(ood: Mapping[str, Any]) -> list[str]:
@@ -272,6 +288,8 @@ def _compositional_md(comp: Mapping[str, Any]) -> list[str]:
         lines.append(f"| {r['condition']} | " + " | ".join(f"{r['rate'][a]:.2f}" for a in attrs)
                      + f" | {_num(r.get('accuracy'), 3)} | {_num(r.get('all_correct'), 3)} |")
     lines.append("")
+    if comp.get("unconditional"):
+        lines += ["Unconditional samples:", ""] + _judge_distances_md(comp["unconditional"])
     return lines
 
 
