@@ -213,8 +213,7 @@ class Trainer(TrainerState, RunLog):
         elif self.resume_kind == "export":
             try:
                 ex_cfg, ex_meta = read_config(resume_path)
-                if "h" in ex_meta.get("parts", ("f", "g", "h")):  # before any work: its frozen network must be here
-                    check_encoder(ex_cfg, ex_meta, resume_path)
+                check_encoder(ex_cfg, ex_meta, resume_path)  # before any work: its frozen network must be here
             except WeightsError as e:
                 raise TrainError(str(e)) from None
             self._check_same_model(cfg, ex_cfg, resume_path)

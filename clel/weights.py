@@ -312,8 +312,8 @@ def encoder_record(cfg: CLELConfig) -> dict[str, Any]:
 
 def check_encoder(cfg: CLELConfig, meta: Mapping[str, Any], folder: str | os.PathLike) -> None:
     """Refuse an export whose frozen encoder network is not installed here, or is not the file its head was
-    trained on; the message says what to install."""
-    if cfg.encoder != "inception":
+    trained on; the message says what to install. An export saved without h needs no network."""
+    if cfg.encoder != "inception" or "h" not in meta.get("parts", ["f", "g", "h"]):
         return
     from .inception import INCEPTION_PACKAGE_HINT, network_sha1
 
@@ -477,12 +477,10 @@ def load_pretrained(path_or_repo: str | os.PathLike, *, device: str | torch.devi
     """
     folder, source = resolve_pretrained(path_or_repo, revision=revision, cache_dir=cache_dir, offline=offline)
     cfg, meta = read_config(folder)
-    with_h = "h" in meta.get("parts", ["f", "g", "h"])
-    if with_h:
-        check_encoder(cfg, meta, folder)
+    check_encoder(cfg, meta, folder)
     state = load_sharded(folder)
     model = CLEL(cfg)
-    if not with_h:
+    if "h" not in meta.get("parts", ["f", "g", "h"]):
         model.h = MissingEncoder(folder)
     load_into(model, state, source=f"weights in {folder}")
     model.to(device=device, dtype=dtype).eval()
