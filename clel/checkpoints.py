@@ -36,6 +36,7 @@ EMA_FORMAT = "clel-ema"
 # Fields that define the networks (and their input): a checkpoint with other values is another model.
 MODEL_FIELDS = ("dataset", "image_size", "mean", "std", "arch", "feature_dim", "head_hidden", "projection",
                 "encoder", "encoder_hidden", "encoder_width")
+ENCODER_FIELDS = ("encoder", "encoder_hidden", "encoder_width")  # what --new-encoder may change
 
 
 class TrainError(RuntimeError):
@@ -209,9 +210,9 @@ def saved_config(resume: str | os.PathLike) -> CLELConfig:
         raise TrainError(f"{path}: cannot read its config ({e})") from None
 
 
-def model_mismatch(a: CLELConfig, b: CLELConfig) -> list[str]:
+def model_mismatch(a: CLELConfig, b: CLELConfig, ignore: tuple[str, ...] = ()) -> list[str]:
     da, db = a.to_dict(), b.to_dict()
-    return [f"{k}: {da[k]!r} vs {db[k]!r}" for k in MODEL_FIELDS if da.get(k) != db.get(k)]
+    return [f"{k}: {da[k]!r} vs {db[k]!r}" for k in MODEL_FIELDS if k not in ignore and da.get(k) != db.get(k)]
 
 
 def save_replay_buffer(images: Tensor, path: str | os.PathLike, iteration: int | None = None) -> Path:
@@ -297,7 +298,8 @@ class TrainerState:
         except WeightsError as e:
             raise TrainError(str(e)) from None
         self.opt_ebm.load_state_dict(s["opt_ebm"])
-        self.opt_enc.load_state_dict(s["opt_enc"])
+        if "opt_enc" in s:  # absent when --new-encoder starts h afresh
+            self.opt_enc.load_state_dict(s["opt_enc"])
         self.it, self.lr_scale, self.failures = int(s["iteration"]), float(s["lr_scale"]), int(s["failures"])
         self.warm_from = int(s.get("warm_from", 0))
 
@@ -307,8 +309,20 @@ class TrainerState:
         self.batches.load_state_dict(r["batches"])
         set_rng_state(r["rng"], self.device)
 
+    def _fresh_encoder(self, state: dict[str, Tensor], ema: bool = False) -> dict[str, Tensor]:
+        """``state`` with this run's newly built h in place of the saved one (--new-encoder)."""
+        own = (self.ema if ema else self.model).state_dict()
+        return {**{k: v for k, v in state.items() if not k.startswith("h.")},
+                **{k: v for k, v in own.items() if k.startswith("h.")}}
+
     def _load_state(self, meta: dict[str, Any], tensors: dict[str, Tensor], source: str) -> None:
-        self._apply_shared(unpack_tree(meta["shared"], tensors), source=source)
+        shared = unpack_tree(meta["shared"], tensors)
+        if self.opts.new_encoder:
+            shared = {k: v for k, v in shared.items() if k != "opt_enc"}
+            shared.update(model=self._fresh_encoder(shared["model"]), ema=self._fresh_encoder(shared["ema"], ema=True))
+            self._say(f"--new-encoder: a fresh {self.cfg.encoder} encoder h starts training with its own optimiser; "
+                      "f, g, their EMA and optimiser, the schedule and the replay buffer continue")
+        self._apply_shared(shared, source=source)
         ranks = meta["ranks"]
         if self.rank < len(ranks) and len(ranks) == self.world:
             self._apply_rank(unpack_tree(ranks[self.rank], tensors))
@@ -328,9 +342,10 @@ class TrainerState:
             _, meta = read_config(path)
             state = load_sharded(path)
             parts = set(meta.get("parts", ("f", "g", "h")))
+            if self.opts.new_encoder:
+                parts.discard("h")
             if "h" not in parts:
-                fresh_h = {k: v for k, v in self.model.state_dict().items() if k.startswith("h.")}
-                state = {**state, **fresh_h}
+                state = self._fresh_encoder(state)
             load_into(self.model, state, source=f"weights in {path}")
             load_into(self.ema, state, source=f"weights in {path}")
             ema_file = path / EMA_NAME
@@ -353,7 +368,9 @@ class TrainerState:
                   f"optimiser state), so the EBM learning rate warms up again over {self.cfg.warmup_iters} "
                   "iterations"]
         said.append(f"EMA from {EMA_NAME}" if ema_file.is_file() else "EMA restarts from these weights")
-        if "h" not in parts:
+        if self.opts.new_encoder:
+            said.append(f"--new-encoder: a fresh {self.cfg.encoder} encoder h starts training")
+        elif "h" not in parts:
             said.append("this export has no encoder h: a fresh, randomly initialised encoder starts training "
                         "(look-alikes and OOD scores need it to learn again)")
         buffer_file = Path(self.opts.resume_buffer) if self.opts.resume_buffer else path / REPLAY_BUFFER_NAME

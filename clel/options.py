@@ -33,6 +33,10 @@ class TrainOptions:
     resume_buffer: str | None = _opt(None, "with --resume EXPORT: start the replay buffer from these images (a "
                                            "uint8 replay_buffer.safetensors from scripts/gpu/pack_result.py; "
                                            "default: that file in the export folder, if there)", metavar="FILE")
+    new_encoder: bool = _opt(False, "with --resume or --init: a fresh encoder h of this config's --encoder (e.g. "
+                                    "--encoder inception: a new head on the frozen network) while f, g, their EMA "
+                                    "and optimiser, the schedule and the replay buffer continue; how a run "
+                                    "switches encoder (ignored once the run has its own checkpoint)")
     device: str = _opt("auto", "cpu, cuda or auto (cuda when available)", choices=("auto", "cpu", "cuda"))
     precision: str = _opt("fp32", "fp32 (strict), tf32 (TF32 matmuls/convs on CUDA) or bf16 (autocast for "
                                   "the networks, on CUDA or a CPU with native bf16; SGLD images and updates "

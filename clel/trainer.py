@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .augment import StrongAugment
-from .checkpoints import (EMA_FORMAT, EMA_NAME, DivergenceError, TrainError, TrainerState, find_checkpoints,
+from .checkpoints import (EMA_FORMAT, EMA_NAME, ENCODER_FIELDS, DivergenceError, TrainError, TrainerState, find_checkpoints,
                           load_checkpoint, model_mismatch, read_checkpoint_meta, resolve_auto, resolve_resume,
                           tidy_checkpoint_dir)
 from .concepts import concept_latents, encode_images
@@ -137,7 +137,7 @@ class Trainer(TrainerState, RunLog):
             target, msg = resolve_auto(self.out, opts.init)
             self._say(msg)
             if target != opts.init:  # the run's own checkpoint: the options for starting from --init do not apply
-                opts = dataclasses.replace(opts, resume_buffer=None, init_iteration=None)
+                opts = dataclasses.replace(opts, resume_buffer=None, init_iteration=None, new_encoder=False)
             self.opts = opts = dataclasses.replace(opts, resume=target)
         elif opts.init is not None:
             raise TrainError("--init applies to --resume auto only (use --resume EXPORT to start from an export)")
@@ -282,7 +282,7 @@ class Trainer(TrainerState, RunLog):
         return resolve_resume(resume, warn=self._say) if resume else (None, None)
 
     def _check_same_model(self, cfg: CLELConfig, saved: CLELConfig, path: Path) -> None:
-        diff = model_mismatch(saved, cfg)
+        diff = model_mismatch(saved, cfg, ignore=ENCODER_FIELDS if self.opts.new_encoder else ())
         if diff:
             raise TrainError(f"--resume {path} is a different model: " + "; ".join(diff)
                              + " (saved vs requested). Resume without --preset/model options to use the "

@@ -216,6 +216,43 @@ class StandIn(torch.nn.Module):
         return torch.relu(pooled @ w)
 
 
+def test_a_run_switches_encoder_with_new_encoder_and_keeps_everything_else(monkeypatch, tmp_path):
+    """--new-encoder: a ResNet-18 run's f, g, their EMA and Adam state, buffer and iteration continue under a new
+    frozen-encoder head; without the flag the switch is refused, and a later --resume auto keeps the new head."""
+    monkeypatch.setattr(inception, "get_inception", lambda device="cpu": StandIn())
+    data = labelled(8)
+    old = train(tiny_cfg("resnet18"), options(tmp_path / "run", max_iters=3), data=data)
+    with pytest.raises(TrainError, match="encoder: 'resnet18' vs 'inception'"):
+        Trainer(tiny_cfg(), options(tmp_path / "b", resume=str(tmp_path / "run")), data=data)
+
+    new = Trainer(tiny_cfg(), options(tmp_path / "b", resume=str(tmp_path / "run"), new_encoder=True), data=data)
+    assert isinstance(new.model.h, FrozenEncoder) and new.it == 3
+    for mine, theirs in ((new.model, old.model), (new.ema, old.ema)):
+        kept = {k: v for k, v in theirs.state_dict().items() if not k.startswith("h.")}
+        assert kept and all(torch.equal(mine.state_dict()[k], v) for k, v in kept.items())
+    assert new.opt_ebm.state_dict()["state"][0]["step"] == 3  # Adam of f and g continues
+    assert not new.opt_enc.state_dict()["state"]  # the head's SGD starts fresh
+    assert torch.allclose(new.buffer.images, old.buffer.images, atol=1 / 255)
+    new.fit()  # to the default max: the config's 10 iterations
+    head = {k: v.clone() for k, v in new.model.state_dict().items() if k.startswith("h.")}
+
+    # The same command again (auto, with --init and the flag) continues its own checkpoint: the head is kept.
+    again = Trainer(tiny_cfg(), options(tmp_path / "b", resume="auto", init=str(tmp_path / "run"),
+                                        new_encoder=True), data=data)
+    assert again.it == 10 and all(torch.equal(again.model.state_dict()[k], v) for k, v in head.items())
+
+    # From an export: the same switch, the export's h left behind.
+    export = tmp_path / "export"
+    export.mkdir()
+    for f in (tmp_path / "run").glob("*.*"):
+        if f.suffix in (".json", ".safetensors"):
+            (export / f.name).write_bytes(f.read_bytes())
+    exported = Trainer(tiny_cfg(), options(tmp_path / "c", resume=str(export), new_encoder=True), data=data)
+    assert exported.resume_kind == "export" and isinstance(exported.model.h, FrozenEncoder) and exported.it == 3
+    assert all(torch.equal(exported.model.state_dict()[k], v) for k, v in old.model.state_dict().items()
+               if k.startswith("f."))
+
+
 # -- z wherever it is needed -------------------------------------------------------------------------------------
 
 def test_lookalikes_and_ood_scores_agree_between_cache_and_fresh_pass(passes):
