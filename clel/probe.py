@@ -3,7 +3,7 @@
 A probe is what ``scripts/evaluate.py`` measures, made small enough to run every few thousand iterations on a
 laptop: the FID of ``fid_samples`` reference-sampler samples against a fixed seeded subset of the training
 images (``reference_images``), the judged accuracy of ``judged_samples`` class-conditional samples (CIFAR-10)
-or the judged agreement with AND Young / AND Female / AND Smiling (CelebA), and the fraction of sample pixels
+or the judged agreement with AND and with NOT Young / Female / Smiling (CelebA), and the fraction of sample pixels
 clamped at 0 or 1 (saturated "rainbow" chains). Concept latents are computed from the same fixed subset, so a
 probe needs no export. FID-500 against 2,000 images reads higher than FID-1k against 50,000: it is a trend
 measure, comparable only with itself.
@@ -158,12 +158,16 @@ class Probe:
         extras["attributes"] = attribute_names(self.ref)
         names = [a for a in PROBE_ATTRIBUTES if a in known]
         per = max(1, self.st.judged_samples // len(names))
-        res, _ = compositional_eval(m, extras, judge, [[(a, 1.0)] for a in names], per, self.st.guidance, chain,
-                                    self.st.seed, self.st.batch_size, include_unconditional=False,
-                                    report_attributes=names)
-        out = {"judged_agreement": res["mean_accuracy"]}
+        # AND rows first (judged_agreement, comparable with earlier probes), then NOT rows (judged_not_agreement).
+        terms = [[(a, 1.0)] for a in names] + [[(a, -1.0)] for a in names]
+        res, _ = compositional_eval(m, extras, judge, terms, per, self.st.guidance, chain, self.st.seed,
+                                    self.st.batch_size, include_unconditional=False, report_attributes=names)
+        out: dict[str, Any] = {}
         for row in res["rows"]:
-            out[f"judged_{row['terms'][0][0]}"] = row["accuracy"]
+            a, w = row["terms"][0]
+            out[f"judged_{a}" if w > 0 else f"judged_not_{a}"] = row["accuracy"]
+        out["judged_agreement"] = sum(out[f"judged_{a}"] for a in names) / len(names)
+        out["judged_not_agreement"] = sum(out[f"judged_not_{a}"] for a in names) / len(names)
         return out
 
     def settings(self) -> dict[str, Any]:

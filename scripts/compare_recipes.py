@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("fid", "fd_judge", "judged_accuracy", "agreement", "clamped_fraction")
+METRICS = ("fid", "fd_judge", "judged_accuracy", "judged_agreement", "judged_not_agreement", "clamped_fraction")
 
 
 def parse_recipe(spec: str) -> tuple[str, list[str]]:

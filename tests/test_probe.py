@@ -1,7 +1,11 @@
 """Quality probes: seeded, side-effect free, logged by the trainer with their cost and grid."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
+
+import pytest
 
 import torch
 from torch import nn
@@ -74,6 +78,15 @@ def test_celeba_probe_reports_agreement_per_attribute(one_thread):
     assert out["feature_judge"] == CELEBA_JUDGE
     mean = (out["judged_Young"] + out["judged_Female"] + out["judged_Smiling"]) / 3
     assert abs(out["judged_agreement"] - mean) < 1e-9
+    nots = [out[f"judged_not_{a}"] for a in ("Young", "Female", "Smiling")]
+    assert abs(out["judged_not_agreement"] - sum(nots) / 3) < 1e-9
+
+    # Without guidance AND and NOT rows draw the same samples (one seed for every row): their agreements are
+    # complements, so the NOT rows are judged on absence, not presence.
+    blind = Probe(data, settings=dataclasses.replace(st, guidance=0.0), inception=TinyFeatures(),
+                  judge=load_judge(JUDGE_DIR / CELEBA_JUDGE))(CLEL(small_cfg(dataset="celeba", num_classes=0)))
+    for a in ("Young", "Female", "Smiling"):
+        assert blind[f"judged_{a}"] + blind[f"judged_not_{a}"] == pytest.approx(1.0)
 
 
 def test_a_face_probe_takes_the_judge_of_its_image_size(tmp_path):
