@@ -19,8 +19,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clel_app import demo as D
 from clel.eval.ood import REFERENCE_NAME, load_reference, model_fingerprint, score_images
+from clel.images import fit_square, images_to_tensor, png_bytes, upscale
+from clel_app.limits import Limits
+from clel_app.messages import DemoError, redact_paths, shown_path
+from clel_app.models import ModelStore, default_weights
+from clel_app.ood_report import ood_histogram, scores_csv
+from clel_app.uploads import ImageError, decode_image
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +43,8 @@ ROW_HEIGHT = 72  # pixels: the thumbnails are the model's 32x32 input, enlarged
 
 
 @st.cache_resource(show_spinner="Loading the CIFAR-10 weights…")
-def get_store(spec: str) -> D.ModelStore:
-    return D.ModelStore({"cifar10": spec})
+def get_store(spec: str) -> ModelStore:
+    return ModelStore({"cifar10": spec})
 
 
 @st.cache_resource(show_spinner=False)
@@ -51,19 +56,19 @@ def get_reference(path: str, mtime: float):  # mtime: a new file is read again
 
 
 def thumbnail_url(arr: np.ndarray) -> str:
-    return "data:image/png;base64," + base64.b64encode(D.png_bytes(D.upscale(arr, target=64))).decode()
+    return "data:image/png;base64," + base64.b64encode(png_bytes(upscale(arr, target=64))).decode()
 
 
 def load_model(spec: str):
     """The CIFAR-10 weights, or a message and a stop: a model without h cannot compute s(x)."""
     try:
         lm = get_store(spec).get("cifar10")
-    except D.DemoError as e:
+    except DemoError as e:
         st.error(str(e))
         st.stop()
     st.caption(f"Weights: {lm.describe()}")
     if not lm.has_encoder:  # s(x) needs h(x): say so instead of failing on the first upload
-        st.error(f"These CIFAR-10 weights ({D.shown_path(lm.path)}) were exported without their encoder h; the OOD "
+        st.error(f"These CIFAR-10 weights ({shown_path(lm.path)}) were exported without their encoder h; the OOD "
                  f"score s(x) needs it. Point CLEL_WEIGHTS_CIFAR10 at an export that includes h.")
         st.stop()
     return lm
@@ -84,11 +89,11 @@ def reference_and_settings(lm, spec: str):
             st.table(pd.DataFrame({"set": [ref.label(k) for k in ref.aurocs()],
                                    "AUROC": [round(v, 4) for v in ref.aurocs().values()]}))
     if ref_error:
-        st.error(f"The reference scores cannot be read: {D.redact_paths(ref_error)}. Uploads are still scored.")
+        st.error(f"The reference scores cannot be read: {redact_paths(ref_error)}. Uploads are still scored.")
     elif ref is None:
-        st.info(f"No reference scores next to the weights ({D.shown_path(ref_path)} is missing), so there is no "
+        st.info(f"No reference scores next to the weights ({shown_path(ref_path)} is missing), so there is no "
                 f"threshold or reference histogram; uploads are still scored. Make them with `python -m clel.eval.ood "
-                f"--weights {D.shown_path(spec) if Path(spec).exists() else spec} --data ../shared/data`.")
+                f"--weights {shown_path(spec) if Path(spec).exists() else spec} --data ../shared/data`.")
     elif ref.fingerprint and ref.fingerprint != model_fingerprint(lm.model):
         st.warning("The reference scores were computed with different weights than the ones loaded; the histogram "
                    "and threshold may not match these scores. Recompute them with `python -m clel.eval.ood`.")
@@ -106,8 +111,8 @@ def uploads(limits) -> tuple[list, list[tuple[str, str]]]:
     decoded, errors = [], []
     for f in files:
         try:
-            decoded.append(D.decode_image(f.getvalue(), f.name, limits))
-        except D.ImageError as e:
+            decoded.append(decode_image(f.getvalue(), f.name, limits))
+        except ImageError as e:
             errors.append((f.name, str(e)))
     for _, msg in errors:
         st.error(msg)
@@ -117,7 +122,7 @@ def uploads(limits) -> tuple[list, list[tuple[str, str]]]:
 def score_table(lm, decoded: list, ref, beta: float, tpr: float, spec: str) -> list[dict]:
     """Score the uploads (cached per set of images) and show them as a table with the verdict per file."""
     size = lm.cfg.image_size
-    x = D.images_to_tensor(decoded, size)
+    x = images_to_tensor([d.image for d in decoded], size)
     key = hashlib.sha256(x.numpy().tobytes()).hexdigest() + f"{beta!r}{spec}"
     cache = st.session_state.setdefault("_scores", {})
     if key not in cache:
@@ -130,7 +135,7 @@ def score_table(lm, decoded: list, ref, beta: float, tpr: float, spec: str) -> l
     for d, s, e in zip(decoded, scores, energies):
         verdict = "no reference" if threshold is None else (
             "out-of-distribution" if s > threshold else "in-distribution")
-        rows.append({"image": thumbnail_url(D.fit_square(d.image, size)), "file": d.name, "s(x)": float(s),
+        rows.append({"image": thumbnail_url(fit_square(d.image, size)), "file": d.name, "s(x)": float(s),
                      "E(x)": float(e),
                      "CIFAR-10 test percentile": ref.percentile(float(s)) if ref is not None else None,
                      "verdict": verdict, "note": d.note})
@@ -155,8 +160,8 @@ def main() -> None:
     st.set_page_config(page_title="CLEL · is it CIFAR-10?", layout="wide")
     st.title("Is it CIFAR-10? Energy-based OOD scores")
     st.markdown(EXPLAIN)
-    limits = D.Limits.from_env()
-    spec = D.default_weights("cifar10")
+    limits = Limits.from_env()
+    spec = default_weights("cifar10")
     lm = load_model(spec)
     ref, beta, tpr = reference_and_settings(lm, spec)
     decoded, errors = uploads(limits)
@@ -164,14 +169,14 @@ def main() -> None:
     if not decoded and not errors:
         st.caption("Upload images to score them; the histogram below shows the reference sets.")
 
-    fig = D.ood_histogram(ref, {r["file"]: r["s(x)"] for r in rows}, tpr=tpr)
+    fig = ood_histogram(ref, {r["file"]: r["s(x)"] for r in rows}, tpr=tpr)
     st.plotly_chart(fig, width="stretch", key="histogram", theme=None)
 
     if rows or errors:
         table = [{k: v for k, v in r.items() if k != "image"} | {"error": ""} for r in rows]
         table += [{"file": name, "error": msg} for name, msg in errors]
         st.session_state["csv_rows"] = table
-        st.download_button("Download CSV", D.scores_csv(table), file_name="clel_ood_scores.csv", mime="text/csv")
+        st.download_button("Download CSV", scores_csv(table), file_name="clel_ood_scores.csv", mime="text/csv")
 
 
 main()

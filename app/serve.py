@@ -21,6 +21,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def add_server_options(parser, url_help: str, tiny_help: str = "start the server on tiny random exports") -> None:
+    """The options of a harness that drives the demo: the server it starts (weights, tiny exports, threads), or
+    ``--url`` of one already running."""
+    parser.add_argument("--cifar10", help="CIFAR-10 weights for the server it starts (default: the bundled folder)")
+    parser.add_argument("--celeba", help="CelebA weights for the server it starts (default: the bundled folder)")
+    parser.add_argument("--tiny", action="store_true", help=tiny_help)
+    parser.add_argument("--url", help=url_help)
+    parser.add_argument("--threads", default="1", help="OMP_NUM_THREADS of the server it starts (default 1)")
+
+
 def start_demo(cifar10: str | None, celeba: str | None, temp_dir: Path, log: IO[bytes], threads: str = "1",
                cwd: Path = REPO) -> tuple[str, subprocess.Popen]:
     """``python app/gradio_app.py`` on a free port (weights: the bundled folders unless given), with
@@ -34,6 +44,22 @@ def start_demo(cifar10: str | None, celeba: str | None, temp_dir: Path, log: IO[
     cmd += ["--celeba", celeba] if celeba else []
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     return f"http://127.0.0.1:{port}", proc
+
+
+def stop_demo(proc: subprocess.Popen | None, log: IO[bytes] | None = None) -> None:
+    """Stop a server of :func:`start_demo` (SIGTERM, SIGKILL after 15 s) and close its ``log``; when the server
+    ended any other way than by that SIGTERM, the log's tail goes to stderr (why it failed)."""
+    if proc is not None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if log is not None:
+        log.close()
+        if proc is not None and proc.returncode not in (0, -15):
+            sys.stderr.write(Path(log.name).read_text(errors="replace")[-3000:])
 
 
 def wait_for(url: str, proc: subprocess.Popen | None, timeout: float = 300.0, path: str = "/config") -> None:

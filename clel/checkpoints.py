@@ -240,6 +240,24 @@ def load_replay_buffer(path: str | os.PathLike, shape: tuple[int, ...]) -> Tenso
     return images
 
 
+def write_ema(tensors: dict[str, Tensor], path: str | os.PathLike, iteration: Any = None,
+              dtype: torch.dtype | None = None) -> Path:
+    """Write the EMA of f and g as the ``EMA_NAME`` file beside an export (floats cast to ``dtype`` if given)."""
+    from .weights import write_safetensors_atomic
+
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    write_safetensors_atomic(tensors, path, metadata={"format": EMA_FORMAT, "iteration": str(iteration)})
+    return Path(path)
+
+
+def read_ema(path: str | os.PathLike, error: type[Exception] = TrainError) -> dict[str, Tensor]:
+    """The EMA of f and g from an ``EMA_NAME`` file (:func:`write_ema`); anything else raises ``error``."""
+    from .weights import read_tagged_safetensors
+
+    return read_tagged_safetensors(path, EMA_FORMAT, "EMA weights", error=error)[0]
+
+
 def rng_state(device: torch.device) -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                              "numpy": np.random.get_state()}
@@ -350,9 +368,7 @@ class TrainerState:
             load_into(self.ema, state, source=f"weights in {path}")
             ema_file = path / EMA_NAME
             if ema_file.is_file():
-                from .weights import read_tagged_safetensors
-
-                ema_fg, _ = read_tagged_safetensors(ema_file, EMA_FORMAT, "EMA weights", error=TrainError)
+                ema_fg = read_ema(ema_file)
                 load_into(self.ema, {**state, **ema_fg}, source=f"EMA weights in {ema_file}")
         except WeightsError as e:
             raise TrainError(str(e)) from None

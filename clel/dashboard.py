@@ -145,55 +145,9 @@ def read_run(path: str | os.PathLike[str]) -> Run:
     rows for the same iterations replace them. Wall-clock hours add up every segment, abandoned work included,
     since that is the compute the run has cost.
     """
-    p = Path(path)
-    folder = p.parent if p.is_file() and p.name == "metrics.jsonl" else p
-    metrics = folder / "metrics.jsonl"
-    if not folder.is_dir():
-        raise DashboardError(f"{p}: no such run folder")
-    if not metrics.is_file():
-        raise DashboardError(f"{folder}: no metrics.jsonl (not a run folder?)")
+    folder = _run_folder(Path(path))
     run = Run(path=folder, name=folder.resolve().name or str(folder))
-    rows: dict[int, dict[str, Any]] = {}
-    probes: dict[int, dict[str, Any]] = {}
-
-    def restart(at: int | None) -> None:
-        if at is None:
-            return
-        for table in (rows, probes):
-            for it in [it for it in table if it > at]:
-                del table[it]
-                run.superseded += 1
-
-    def segment() -> Segment:
-        if not run.segments:  # rows before any start line: an older log format, or the first line was torn
-            run.segments.append(Segment(start=None, resume=None))
-        return run.segments[-1]
-
-    for obj in _records(metrics, run):
-        event = obj.get("event")
-        t = _number(obj.get("time"))
-        if event == "start":
-            before = run.segments[-1].hours_before + run.segments[-1].seconds / 3600 if run.segments else 0.0
-            start = _iteration(obj.get("iteration"))
-            run.segments.append(Segment(start=start, resume=obj.get("resume"), hours_before=before))
-            if isinstance(obj.get("config"), dict):
-                run.config = obj["config"]
-            restart(start)
-        seg = segment()
-        if t is not None and not math.isnan(t):
-            seg.seconds = max(seg.seconds, t)
-        hours = seg.hours_before + (t / 3600 if t is not None and not math.isnan(t) else 0.0)
-        if event is None or event == "probe":
-            _add_point(obj, event, hours, run, rows, probes)
-        elif event == "rollback":
-            to = _iteration(obj.get("to"))
-            run.rollbacks.append((_iteration(obj.get("iteration")) or 0, to if to is not None else 0))
-            restart(to)
-        elif event == "end":
-            seg.ended = True
-            secs = _number(obj.get("seconds"))
-            if secs is not None and not math.isnan(secs):
-                seg.seconds = max(seg.seconds, secs)
+    rows, probes = _read_timeline(folder / "metrics.jsonl", run)
     run.rows = [rows[k] for k in sorted(rows)]
     run.probes = [probes[k] for k in sorted(probes)]
     # Grid files past the current iteration were written by an abandoned branch (a resume from an older
@@ -202,6 +156,69 @@ def read_run(path: str | os.PathLike[str]) -> Run:
     run.grids = [g for g in _grids(folder / "samples") if last is None or g[0] <= last]
     run.probe_grids = [g for g in _grids(folder / "probes") if last is None or g[0] <= last]
     return run
+
+
+def _run_folder(p: Path) -> Path:
+    """The run folder of ``p`` (the folder itself or its metrics.jsonl); it must hold a metrics.jsonl."""
+    folder = p.parent if p.is_file() and p.name == "metrics.jsonl" else p
+    if not folder.is_dir():
+        raise DashboardError(f"{p}: no such run folder")
+    if not (folder / "metrics.jsonl").is_file():
+        raise DashboardError(f"{folder}: no metrics.jsonl (not a run folder?)")
+    return folder
+
+
+def _read_timeline(metrics: Path, run: Run) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """The rows and probes of the current timeline by iteration; fills the run's segments, rollbacks, config."""
+    rows: dict[int, dict[str, Any]] = {}
+    probes: dict[int, dict[str, Any]] = {}
+    for obj in _records(metrics, run):
+        event = obj.get("event")
+        t = _number(obj.get("time"))
+        if event == "start":
+            _restart(_start_segment(obj, run), run, rows, probes)
+        seg = _segment(run)
+        if t is not None and not math.isnan(t):
+            seg.seconds = max(seg.seconds, t)
+        hours = seg.hours_before + (t / 3600 if t is not None and not math.isnan(t) else 0.0)
+        if event is None or event == "probe":
+            _add_point(obj, event, hours, run, rows, probes)
+        elif event == "rollback":
+            to = _iteration(obj.get("to"))
+            run.rollbacks.append((_iteration(obj.get("iteration")) or 0, to if to is not None else 0))
+            _restart(to, run, rows, probes)
+        elif event == "end":
+            seg.ended = True
+            secs = _number(obj.get("seconds"))
+            if secs is not None and not math.isnan(secs):
+                seg.seconds = max(seg.seconds, secs)
+    return rows, probes
+
+
+def _start_segment(obj: dict[str, Any], run: Run) -> int | None:
+    """A ``start`` line opens a segment (and sets the run's config); returns the iteration it starts at."""
+    before = run.segments[-1].hours_before + run.segments[-1].seconds / 3600 if run.segments else 0.0
+    start = _iteration(obj.get("iteration"))
+    run.segments.append(Segment(start=start, resume=obj.get("resume"), hours_before=before))
+    if isinstance(obj.get("config"), dict):
+        run.config = obj["config"]
+    return start
+
+
+def _segment(run: Run) -> Segment:
+    if not run.segments:  # rows before any start line: an older log format, or the first line was torn
+        run.segments.append(Segment(start=None, resume=None))
+    return run.segments[-1]
+
+
+def _restart(at: int | None, run: Run, *tables: dict[int, dict[str, Any]]) -> None:
+    """The timeline goes on from iteration ``at``: what the tables hold after it is superseded."""
+    if at is None:
+        return
+    for table in tables:
+        for it in [it for it in table if it > at]:
+            del table[it]
+            run.superseded += 1
 
 
 # -- what to draw -------------------------------------------------------------------------------------------------
@@ -448,7 +465,6 @@ def write_png(runs: Sequence[Run], path: str | os.PathLike[str], max_grids: int 
         from matplotlib.figure import Figure
     except ImportError as e:  # the HTML does not need it; say how to get the PNG
         raise DashboardError("the PNG needs matplotlib (pip install matplotlib), or pass --no-png") from e
-    from PIL import Image
 
     path = Path(path)
     ps, names = panels(runs), _labels(runs)
@@ -465,46 +481,57 @@ def write_png(runs: Sequence[Run], path: str | os.PathLike[str], max_grids: int 
     for j, p in enumerate(ps):
         ax = fig.add_subplot(gs[j // 2, j % 2], sharex=axes[0] if axes else None)
         axes.append(ax)
-        ax.set_title(p.title, fontsize=10, loc="left")
-        ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=8)
-        drawn = False
-        for i, (run, name) in enumerate(zip(runs, names)):
-            for k, key in enumerate(p.keys):
-                x, y, _ = series(run, p, key)
-                if not x:
-                    continue
-                label = LABELS.get(key, key) + (f" · {name}" if len(runs) > 1 else "")
-                if p.log_y and not any(v > 0 for v in y):
-                    continue  # a log axis with nothing positive cannot be drawn
-                ax.plot(x, y, _MPL_DASH[_DASH[k % len(_DASH)]], color=_colour(i, k, len(runs)), lw=1.2,
-                        label=label, marker="o" if p.source == "probes" else None, ms=3)
-                drawn = True
-            for it, _text, kind in markers(run):
-                ax.axvline(it, color=COLOURS[i % len(COLOURS)] if len(runs) > 1 else
-                           ("#555" if kind == "resume" else "#d62728"), lw=0.8, ls=":" if kind == "resume" else "--")
-        if drawn:
-            if p.log_y:
-                ax.set_yscale("log")
-            ax.legend(fontsize=7, loc="best")
+        _draw_panel(ax, p, runs, names)
     for s, (name, ims) in enumerate(strips):
-        ax = fig.add_subplot(gs[n_rows + s, :])
-        h = max(im.height for _, im in ims)
-        pad = 6
-        canvas = Image.new("RGB", (sum(im.width for _, im in ims) + pad * (len(ims) - 1), h), "white")
-        x0, centres = 0, []
-        for _, im in ims:
-            canvas.paste(im, (x0, 0))
-            centres.append(x0 + im.width / 2)
-            x0 += im.width + pad
-        ax.imshow(canvas, interpolation="nearest")
-        ax.set_xticks(centres, [f"iter {it}" for it, _ in ims], fontsize=8)
-        ax.set_yticks([])
-        ax.set_title(f"SGLD samples · {name}", fontsize=10, loc="left")
-        for side in ax.spines.values():
-            side.set_visible(False)
+        _draw_strip(fig.add_subplot(gs[n_rows + s, :]), name, ims)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     _atomic_write(path, buf.getvalue())
     return path
+
+
+def _draw_panel(ax: Any, p: Panel, runs: Sequence[Run], names: Sequence[str]) -> None:
+    """One panel on matplotlib axes: every run's series of its keys, and the runs' resume / rollback lines."""
+    ax.set_title(p.title, fontsize=10, loc="left")
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    drawn = False
+    for i, (run, name) in enumerate(zip(runs, names)):
+        for k, key in enumerate(p.keys):
+            x, y, _ = series(run, p, key)
+            if not x:
+                continue
+            label = LABELS.get(key, key) + (f" · {name}" if len(runs) > 1 else "")
+            if p.log_y and not any(v > 0 for v in y):
+                continue  # a log axis with nothing positive cannot be drawn
+            ax.plot(x, y, _MPL_DASH[_DASH[k % len(_DASH)]], color=_colour(i, k, len(runs)), lw=1.2,
+                    label=label, marker="o" if p.source == "probes" else None, ms=3)
+            drawn = True
+        for it, _text, kind in markers(run):
+            ax.axvline(it, color=COLOURS[i % len(COLOURS)] if len(runs) > 1 else
+                       ("#555" if kind == "resume" else "#d62728"), lw=0.8, ls=":" if kind == "resume" else "--")
+    if drawn:
+        if p.log_y:
+            ax.set_yscale("log")
+        ax.legend(fontsize=7, loc="best")
+
+
+def _draw_strip(ax: Any, name: str, ims: Sequence[tuple[int, Any]]) -> None:
+    """A run's sample grids side by side in one image, captioned by iteration."""
+    from PIL import Image
+
+    h = max(im.height for _, im in ims)
+    pad = 6
+    canvas = Image.new("RGB", (sum(im.width for _, im in ims) + pad * (len(ims) - 1), h), "white")
+    x0, centres = 0, []
+    for _, im in ims:
+        canvas.paste(im, (x0, 0))
+        centres.append(x0 + im.width / 2)
+        x0 += im.width + pad
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xticks(centres, [f"iter {it}" for it, _ in ims], fontsize=8)
+    ax.set_yticks([])
+    ax.set_title(f"SGLD samples · {name}", fontsize=10, loc="left")
+    for side in ax.spines.values():
+        side.set_visible(False)

@@ -25,6 +25,7 @@ from torch import Tensor
 from .concepts import encode_images
 from .data import to_float
 from .models import CLEL, Encoder
+from .runtime import model_device
 
 
 @dataclass
@@ -54,7 +55,7 @@ class DistillReport:
 @torch.inference_mode()
 def ebm_latents(model: CLEL, images: Tensor, bf16: bool = False, batch_size: int = 500) -> Tensor:
     """g(f(x))/‖g(f(x))‖ of uint8 images [N, 3, H, W], [N, D] on CPU: where the energy's latent term points."""
-    dev = next(model.f.parameters()).device
+    dev = model_device(model.f)
     out = []
     for chunk in images.split(batch_size):
         x = to_float(chunk).to(dev)
@@ -74,7 +75,7 @@ def _augment(x: Tensor, flip: Tensor, shift: int, gen: torch.Generator) -> Tenso
 
 
 def _agreement(h: torch.nn.Module, images: Tensor, targets: Tensor, bf16: bool) -> float:
-    dev = next(h.parameters()).device
+    dev = model_device(h)
     return float((encode_images(h, images, dev, bf16=bf16) * targets).sum(1).mean())
 
 
@@ -84,7 +85,7 @@ def distill_encoder(model: CLEL, images: Tensor, holdout: Tensor, recipe: Distil
     g∘f on ``images`` (uint8); ``holdout`` images measure the agreement. f and g are not touched."""
     r = recipe or DistillRecipe()
     torch.manual_seed(r.seed)
-    dev = next(model.f.parameters()).device
+    dev = model_device(model.f)
     if width is not None:
         model.cfg = model.cfg.replace(encoder_width=width)
     model.h = Encoder(model.cfg).to(dev, memory_format=torch.channels_last)

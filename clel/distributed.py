@@ -7,6 +7,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .runtime import pick_device
+
 
 def dist_info() -> tuple[int, int, int]:
     """(rank, world size, local rank) from the torchrun environment; (0, 1, 0) outside torchrun."""
@@ -19,7 +21,7 @@ def init_distributed(device: str) -> tuple[int, int, torch.device]:
     ``device``: cpu, cuda or auto. Raises ValueError for cuda without a GPU.
     """
     rank, world, local = dist_info()
-    want = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    want = pick_device(device).type
     if want == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but no CUDA device is available (use --device cpu)")
     dev = torch.device("cuda", local) if want == "cuda" else torch.device("cpu")

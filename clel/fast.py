@@ -1,7 +1,7 @@
 """The fast path for SGLD chains: same function as the plain path, less overhead.
 
 Each switch is independent and tested on CPU against the plain path
-(``tests/test_fast.py``); ``scripts/bench.py`` measures them side by side.
+(``tests/test_fast.py``); ``measure/bench.py`` measures them side by side.
 
 - ``cache_sn``: the EBM's weights do not change inside a chain, so the
   spectral-normalised weights are computed once and reused for every step

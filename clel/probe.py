@@ -141,11 +141,10 @@ class Probe:
         return out
 
     def _judged(self, m: Any) -> dict[str, Any]:
-        from .eval.judged import class_conditional_eval, compositional_eval
-        from .sampling import ChainSettings
+        from .eval.judged import class_conditional_eval, compositional_eval, judged_chain
 
         judge = self._load_judge()
-        chain = ChainSettings.from_model(m, steps=10 * m.cfg.sgld_steps)  # scripts/evaluate.py's judged chain
+        chain = judged_chain(m)  # scripts/evaluate.py's
         z = encode_images(m.h, self.ref.images, self.device, features=self.ref_features)
         extras, _ = concept_latents(z, self.ref)
         if self.ref.labels is not None:

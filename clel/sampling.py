@@ -98,7 +98,7 @@ class ChainSettings:
 class SamplingDefaults:
     """What a conditional chain asks for unless told otherwise: guidance per mode and chain, and the direction.
 
-    ``SAMPLING["measured"]`` is chosen by ``scripts/sweep_sampling.py`` on the bundled weights (the table and the
+    ``SAMPLING["measured"]`` is chosen by ``measure/sweep_sampling.py`` on the bundled weights (the table and the
     command are in docs/evaluation.md); ``SAMPLING["paper"]`` samples E(x, z̄) with the training β and the mean
     direction. The demo, ``scripts/sample.py`` and ``scripts/evaluate.py`` all read ``DEFAULTS``.
     ``reference``: guidance for the augmented sweeps (the demo's chain); ``plain``: for one chain from noise.

@@ -133,16 +133,9 @@ class Trainer(TrainerState, RunLog):
         self._t_start = time.time()
         if opts.nice:
             lower_priority(int(opts.nice), self._say)
-        if opts.resume == "auto":
-            target, msg = resolve_auto(self.out, opts.init)
-            self._say(msg)
-            if target != opts.init:  # the run's own checkpoint: the options for starting from --init do not apply
-                opts = dataclasses.replace(opts, resume_buffer=None, init_iteration=None, new_encoder=False)
-            self.opts = opts = dataclasses.replace(opts, resume=target)
-        elif opts.init is not None:
-            raise TrainError("--init applies to --resume auto only (use --resume EXPORT to start from an export)")
+        self._resolve_auto_resume()
         if self.device.type == "cpu":
-            self._set_threads(opts.threads, opts.resume)
+            self._set_threads(self.opts.threads, self.opts.resume)
 
         ck_meta, ck_tensors, resume_path = self._what_to_continue(cfg)
         opts = self.opts
@@ -157,24 +150,8 @@ class Trainer(TrainerState, RunLog):
                              f"(3, {cfg.image_size}, {cfg.image_size})")
 
         self._build(cfg)
-        # The frozen encoder's features of every training image, computed once per data set and machine: an
-        # iteration never runs the network, it looks up its batch's rows.
-        self.features: Tensor | None = None
-        if self.use_encoder and isinstance(self.model.h, FrozenEncoder):
-            self.features = cached_features(self.data.images, self.device,
-                                            progress=opts.progress and self.is_main).to(self.device)
-
-        # Per-rank randomness: each rank has its own buffer, batches and augmentations.
-        rank_seed = opts.seed + self.rank
-        seed_all(rank_seed)
-        self.sampler_gen = torch.Generator(self.device).manual_seed(rank_seed)
-        self.buffer = ReplayBuffer(cfg.buffer_size, (3, cfg.image_size, cfg.image_size), cfg.reinit_prob,
-                                   self.device, generator=self.sampler_gen)
-        n_real = max(cfg.batch_size, cfg.contrastive_batch_size or cfg.batch_size)
-        if n_real > len(self.data):
-            raise TrainError(f"batch of {n_real} images but the data set has only {len(self.data)}")
-        self.batches = RandomBatches(self.data, n_real, torch.Generator().manual_seed(rank_seed + 7919),
-                                     self.device)
+        self.features: Tensor | None = self._frozen_features()
+        self._init_sampling(cfg)
 
         self.it = 0
         self.lr_scale = 1.0  # halved by every divergence rollback
@@ -191,6 +168,39 @@ class Trainer(TrainerState, RunLog):
         self._metrics_file = None
         self._tb = None
         self.last_samples: Tensor | None = None
+
+    def _resolve_auto_resume(self) -> None:
+        """``--resume auto``: the run's own latest checkpoint, else ``--init``, else a fresh start."""
+        opts = self.opts
+        if opts.resume == "auto":
+            target, msg = resolve_auto(self.out, opts.init)
+            self._say(msg)
+            if target != opts.init:  # the run's own checkpoint: the options for starting from --init do not apply
+                opts = dataclasses.replace(opts, resume_buffer=None, init_iteration=None, new_encoder=False)
+            self.opts = dataclasses.replace(opts, resume=target)
+        elif opts.init is not None:
+            raise TrainError("--init applies to --resume auto only (use --resume EXPORT to start from an export)")
+
+    def _frozen_features(self) -> Tensor | None:
+        """The frozen encoder's features of every training image, computed once per data set and machine: an
+        iteration never runs the network, it looks up its batch's rows. None for a trained encoder."""
+        if not (self.use_encoder and isinstance(self.model.h, FrozenEncoder)):
+            return None
+        return cached_features(self.data.images, self.device,
+                               progress=self.opts.progress and self.is_main).to(self.device)
+
+    def _init_sampling(self, cfg: CLELConfig) -> None:
+        """Per-rank randomness: each rank has its own buffer, batches and augmentations."""
+        rank_seed = self.opts.seed + self.rank
+        seed_all(rank_seed)
+        self.sampler_gen = torch.Generator(self.device).manual_seed(rank_seed)
+        self.buffer = ReplayBuffer(cfg.buffer_size, (3, cfg.image_size, cfg.image_size), cfg.reinit_prob,
+                                   self.device, generator=self.sampler_gen)
+        n_real = max(cfg.batch_size, cfg.contrastive_batch_size or cfg.batch_size)
+        if n_real > len(self.data):
+            raise TrainError(f"batch of {n_real} images but the data set has only {len(self.data)}")
+        self.batches = RandomBatches(self.data, n_real, torch.Generator().manual_seed(rank_seed + 7919),
+                                     self.device)
 
     def _what_to_continue(self, cfg: CLELConfig) -> tuple[dict[str, Any] | None, dict[str, Tensor] | None,
                                                           Path | None]:
@@ -313,10 +323,7 @@ class Trainer(TrainerState, RunLog):
     def train_step(self) -> dict[str, float] | None:
         """One iteration; returns its statistics, or None when it diverged (and was rolled back)."""
         cfg, n = self.cfg, self.cfg.batch_size
-        for group in self.opt_ebm.param_groups:
-            group["lr"] = ebm_lr(cfg, self.it, self.warm_from) * self.lr_scale
-        for group in self.opt_enc.param_groups:
-            group["lr"] = encoder_lr(cfg, self.it) * self.lr_scale
+        self._set_learning_rates()
 
         # 1. Real images (the encoder may use more of them than the EBM: Large's contrastive batch 256).
         x_real, _, rows = self.batches.next_indexed()
@@ -329,27 +336,14 @@ class Trainer(TrainerState, RunLog):
         self.buffer.push(x_neg, slots)
         self.last_samples = x_neg
 
-        # 3. One forward of every network: z⁺ from a third augmentation, two views for NT-Xent. The frozen encoder
-        #    is trained as the paper's MAE variant, without augmentation: the cached features of x⁺ give z⁺ and
-        #    both views (so L_LE spreads the images apart and away from the extra negatives g(f(x⁻))).
-        if self.features is not None:
-            feats = self.features[rows.to(self.device)].float()
-            v_z, views = feats[:n], torch.cat([feats, feats])
-        else:
-            v_z = self.augment(x_pos) if self.use_encoder else None
-            views = torch.cat([self.augment(x_real), self.augment(x_real)]) if self.use_encoder else None
+        # 3. One forward of every network: z⁺ from a third augmentation, two views for NT-Xent.
+        v_z, views = self._encoder_inputs(x_real, x_pos, rows)
         with self._autocast():
             f_pos, f_neg, g_pos, g_neg, z_pos, h = self.objective(x_pos, x_neg, v_z, views)
 
         # 4. Losses: L_EBM on this rank's batch; L_LE over all ranks' views with sg(g(f(x⁻))) as extra negatives.
         l_ebm, stats = self.ebm_loss(f_pos, f_neg, g_pos, z_pos)
-        l_le = torch.zeros((), device=self.device)
-        if self.use_encoder:
-            m = h.shape[0] // 2
-            z1 = gather_keep_grad(h[:m], self.world, self.rank)
-            z2 = gather_keep_grad(h[m:], self.world, self.rank)
-            negatives = gather_keep_grad(g_neg, self.world, self.rank) if cfg.extra_negatives else None
-            l_le = self.nt_xent(z1, z2, negatives)
+        l_le = self._contrastive_loss(h, g_neg)
         loss = l_ebm + l_le
         if self.it in self._pending_nan:
             self._pending_nan.discard(self.it)
@@ -362,8 +356,45 @@ class Trainer(TrainerState, RunLog):
             self._recover(f"loss {loss.item():.4g}, max |E| {e_max.item():.4g}")
             return None
 
-        # 6. Update: DDP averages gradients over ranks; every rank computed the *global* NT-Xent but only its
-        #    own slice carries gradient, so scaling by world size makes the average the exact global gradient.
+        # 6. Update f, g (and h), then 7. the EMA. Half-life in images: with N ranks an iteration sees N batches.
+        self._update(l_ebm, l_le)
+        ema_update(self.ema, self.model, cfg.ema_decay ** self.world, copy_weights=self.it < cfg.ema_start_iter)
+        self.it += 1
+        return self._step_stats({"loss": loss, "l_ebm": l_ebm, "l_le": l_le, **stats, "e_max": e_max})
+
+    def _set_learning_rates(self) -> None:
+        for group in self.opt_ebm.param_groups:
+            group["lr"] = ebm_lr(self.cfg, self.it, self.warm_from) * self.lr_scale
+        for group in self.opt_enc.param_groups:
+            group["lr"] = encoder_lr(self.cfg, self.it) * self.lr_scale
+
+    def _encoder_inputs(self, x_real: Tensor, x_pos: Tensor, rows: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """The encoder's inputs: for z⁺ (a third augmentation of x⁺) and the two NT-Xent views of the real batch.
+
+        The frozen encoder is trained as the paper's MAE variant, without augmentation: the cached features of x⁺
+        give z⁺ and both views (so L_LE spreads the images apart and away from the extra negatives g(f(x⁻))).
+        """
+        if self.features is not None:
+            feats = self.features[rows.to(self.device)].float()
+            return feats[:x_pos.shape[0]], torch.cat([feats, feats])
+        v_z = self.augment(x_pos) if self.use_encoder else None
+        views = torch.cat([self.augment(x_real), self.augment(x_real)]) if self.use_encoder else None
+        return v_z, views
+
+    def _contrastive_loss(self, h: Tensor | None, g_neg: Tensor) -> Tensor:
+        """L_LE: NT-Xent over the views of all ranks, with every rank's sg(g(f(x⁻))) as extra negatives."""
+        if not self.use_encoder:
+            return torch.zeros((), device=self.device)
+        m = h.shape[0] // 2
+        z1 = gather_keep_grad(h[:m], self.world, self.rank)
+        z2 = gather_keep_grad(h[m:], self.world, self.rank)
+        negatives = gather_keep_grad(g_neg, self.world, self.rank) if self.cfg.extra_negatives else None
+        return self.nt_xent(z1, z2, negatives)
+
+    def _update(self, l_ebm: Tensor, l_le: Tensor) -> None:
+        """One optimiser step of f, g and (unless β = 0) h."""
+        # DDP averages gradients over ranks; every rank computed the *global* NT-Xent but only its own slice
+        # carries gradient, so scaling by world size makes the average the exact global gradient.
         self.opt_ebm.zero_grad(set_to_none=True)
         self.opt_enc.zero_grad(set_to_none=True)
         (l_ebm + self.world * l_le).backward()
@@ -375,10 +406,8 @@ class Trainer(TrainerState, RunLog):
             # does at the next forward) so the EMA, checkpoints and the final weights agree on every rank.
             for b in self.model.buffers():
                 dist.broadcast(b, src=0)
-        # Half-life in images: with N ranks an iteration sees N batches.
-        ema_update(self.ema, self.model, cfg.ema_decay ** self.world, copy_weights=self.it < cfg.ema_start_iter)
-        self.it += 1
-        scalars = {"loss": loss, "l_ebm": l_ebm, "l_le": l_le, **stats, "e_max": e_max}
+
+    def _step_stats(self, scalars: dict[str, Tensor]) -> dict[str, float]:
         values = torch.stack([v.detach().float() for v in scalars.values()]).tolist()  # one device sync
         return {**dict(zip(scalars, values)), "lr": self.opt_ebm.param_groups[0]["lr"],
                 "lr_encoder": self.opt_enc.param_groups[0]["lr"]}
@@ -391,12 +420,7 @@ class Trainer(TrainerState, RunLog):
         max_iters = opts.max_iters if opts.max_iters is not None else cfg.iters
         deadline = self._t_start + 60 * opts.max_minutes if opts.max_minutes else None
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self._open_logs()
-            self._log_event("start", iteration=self.it, config=cfg.to_dict(), world_size=self.world,
-                            device=str(self.device), resume=self.resume_kind)
-            for msg in self._messages:
-                self._log_event("message", text=msg)
+            self._log_start()
         bar = self._progress(max_iters)
         t_last, it_last = time.time(), self.it
         self._t_ckpt = time.time()
@@ -418,22 +442,11 @@ class Trainer(TrainerState, RunLog):
                 if self.it % opts.snapshot_every == 0:
                     self._snapshot = self._capture()
                 if self.it % opts.log_every == 0 or self.it == max_iters:
-                    now = time.time()
-                    stats = self._mean_over_ranks(stats)
-                    stats["it_per_s"] = (self.it - it_last) / max(now - t_last, 1e-9)
-                    t_last, it_last = now, self.it
-                    self._log_metrics(stats)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{stats['loss']:.4g}", e_pos=f"{stats['e_pos']:.3g}",
-                                        e_neg=f"{stats['e_neg']:.3g}", lr=f"{stats['lr']:.1e}", refresh=False)
+                    t_last, it_last = self._log_step(stats, bar, t_last, it_last)
                 if self.it % opts.sample_every == 0:
                     self.save_samples()
                 if opts.probe_every and self.it % opts.probe_every == 0:
-                    try:
-                        self.run_probe()
-                    except Exception as e:  # a measurement must never end a long run
-                        self._say(f"warning: the probe at iteration {self.it} failed ({type(e).__name__}: {e}); "
-                                  f"training goes on")
+                    self._probe_or_warn()
                 overdue = time.time() - self._t_ckpt > 60 * opts.ckpt_minutes
                 if (self.it % opts.ckpt_every == 0 or self._any_rank(overdue)) and self.it < max_iters:
                     self.save_checkpoint()
@@ -444,6 +457,38 @@ class Trainer(TrainerState, RunLog):
             restore_sigterm(old_term)
             if bar is not None:
                 bar.close()
+        self._finish(interrupted)
+        return self
+
+    def _log_start(self) -> None:
+        """Open metrics.jsonl (and TensorBoard) with a ``start`` line, then the messages said so far."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._open_logs()
+        self._log_event("start", iteration=self.it, config=self.cfg.to_dict(), world_size=self.world,
+                        device=str(self.device), resume=self.resume_kind)
+        for msg in self._messages:
+            self._log_event("message", text=msg)
+
+    def _log_step(self, stats: dict[str, float], bar: Any, t_last: float, it_last: int) -> tuple[float, int]:
+        """A metrics row of the ranks' mean statistics and the speed since the last row; returns the new mark."""
+        now = time.time()
+        stats = self._mean_over_ranks(stats)
+        stats["it_per_s"] = (self.it - it_last) / max(now - t_last, 1e-9)
+        self._log_metrics(stats)
+        if bar is not None:
+            bar.set_postfix(loss=f"{stats['loss']:.4g}", e_pos=f"{stats['e_pos']:.3g}",
+                            e_neg=f"{stats['e_neg']:.3g}", lr=f"{stats['lr']:.1e}", refresh=False)
+        return now, self.it
+
+    def _probe_or_warn(self) -> None:
+        try:
+            self.run_probe()
+        except Exception as e:  # a measurement must never end a long run
+            self._say(f"warning: the probe at iteration {self.it} failed ({type(e).__name__}: {e}); "
+                      f"training goes on")
+
+    def _finish(self, interrupted: bool) -> None:
+        """The last samples and checkpoint; the export unless interrupted (then KeyboardInterrupt goes on up)."""
         self.save_samples()
         self.save_checkpoint()
         if not interrupted:
@@ -453,7 +498,6 @@ class Trainer(TrainerState, RunLog):
             self._close_logs()
         if interrupted:
             raise KeyboardInterrupt
-        return self
 
     # -- divergence ----------------------------------------------------------------------------------------------
 

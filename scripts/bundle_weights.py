@@ -19,8 +19,10 @@ from pathlib import Path
 
 import torch
 
-from clel.images import save_grid
+from clel.checkpoints import EMA_NAME, read_ema, write_ema
 from clel.eval.modelcard import render_model_card, training_summary
+from clel.images import save_grid
+from clel.runtime import add_run_options
 from clel.sampling import ChainSettings, sample
 from clel.weights import export_pretrained, load_pretrained, read_config
 
@@ -44,45 +46,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-sweeps", type=int, default=10,
                    help="also draw samples-reference.png with the reference sampler: this many augmented sweeps "
                    "of the training chain, as the FID protocol (0: no second grid)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu",
-                   help="device that draws samples.png: cpu (default) or cuda; the weight files do not depend on it")
+    add_run_options(p, seed=True, device="device that draws samples.png: cpu (default) or cuda; the weight files "
+                    "do not depend on it", device_default="cpu")
     return p
 
 
-def main() -> None:
-    args = build_parser().parse_args()
-    model, cfg, extras = load_pretrained(args.run)
-    _, meta = read_config(args.run)
-    evaluation = None
-    if args.eval:  # checked before anything in --out is overwritten
-        evaluation = json.loads(args.eval.read_text())
-        if cfg.dataset != "cifar10":
-            # scripts/evaluate.py evaluates a CIFAR-10 model; only its compositional section sampled these weights.
-            comp = evaluation.get("compositional") or {}
-            # evaluate.py writes repo-relative paths; an absolute one replaces REPO in the join
-            if not comp.get("weights") or (REPO / comp["weights"]).resolve() != args.out.resolve():
-                sys.exit(f"{args.eval}: its compositional section sampled {comp.get('weights') or 'no weights'}, "
-                         f"not {args.out}")
-            evaluation = {k: evaluation[k] for k in ("compositional", "device", "seed") if k in evaluation}
+def read_evaluation(args: argparse.Namespace, dataset: str) -> dict | None:
+    """--eval's results for the card, checked before anything in --out is overwritten."""
+    if not args.eval:
+        return None
+    evaluation = json.loads(args.eval.read_text())
+    if dataset == "cifar10":
+        return evaluation
+    # scripts/evaluate.py evaluates a CIFAR-10 model; only its compositional section sampled these weights.
+    comp = evaluation.get("compositional") or {}
+    # evaluate.py writes repo-relative paths; an absolute one replaces REPO in the join
+    if not comp.get("weights") or (REPO / comp["weights"]).resolve() != args.out.resolve():
+        sys.exit(f"{args.eval}: its compositional section sampled {comp.get('weights') or 'no weights'}, "
+                 f"not {args.out}")
+    return {k: evaluation[k] for k in ("compositional", "device", "seed") if k in evaluation}
+
+
+def export(args: argparse.Namespace, model, extras: dict, meta: dict) -> None:
+    """The fp16 export, and beside it the EMA of f and g when the export holds the live weights: a run continued
+    from the bundle keeps its average."""
     names = {k: extras[n] for k, n in (("class_prototypes", "classes"), ("class_contrasts", "classes"),
                                        ("attribute_latents", "attributes"), ("attribute_contrasts", "attributes"))
              if k in extras}
-    export_pretrained(model, args.out, dtype=torch.float16, extras={k: extras[k] for k in names},
-                      extra_names=names, info={"weights": meta.get("weights", "ema"), "iteration": meta.get("iteration"),
-                                               "schedule": meta.get("schedule")},
-                      encoder=not args.no_encoder)
-    ema = args.run / "ema.safetensors"  # the EMA of f and g: a run continued from the bundle keeps its average
+    info = {"weights": meta.get("weights", "ema"), "iteration": meta.get("iteration"), "schedule": meta.get("schedule")}
+    export_pretrained(model, args.out, dtype=torch.float16, extras={k: extras[k] for k in names}, extra_names=names,
+                      info=info, encoder=not args.no_encoder)
+    ema = args.run / EMA_NAME
     if ema.is_file() and meta.get("weights") == "live":
-        from safetensors.torch import load_file, save_file
-
-        save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(ema).items()},
-                  str(args.out / "ema.safetensors"), metadata={"format": "clel-ema", "iteration": str(meta.get("iteration"))})
+        write_ema(read_ema(ema), args.out / EMA_NAME, iteration=meta.get("iteration"), dtype=torch.float16)
     else:
-        (args.out / "ema.safetensors").unlink(missing_ok=True)
-    # The grid comes from the bundled (fp16-rounded) weights: what users will get.
+        (args.out / EMA_NAME).unlink(missing_ok=True)
+
+
+def draw_grids(args: argparse.Namespace, steps: int) -> list[tuple[str, str]]:
+    """samples.png (and samples-reference.png) from the bundled, fp16-rounded weights: what users will get."""
     bundled, _, _ = load_pretrained(args.out, device=args.device)
-    steps = args.sample_steps or 5 * cfg.sgld_steps
     x = sample(bundled, args.samples, settings=ChainSettings.from_model(bundled, steps=steps),
                generator=torch.Generator(args.device).manual_seed(args.seed)).cpu()
     save_grid(x, args.out / "samples.png", upscale=2)
@@ -94,6 +97,17 @@ def main() -> None:
                    generator=torch.Generator(args.device).manual_seed(args.seed)).cpu()
         save_grid(x, args.out / "samples-reference.png", upscale=2)
         grids.append(("samples, reference sampler", "samples-reference.png"))
+    return grids
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    model, cfg, extras = load_pretrained(args.run)
+    _, meta = read_config(args.run)
+    evaluation = read_evaluation(args, cfg.dataset)
+    export(args, model, extras, meta)
+    steps = args.sample_steps or 5 * cfg.sgld_steps
+    grids = draw_grids(args, steps)
     if evaluation is not None:
         if cfg.dataset == "cifar10":
             shutil.copyfile(args.eval, args.out / "eval.json")

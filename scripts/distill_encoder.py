@@ -21,6 +21,7 @@ import torch
 from clel.concepts import concept_latents, encode_images
 from clel.distill import DistillRecipe, distill_encoder
 from clel.fast import native_bf16
+from clel.runtime import add_run_options, set_threads
 from clel.weights import WeightsError, export_pretrained, load_pretrained, read_config
 
 TENSOR_EXTRAS = ("class_prototypes", "class_contrasts", "attribute_latents", "attribute_contrasts")
@@ -39,9 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=DistillRecipe.batch_size)
     p.add_argument("--lr", type=float, default=DistillRecipe.lr)
     p.add_argument("--width", type=int, default=None, help="encoder base width (default: the config's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_run_options(p, seed=True, threads=True, device=True)
     return p
 
 
@@ -59,8 +58,7 @@ def load_data(dataset: str, root: str | None, size: int):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.out.resolve() == Path(args.weights).resolve():
         print("error: --out must be a new folder, not --weights", file=sys.stderr)
         return 2

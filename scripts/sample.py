@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from clel.images import load_images, save_gif, save_grid
+from clel.runtime import add_run_options
 from clel.sampling import (SAMPLING, ChainSettings, Condition, SamplingError, default_direction, draw, parse_term,
                            term_label)
 
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--noise", type=float, help="SGLD noise scale (default: the model's, 0.001)")
     c.add_argument("--grad-clip", type=float, help="clamp gradients to ±this (default: the model's, 100)")
     c.add_argument("--sampling", choices=sorted(SAMPLING), default="measured",
-                   help="defaults for --guidance and --direction: measured (chosen by scripts/sweep_sampling.py, "
+                   help="defaults for --guidance and --direction: measured (chosen by measure/sweep_sampling.py, "
                    "docs/evaluation.md) or paper (the training β, mean direction) (default measured)")
     c.add_argument("--guidance", type=float, default=None,
                    help="sampling-time β multiplying the latent term (conditional modes; default: --sampling's "
@@ -57,14 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--guidance-bound", type=float, default=None,
                    help="cap the latent term's pull at this many times the marginal's, per sample (0: no cap; "
                    "default: --sampling's)")
-    c.add_argument("--seed", type=int, default=0, help="seed of the start noise and the chain noise (default 0)")
+    add_run_options(c, seed="seed of the start noise and the chain noise (default 0)")
     c.add_argument("--gif", action="store_true", help="also write an animated GIF of the chain")
     c.add_argument("--gif-frames", type=int, default=30, help="about this many GIF frames (default 30)")
     c.add_argument("--gif-ms", type=int, default=100, help="milliseconds per GIF frame (default 100)")
     c.add_argument("--nrow", type=int, help="images per grid row (default: square grid, or --n per row)")
     c.add_argument("--upscale", type=int, default=2, help="nearest-neighbour upscale of the PNG/GIF (default 2)")
-    c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device (default: cuda when available)")
+    add_run_options(c, device=True)
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,6 +99,43 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def chain_settings(args: argparse.Namespace, model, defaults) -> ChainSettings:
+    """--sweeps > 1: the reference sampler; else one plain chain of --steps (default 10 x the model's)."""
+    if args.sweeps < 1:
+        raise SamplingError("--sweeps must be at least 1")
+    chain = dict(step_size=args.step_size, noise=args.noise, grad_clip=args.grad_clip,
+                 **defaults.controls("reference" if args.sweeps > 1 else "plain", args.guidance_ramp,
+                                     args.guidance_bound))
+    if args.sweeps > 1:
+        settings = ChainSettings.reference(model, sweeps=args.sweeps, steps=args.steps, **chain)
+    else:
+        settings = ChainSettings.from_model(model, steps=args.steps or 10 * model.cfg.sgld_steps, **chain)
+    if settings.steps < 1:
+        raise SamplingError("--steps must be at least 1")
+    return settings
+
+
+def conditions(args: argparse.Namespace, extras: dict, size: int, info: dict) -> tuple[list[Condition], int | None]:
+    """The mode's conditions (one chain each; one per class in class mode) and the grid's row length; what they
+    were made from goes into ``info``."""
+    nrow = args.nrow
+    if args.mode == "unconditional":
+        return [Condition.unconditional()], nrow
+    if args.mode == "instance":
+        info["references"] = list(args.images)
+        return [Condition.instance(load_images(args.images, size))], nrow
+    if args.mode == "class":
+        info["classes"] = list(args.classes)
+        return [Condition.classes(extras, [name], args.direction) for name in args.classes], nrow or args.n
+    if args.mode == "attributes":
+        terms = [parse_term(t, 1.0) for t in args.and_] + [parse_term(t, -1.0) for t in args.not_]
+        info["terms"] = [[a, w] for a, w in terms]
+        info["condition"] = term_label(terms)
+        return [Condition.attributes(extras, terms, args.direction)], nrow
+    info["references"] = [args.image_a, args.image_b]  # interpolate
+    return [Condition.interpolate(load_images([args.image_a], size), load_images([args.image_b], size))], nrow or args.n
+
+
 def run(args: argparse.Namespace) -> int:
     from clel.weights import WeightsError, load_pretrained
 
@@ -109,19 +146,8 @@ def run(args: argparse.Namespace) -> int:
     except WeightsError as e:
         raise SamplingError(f"--weights {args.weights}: {e}") from None
     model.requires_grad_(False)
-    size = cfg.image_size
-    if args.sweeps < 1:
-        raise SamplingError("--sweeps must be at least 1")
     defaults = SAMPLING[args.sampling]
-    chain = dict(step_size=args.step_size, noise=args.noise, grad_clip=args.grad_clip,
-                 **defaults.controls("reference" if args.sweeps > 1 else "plain", args.guidance_ramp,
-                                     args.guidance_bound))
-    if args.sweeps > 1:
-        settings = ChainSettings.reference(model, sweeps=args.sweeps, steps=args.steps, **chain)
-    else:
-        settings = ChainSettings.from_model(model, steps=args.steps or 10 * cfg.sgld_steps, **chain)
-    if settings.steps < 1:
-        raise SamplingError("--steps must be at least 1")
+    settings = chain_settings(args, model, defaults)
     every = max(1, settings.total_steps // max(1, args.gif_frames)) if args.gif else 0
     if args.guidance is None:
         args.guidance = defaults.guidance(args.mode, "reference" if args.sweeps > 1 else "plain")
@@ -130,26 +156,7 @@ def run(args: argparse.Namespace) -> int:
     info: dict = {"mode": args.mode, "weights": str(extras.get("path", args.weights)), "n": args.n,
                   "seed": args.seed, "guidance": args.guidance, "direction": args.direction, "chain": vars(settings)}
     out = Path(args.out)
-    nrow = args.nrow
-
-    if args.mode == "unconditional":
-        runs = [Condition.unconditional()]
-    elif args.mode == "instance":
-        runs = [Condition.instance(load_images(args.images, size))]
-        info["references"] = list(args.images)
-    elif args.mode == "class":
-        runs = [Condition.classes(extras, [name], args.direction) for name in args.classes]
-        nrow = nrow or args.n
-        info["classes"] = list(args.classes)
-    elif args.mode == "attributes":
-        terms = [parse_term(t, 1.0) for t in args.and_] + [parse_term(t, -1.0) for t in args.not_]
-        runs = [Condition.attributes(extras, terms, args.direction)]
-        info["terms"] = [[a, w] for a, w in terms]
-        info["condition"] = term_label(terms)
-    else:  # interpolate
-        runs = [Condition.interpolate(load_images([args.image_a], size), load_images([args.image_b], size))]
-        nrow = nrow or args.n
-        info["references"] = [args.image_a, args.image_b]
+    runs, nrow = conditions(args, extras, cfg.image_size, info)
 
     results = [draw(model, args.n, cond, settings, seed=args.seed, guidance=args.guidance, frame_every=every)
                for cond in runs]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from clel.runtime import add_run_options
 from clel.eval.judges import (CELEBA_JUDGES, CIFAR10_JUDGE, JUDGE_DIR, TrainRecipe, celeba_recipe,
                               train_celeba_judge, train_cifar10_judge)
 
@@ -40,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="offline data root with cifar10/ and celeba/ "
                    "(default: $CLEL_DATA or ../shared/data)")
     p.add_argument("--out", default=str(JUDGE_DIR), help="folder for the judge files (default weights/judges)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device (default: cuda when available)")
+    add_run_options(p, device=True)
     p.add_argument("--epochs", type=float, help="training epochs (default: 15 for cifar10, 16 for celeba)")
     p.add_argument("--batch-size", type=int, help="batch size (default: 256 for cifar10, 128 for celeba)")
     p.add_argument("--lr", type=float, help="peak SGD learning rate per 256 images (default: 0.2 / 0.1)")
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=int, help="CIFAR-10: measure on a seeded subset of the test set (smoke tests)")
     p.add_argument("--widths", help="comma-separated block widths (default: 64,256,256 for cifar10; "
                    "64,128,256,256 for celeba)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    add_run_options(p, seed="seed (default 0)")
     p.add_argument("--degrade", type=float, default=None, help="share of each training batch degraded the way "
                    "samples look (blur, noise, down-up-sampling, JPEG; clel.eval.judges.degrade_batch; default 0)")
     p.add_argument("--init", help="CIFAR-10: fine-tune this judge file instead of training from scratch (e.g. with "

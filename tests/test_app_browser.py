@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from clel_app import demo as D  # noqa: E402
+from clel_app.chains import ACTIVE_CHAINS  # noqa: E402
+from clel_app.models import make_demo_exports  # noqa: E402
 from clel_app.serve import free_port, local_only, wait_for  # noqa: E402
 from clel.data.ood import reference_sets  # noqa: E402
 
@@ -71,7 +72,7 @@ def weights(tmp_path_factory):
     if all(env.values()):
         return {**env, "timeout_ms": 1_800_000}  # trained Base models: minutes per chain on a CPU
     sets = reference_sets(DATA_ROOT, limit=200) if (DATA_ROOT / "cifar10").is_dir() else None
-    paths = D.make_demo_exports(tmp_path_factory.mktemp("weights"), reference_images=sets)
+    paths = make_demo_exports(tmp_path_factory.mktemp("weights"), reference_images=sets)
     return {**{k: env[k] or str(paths[k]) for k in paths}, "timeout_ms": 240_000}
 
 
@@ -86,10 +87,11 @@ def browser(sync_api):
 @pytest.fixture(scope="module")
 def gradio_url(weights):
     from clel_app import gradio_app
+    from clel_app.layout import CSS
 
     demo = gradio_app.build_app(weights["cifar10"], weights["celeba"])
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            css=gradio_app.CSS)
+                            css=CSS)
     yield url
     demo.close()
 
@@ -199,9 +201,9 @@ def test_stop_button_cancels_the_chain(browser, gradio_url, shots):
     page.locator("#unconditional-stop").click()
     status.get_by_text("Stopped").wait_for(timeout=30_000)
     deadline = time.monotonic() + 30
-    while D.ACTIVE_CHAINS and time.monotonic() < deadline:
+    while ACTIVE_CHAINS and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert D.ACTIVE_CHAINS == {}, "the chain kept running after Stop"
+    assert ACTIVE_CHAINS == {}, "the chain kept running after Stop"
     stopped = status.inner_text()
     time.sleep(1.5)  # no frame arrives after Stop
     assert status.inner_text() == stopped and stopped.startswith("Stopped") and "Done" not in stopped, stopped

@@ -6,7 +6,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-import socket
 import time
 from pathlib import Path
 
@@ -17,27 +16,22 @@ from PIL import Image
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-from clel_app import demo as D  # noqa: E402
+from clel_app import chains, gradio_app, limits  # noqa: E402
+from clel_app.chains import ACTIVE_CHAINS  # noqa: E402
+from clel_app.models import LoadedModel, make_demo_exports  # noqa: E402
+from clel_app.serve import free_port  # noqa: E402
 
-from test_demo import bad_files, huge_png, odd_files  # noqa: E402
+from test_demo import bad_files, fail_at_step, huge_png, odd_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-from clel_app import gradio_app  # noqa: E402
-
 EX = REPO / "app" / "examples"
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*:Warning:gradio.*")
 STEPS = 8  # frame_every(8) == 1: a frame per step, 8 intermediate frames + the final one
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    return D.make_demo_exports(tmp_path_factory.mktemp("weights"))
+    return make_demo_exports(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +109,12 @@ def test_cancelled_job_stops_the_chain(app):
         seen += 1
         if seen == 3:
             break
-    assert D.ACTIVE_CHAINS, "the chain should be running"
+    assert ACTIVE_CHAINS, "the chain should be running"
     job.cancel()
     deadline = time.monotonic() + 20
-    while D.ACTIVE_CHAINS and time.monotonic() < deadline:
+    while ACTIVE_CHAINS and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert D.ACTIVE_CHAINS == {}, "the chain kept running after the job was cancelled"
+    assert ACTIVE_CHAINS == {}, "the chain kept running after the job was cancelled"
     assert len(job.outputs()) < 1000
     # and the server still serves
     assert client.predict("ship", *chain(steps=1), api_name="/classes")[3].startswith("**Done**")
@@ -140,7 +134,7 @@ def test_server_caps_samples_and_steps(app):
     assert "step 0/1000" in status and "64 samples" in status
     assert "number of samples 500 is outside [1, 64] (server limit)" in status
     assert "steps 5000 is outside [1, 1000] (server limit)" in status
-    assert D.ACTIVE_CHAINS == {}
+    assert ACTIVE_CHAINS == {}
 
 
 def test_sweeps_through_the_api(app):
@@ -206,20 +200,20 @@ def test_missing_weights_give_a_clear_error(tmp_path):
 
 
 def test_chain_failure_reaches_the_user_as_a_sentence(app, monkeypatch):
-    """An unexpected error inside a chain (the CLEL_DEMO_FAIL_AT_STEP hook) gives a sentence, not a bare "Error"."""
+    """An unexpected error inside a chain (injected at its third step) gives a sentence, not a bare "Error"."""
     _, client = app
-    monkeypatch.setenv(D.FAIL_AT_STEP_ENV, "3")  # the server runs in this process: it reads the variable per chain
+    fail_at_step(monkeypatch, 3)  # the server runs in this process: its chains are planned after this
     job = client.submit("ship", *chain(), api_name="/classes")
     with pytest.raises(Exception) as e:
         job.result()
     message = str(e.value)
-    assert ("Sampling at step 3 of 8 failed (InjectedFailure: injected failure at SGLD step 3 "
-            "(CLEL_DEMO_FAIL_AT_STEP=3, a test hook)). Try again") in message, message
+    assert ("Sampling at step 3 of 8 failed (InjectedFailure: injected failure at SGLD step 3). "
+            "Try again") in message, message
     statuses = [o[3] for o in job.outputs()]
     assert statuses[0].startswith("**Running** · step 0/8")
     assert statuses[-1].startswith("**Failed** · step 2/8 · Sampling at step 3 of 8 failed"), statuses[-1]
-    assert D.ACTIVE_CHAINS == {}
-    monkeypatch.delenv(D.FAIL_AT_STEP_ENV)
+    assert ACTIVE_CHAINS == {}
+    monkeypatch.undo()
     assert client.predict("ship", *chain(steps=1), api_name="/classes")[3].startswith("**Done**")  # still serves
 
 
@@ -229,7 +223,7 @@ def test_unexpected_error_before_the_chain_is_a_sentence_too(app, monkeypatch):
     def broken(lm, req):
         raise KeyError("prototype table")
 
-    monkeypatch.setattr(D, "unconditional_plan", broken)
+    monkeypatch.setattr(chains, "unconditional_plan", broken)
     with pytest.raises(gr.Error) as e:
         next(demo.clel_app.unconditional("CIFAR-10", 2, 2, 100, 0.001, 0, False))
     assert e.value.message.startswith("Preparing the chain failed (KeyError: 'prototype table'). Try again")
@@ -254,7 +248,7 @@ def examples(demo) -> dict[str, list]:
 @pytest.fixture(scope="module")
 def encoderless(tmp_path_factory):
     """An app whose CelebA export has no encoder h (an export saved with encoder=False)."""
-    paths = D.make_demo_exports(tmp_path_factory.mktemp("noh"), celeba_encoder=False)
+    paths = make_demo_exports(tmp_path_factory.mktemp("noh"), celeba_encoder=False)
     return gradio_app.build_app(str(paths["cifar10"]), str(paths["celeba"])), paths
 
 
@@ -322,7 +316,7 @@ def test_header_names_the_models_without_server_paths(app, tmp_path):
 def test_hub_weights_link_to_their_hub_card(app):
     demo, _ = app
     lm = demo.clel_app.store.get("cifar10")
-    hub = D.LoadedModel(lm.kind, lm.model, lm.cfg, {**lm.extras, "source": "hub"}, "owner/clel-cifar10")
+    hub = LoadedModel(lm.kind, lm.model, lm.cfg, {**lm.extras, "source": "hub"}, "owner/clel-cifar10")
     assert hub.hub_url == "https://huggingface.co/owner/clel-cifar10"
     assert "Hugging Face Hub owner/clel-cifar10" in hub.describe()
 
@@ -391,13 +385,14 @@ def test_app_readme_states_the_defaults_the_demo_has():
     """app/README.md's "Defaults" line says what the controls start at."""
     import re
 
+    from clel.config import CLELConfig
     from clel.sampling import DEFAULTS
 
     line = " ".join(re.search(r"^- Defaults:(.*?)(?=^- |\Z)", (REPO / "app" / "README.md").read_text(),
                               re.M | re.S).group(1).split())
-    assert f"{gradio_app.DEFAULT_SAMPLES} samples" in line
-    assert f"{gradio_app.DEFAULT_SWEEPS} sweeps of {gradio_app.DEFAULT_STEPS} SGLD steps" in line
-    assert f"step size {gradio_app.SPEC.sgld_step_size:g}, noise {gradio_app.SPEC.sgld_noise:g}" in line
+    assert f"{limits.DEFAULT_SAMPLES} samples" in line
+    assert f"{limits.DEFAULT_SWEEPS} sweeps of {limits.DEFAULT_STEPS} SGLD steps" in line
+    assert f"step size {CLELConfig.sgld_step_size:g}, noise {CLELConfig.sgld_noise:g}" in line
     said = {"Classes": "class", "Faces": "attributes", "Look-alikes": "instance", "Interpolate": "interpolate"}
     for tab, mode in said.items():
         beta = re.search(rf"β ([0-9.]+) on [^β]*\b{tab}\b", line)

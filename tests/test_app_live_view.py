@@ -12,7 +12,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,16 @@ gradio_client = pytest.importorskip("gradio_client")
 
 REPO = Path(__file__).resolve().parents[1]
 EX = REPO / "app" / "examples"
-from clel_app import demo as D  # noqa: E402
-from clel_app import gradio_app  # noqa: E402
+from clel_app import gradio_app, live  # noqa: E402
+from clel_app.models import make_demo_exports  # noqa: E402
+from clel_app.serve import free_port  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*:Warning:gradio.*")
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    paths = D.make_demo_exports(tmp_path_factory.mktemp("weights"))
+    paths = make_demo_exports(tmp_path_factory.mktemp("weights"))
     return gradio_app.build_app(str(paths["cifar10"]), str(paths["celeba"]))
 
 
@@ -43,7 +43,7 @@ def curves(out) -> list[str]:
 def redraws(out) -> int:
     """How often the page redraws the curve: the times it differs from the one before (the page's first is the
     tab's empty curve)."""
-    seen = [gradio_app.EMPTY_CURVE.plot, *curves(out)]
+    seen = [live.EMPTY_CURVE.plot, *curves(out)]
     return sum(a != b for a, b in zip(seen, seen[1:]))
 
 
@@ -52,11 +52,11 @@ def run(demo, steps: int = 40):
 
 
 def test_the_curve_is_redrawn_with_the_first_energies_and_at_the_end(demo, monkeypatch, one_thread):
-    monkeypatch.setattr(gradio_app, "PLOT_EVERY_S", 1e9)  # no redraw is ever due by time
+    monkeypatch.setattr(live, "PLOT_EVERY_S", 1e9)  # no redraw is ever due by time
     out = run(demo)
     assert len(out) >= 20  # the noise, a frame every 2 steps (frame_every(40)), the final one
     c = curves(out)
-    assert c[0] == gradio_app.EMPTY_CURVE.plot  # the starting noise: the empty curve the page already shows
+    assert c[0] == live.EMPTY_CURVE.plot  # the starting noise: the empty curve the page already shows
     assert c[1] != c[0] and c[1:-1] == [c[1]] * (len(c) - 2) and c[-1] != c[1]  # drawn once, then at the end
     assert redraws(out) == 2
     assert all(getattr(o[0], "ndim", 0) == 3 for o in out)  # every frame has its grid
@@ -64,7 +64,7 @@ def test_the_curve_is_redrawn_with_the_first_energies_and_at_the_end(demo, monke
 
 
 def test_with_no_interval_every_frame_redraws(demo, monkeypatch, one_thread):
-    monkeypatch.setattr(gradio_app, "PLOT_EVERY_S", 0.0)
+    monkeypatch.setattr(live, "PLOT_EVERY_S", 0.0)
     out = run(demo, steps=10)
     assert redraws(out) == len(out) - 1  # all but the starting noise
 
@@ -76,13 +76,7 @@ def test_every_energy_plot_is_on_the_page_from_the_start(demo):
     assert len(plots) == 5
     for c in plots:
         value = c["props"].get("value")
-        assert value and value.get("type") == "plotly" and value["plot"] == gradio_app.EMPTY_CURVE.plot, c["props"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        assert value and value.get("type") == "plotly" and value["plot"] == live.EMPTY_CURVE.plot, c["props"]
 
 
 def test_a_session_keeps_no_more_state_after_more_chains(demo, one_thread):

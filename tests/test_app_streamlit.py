@@ -17,9 +17,12 @@ import torch
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from clel_app import demo as D  # noqa: E402
 from clel.data.ood import reference_sets  # noqa: E402
 from clel.eval.ood import REFERENCE_NAME  # noqa: E402
+from clel.images import images_to_tensor  # noqa: E402
+from clel_app.models import make_demo_exports  # noqa: E402
+from clel_app.ood_report import scores_csv  # noqa: E402
+from clel_app.uploads import decode_image  # noqa: E402
 
 from conftest import data_path  # noqa: E402
 from test_demo import bad_files, huge_png, odd_files  # noqa: E402
@@ -34,7 +37,7 @@ def weights(tmp_path_factory):
     """Tiny random export with a reference computed on 48 real images of each set."""
     root = data_path()
     sets = reference_sets(root, limit=48)
-    return D.make_demo_exports(tmp_path_factory.mktemp("weights"), reference_images=sets)["cifar10"]
+    return make_demo_exports(tmp_path_factory.mktemp("weights"), reference_images=sets)["cifar10"]
 
 
 @pytest.fixture
@@ -96,7 +99,7 @@ def test_scores_match_the_library(page, weights):
     page.file_uploader[0].set_value([("cat.jpg", cat, "image/jpeg")])
     page.run()
     model, _, _ = load_pretrained(str(weights))
-    x = D.images_to_tensor([D.decode_image(cat, "cat.jpg")], 32)
+    x = images_to_tensor([decode_image(cat, "cat.jpg").image], 32)
     s, e = score_images(model, x, 0.1)
     df = page.dataframe[0].value
     assert abs(df["s(x)"][0] - float(s[0])) < 1e-6 and abs(df["E(x)"][0] - float(e[0])) < 1e-6
@@ -152,7 +155,7 @@ def test_csv_content(page):
     page.run()
     assert page.get("download_button")[0].proto.label == "Download CSV"
     rows = page.session_state["csv_rows"]
-    df = pd.read_csv(io.BytesIO(D.scores_csv(rows)))
+    df = pd.read_csv(io.BytesIO(scores_csv(rows)))
     assert list(df["file"]) == ["cat.jpg", "bad.jpg"]
     assert abs(df["s(x)"][0] - page.dataframe[0].value["s(x)"][0]) < 1e-6  # 7 significant digits
     assert pd.isna(df["s(x)"][1]) and "bad.jpg: not an image file" in df["error"][1]
@@ -199,7 +202,7 @@ def test_csv_has_no_float_noise(page):
     files = sorted(data_path("cifar10", "test", "cat").glob("*.jpg"))[:6]
     page.file_uploader[0].set_value([(p.name, p.read_bytes(), "image/jpeg") for p in files])
     page.run()
-    text = D.scores_csv(page.session_state["csv_rows"]).decode()
+    text = scores_csv(page.session_state["csv_rows"]).decode()
     numbers = re.findall(r"(?<![\w.])-?\d+\.\d+(?:e-?\d+)?", text)
     assert numbers
     for n in numbers:

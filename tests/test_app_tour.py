@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from clel_app import demo as D  # noqa: E402
-from clel_app.serve import free_port, local_only  # noqa: E402
+from clel_app.models import make_demo_exports  # noqa: E402
+from clel_app.serve import free_port, local_only, stop_demo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS_SHOTS = REPO / "docs" / "screenshots"
@@ -93,11 +93,10 @@ def browser():
 def server(tmp_path_factory):
     """The demo as a visitor meets it: the app's own command line, in a process of its own, on tiny exports."""
     tmp = tmp_path_factory.mktemp("tour")
-    paths = D.make_demo_exports(tmp / "weights")
+    paths = make_demo_exports(tmp / "weights")
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio")}
-    env.pop(D.FAIL_AT_STEP_ENV, None)
     log = open(tmp / "server.log", "wb")
     proc = subprocess.Popen([sys.executable, str(REPO / "app" / "gradio_app.py"), "--port", str(port),
                              "--cifar10", str(paths["cifar10"]), "--celeba", str(paths["celeba"])],
@@ -117,12 +116,7 @@ def server(tmp_path_factory):
             time.sleep(0.5)
     assert config is not None, "the demo did not answer within 300 s"
     yield {"url": url, "config": config, "log": tmp / "server.log"}
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_demo(proc, log)
 
 
 def examples_by_tab(config: dict) -> dict[str, dict]:

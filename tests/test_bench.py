@@ -1,4 +1,4 @@
-"""scripts/bench.py: the training-iteration measurement and the evaluation of the performance targets."""
+"""measure/bench.py: the training-iteration measurement and the evaluation of the performance targets."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bench_cli", REPO / "scripts" / "bench.py")
+spec = importlib.util.spec_from_file_location("bench_cli", REPO / "measure" / "bench.py")
 bench = importlib.util.module_from_spec(spec)
 sys.modules["bench_cli"] = bench  # dataclasses look their module up there
 spec.loader.exec_module(bench)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clel.data import CIFAR10_CLASSES
-from clel_app.demo import MODEL_SPECS, ModelStore
+from clel_app.models import MODEL_SPECS, ModelStore
 from clel.sampling import ChainSettings, sample
 
 REPO = Path(__file__).resolve().parents[1]

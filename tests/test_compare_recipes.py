@@ -1,4 +1,4 @@
-"""scripts/compare_recipes.py: recipes parse, CPU time is read per process, arms stop at their CPU budget."""
+"""measure/compare_recipes.py: recipes parse, CPU time is read per process, arms stop at their CPU budget."""
 import os
 import time
 
@@ -8,7 +8,7 @@ from clel.checkpoints import find_checkpoints, read_checkpoint_meta
 from clel.trainer import TrainOptions, train
 from conftest import load_script
 
-cr = load_script("scripts/compare_recipes.py", "compare_recipes")
+cr = load_script("measure/compare_recipes.py", "compare_recipes")
 
 
 def test_recipes_parse_and_bad_ones_are_refused():

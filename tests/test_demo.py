@@ -1,4 +1,5 @@
-"""clel_app.demo and clel.eval.ood: upload validation, caps, grids, live frames, weights store, OOD references."""
+"""The apps' helpers (clel_app) and clel.eval.ood: upload validation, caps, grids, live frames, weights store, OOD
+references."""
 from __future__ import annotations
 
 import io
@@ -14,12 +15,22 @@ import pytest
 import torch
 from PIL import Image
 
-from clel_app import demo as D
+from clel.data import to_uint8
 from clel.energy import energy, ood_score
 from clel.eval.metrics import tpr_threshold
 from clel.eval.ood import (REFERENCE_NAME, OODReference, compute_reference, load_reference, model_fingerprint,
                       save_reference, score_images)
+from clel.images import grid_array, images_to_tensor, upscale
 from clel.sampling import ChainSettings, Condition, run_chain, sample
+from clel.weights import REPO_ROOT
+from clel_app import chains
+from clel_app.chains import (ACTIVE_CHAINS, EnergyHistory, attribute_condition, attribute_plan, energy_figure,
+                             frame_every, interpolation_plan, lookalike_plan, stream_frames, unconditional_plan)
+from clel_app.limits import Limits, clamp_request
+from clel_app.messages import DemoError, redact_paths, shown_path
+from clel_app.models import ModelStore, default_weights, make_demo_exports
+from clel_app.ood_report import ood_histogram, round_sig, scores_csv
+from clel_app.uploads import ImageError, decode_image
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,63 +99,63 @@ def huge_png(path, megapixels: float = 50.0) -> None:
     ("empty.png", "empty (0 bytes)"),
 ])
 def test_bad_uploads_get_clear_messages(name, expected):
-    with pytest.raises(D.ImageError) as e:
-        D.decode_image(bad_files()[name], name)
+    with pytest.raises(ImageError) as e:
+        decode_image(bad_files()[name], name)
     assert name in str(e.value) and expected in str(e.value)
 
 
 def test_decompression_bomb_refused_from_header(tmp_path):
     path = tmp_path / "huge.png"
     huge_png(path)
-    with pytest.raises(D.ImageError, match=r"huge\.png: the image is 7072x7072 = 50\.0 megapixels; the limit is 25"):
-        D.decode_image(path)
+    with pytest.raises(ImageError, match=r"huge\.png: the image is 7072x7072 = 50\.0 megapixels; the limit is 25"):
+        decode_image(path)
 
 
 def test_upload_size_limit(tmp_path):
-    lim = D.Limits(max_upload_bytes=1000)
-    with pytest.raises(D.ImageError, match="the limit is 0 MiB|MiB; the limit"):
-        D.decode_image(b"x" * 2000, "big.bin", lim)
+    lim = Limits(max_upload_bytes=1000)
+    with pytest.raises(ImageError, match="the limit is 0 MiB|MiB; the limit"):
+        decode_image(b"x" * 2000, "big.bin", lim)
     p = tmp_path / "big.png"
     p.write_bytes(b"x" * 2000)
-    with pytest.raises(D.ImageError, match="big.png: the file is"):
-        D.decode_image(p, limits=lim)
+    with pytest.raises(ImageError, match="big.png: the file is"):
+        decode_image(p, limits=lim)
 
 
 def test_rgba_composited_over_white():
-    d = D.decode_image(odd_files()["rgba.png"], "rgba.png")
+    d = decode_image(odd_files()["rgba.png"], "rgba.png")
     px = np.asarray(d.image)[0, 0]
     assert d.image.mode == "RGB" and abs(int(px[0]) - 255) <= 1 and abs(int(px[1]) - 127) <= 2
     assert "transparent pixels composited over white" in d.note and d.original_mode == "RGBA"
 
 
 def test_grayscale_and_16bit_scaled_not_clipped():
-    g = np.asarray(D.decode_image(odd_files()["gray.png"], "gray.png").image)
+    g = np.asarray(decode_image(odd_files()["gray.png"], "gray.png").image)
     assert (g[..., 0] == g[..., 1]).all() and g[0, 1, 0] == 8
-    d16 = D.decode_image(odd_files()["gray16.png"], "gray16.png")
+    d16 = decode_image(odd_files()["gray16.png"], "gray16.png")
     a = np.asarray(d16.image)[0, :, 0].astype(int)
     assert "16-bit grayscale converted to 8-bit RGB" in d16.note
     assert a[0] == 0 and a[-1] == 255 and 100 < a[16] < 160  # a ramp, not clipped to white
-    rgb = np.asarray(D.decode_image(odd_files()["rgb16.png"], "rgb16.png").image)
+    rgb = np.asarray(decode_image(odd_files()["rgb16.png"], "rgb16.png").image)
     assert tuple(rgb[5, 5]) == (255, 128, 0)
 
 
 def test_cmyk_and_transparent_palette():
     buf = io.BytesIO()
     Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(buf, format="JPEG")
-    d = D.decode_image(buf.getvalue(), "cmyk.jpg")
+    d = decode_image(buf.getvalue(), "cmyk.jpg")
     r, g, b = np.asarray(d.image)[8, 8].astype(int)
     assert d.note == "CMYK converted to RGB" and r > 200 and g < 60 and b < 60
     p = Image.new("P", (8, 8), 0)
     p.putpalette([0, 0, 255] + [0, 0, 0] * 255)
     p.info["transparency"] = 0
-    d = D.decode_image(png_bytes(p), "pal.png")
+    d = decode_image(png_bytes(p), "pal.png")
     assert tuple(np.asarray(d.image)[0, 0]) == (255, 255, 255) and "composited over white" in d.note
 
 
 def test_large_photo_downscaled_and_cropped():
-    d = D.decode_image(jpeg_bytes((2000, 1000)), "wide.jpg")
+    d = decode_image(jpeg_bytes((2000, 1000)), "wide.jpg")
     assert max(d.image.size) <= 512 and d.original_size == (2000, 1000)
-    x = D.images_to_tensor([d], 32)
+    x = images_to_tensor([d.image], 32)
     assert x.shape == (1, 3, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
     assert abs(float(x[0, 0].mean()) - 200 / 255) < 0.05  # the red of the photo survives
 
@@ -154,33 +165,33 @@ def test_large_photo_downscaled_and_cropped():
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_requests_are_capped_on_the_server():
-    req = D.clamp_request(500, 5000, 100, 0.001, 1.0, 7)
+    req = clamp_request(500, 5000, 100, 0.001, 1.0, 7)
     assert (req.n, req.steps, req.seed) == (64, 1000, 7)
     assert any("number of samples 500" in n for n in req.notes) and any("steps 5000" in n for n in req.notes)
-    assert D.clamp_request("3", 0.4, 1e9, -1, 0).steps == 1 and D.clamp_request(1, 1, 1e9).step_size == 1000
-    with pytest.raises(D.DemoError, match="steps must be finite"):
-        D.clamp_request(4, float("nan"))
-    with pytest.raises(D.DemoError, match="number of samples must be a number"):
-        D.clamp_request("many", 10)
+    assert clamp_request("3", 0.4, 1e9, -1, 0).steps == 1 and clamp_request(1, 1, 1e9).step_size == 1000
+    with pytest.raises(DemoError, match="steps must be finite"):
+        clamp_request(4, float("nan"))
+    with pytest.raises(DemoError, match="number of samples must be a number"):
+        clamp_request("many", 10)
 
 
 def test_grid_and_upscale():
     x = torch.rand(5, 3, 32, 32)
-    g = D.make_grid(x)  # 3 per row, 2 rows, 2-pixel white padding
+    g = grid_array(x)  # 3 per row, 2 rows, 2-pixel white padding
     assert g.shape == (2 * 34 + 2, 3 * 34 + 2, 3) and g.dtype == np.uint8
     assert (g[:2] == 255).all()
-    assert np.array_equal(g[2:34, 2:34], D.hwc_uint8(x)[0])
-    up = D.upscale(g)
+    assert np.array_equal(g[2:34, 2:34], to_uint8(x)[0].permute(1, 2, 0).numpy())
+    up = upscale(g)
     f = up.shape[0] // g.shape[0]
     assert f == 560 // g.shape[1] and np.array_equal(up[::f, ::f], g)
-    assert D.make_grid(x, nrow=5).shape[1] == 5 * 34 + 2
+    assert grid_array(x, nrow=5).shape[1] == 5 * 34 + 2
 
 
 def test_energy_figure_traces():
-    h = D.EnergyHistory()
+    h = EnergyHistory()
     for s in range(4):
         h.add(s, torch.tensor([1.0, 2.0, 3.0]) - s)
-    fig = D.energy_figure(h, 10)
+    fig = energy_figure(h, 10)
     names = [t.name for t in fig.data]
     assert names == ["min–max over samples", "mean energy"]
     assert list(fig.data[1].y) == [2.0, 1.0, 0.0, -1.0] and fig.layout.xaxis.range == (-0.5, 10.5)
@@ -191,7 +202,7 @@ def test_energy_figure_traces():
 def test_energy_figure_long_label_stays_out_of_the_title():
     """A composition's label goes into the title; the rotated y label stays short, the title in the top margin."""
     label = "E(x, AND Young AND Female AND Smiling)"
-    fig = D.energy_figure(D.EnergyHistory(), 100, ylabel=label)
+    fig = energy_figure(EnergyHistory(), 100, ylabel=label)
     lay = fig.layout
     assert label in lay.title.text and lay.yaxis.title.text == "energy"
     plot_height = lay.height - lay.margin.t - lay.margin.b
@@ -212,18 +223,18 @@ def exports(tmp_path_factory):
     sets = {k: torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=g)
             for k in ("cifar10_test", "dtd", "cifar10_interp", "celeba32")}
     sets["dtd"] = sets["dtd"] // 4  # darker, so the sets differ
-    return D.make_demo_exports(root, reference_images=sets)
+    return make_demo_exports(root, reference_images=sets)
 
 
 @pytest.fixture(scope="module")
 def store(exports):
-    return D.ModelStore({"cifar10": str(exports["cifar10"]), "celeba": str(exports["celeba"])})
+    return ModelStore({"cifar10": str(exports["cifar10"]), "celeba": str(exports["celeba"])})
 
 
 def test_stream_frames_noise_first_then_every_k(store):
     lm = store.get("cifar10")
-    req = D.clamp_request(3, 12, 100, 0.001, 1.0, 5)
-    frames = list(D.stream_frames(D.unconditional_plan(lm, req), req.steps, every=4, min_interval=1e9))
+    req = clamp_request(3, 12, 100, 0.001, 1.0, 5)
+    frames = list(stream_frames(unconditional_plan(lm, req), req.steps, every=4, min_interval=1e9))
     assert [f.step for f in frames] == [0, 4, 8, 12] and [f.final for f in frames] == [False] * 3 + [True]
     assert len(frames[-1].history) == 13  # E(x0) ... E(x12)
     # the first frame is the chain's starting noise, the last one the library's own samples for that seed
@@ -237,23 +248,23 @@ def test_stream_frames_noise_first_then_every_k(store):
 
 def test_sweeps_stream_across_sweeps_and_match_the_library_sampler(store):
     lm = store.get("cifar10")
-    req = D.clamp_request(2, 4, 100, 0.001, 1.0, 9, None, 3)
+    req = clamp_request(2, 4, 100, 0.001, 1.0, 9, None, 3)
     assert (req.sweeps, req.total_steps) == (3, 12) and req.settings.augment
-    frames = list(D.stream_frames(D.unconditional_plan(lm, req), req.total_steps, every=4, min_interval=1e9))
+    frames = list(stream_frames(unconditional_plan(lm, req), req.total_steps, every=4, min_interval=1e9))
     assert [f.step for f in frames] == [0, 4, 8, 12] and len(frames[-1].history) == 13
     st = ChainSettings(4, 100, 0.001, sweeps=3, augment=True)
     ref = sample(lm.model, 2, settings=st, generator=torch.Generator().manual_seed(9))
     assert torch.equal(frames[-1].x, ref)
-    assert not D.clamp_request(2, 4).settings.augment  # one sweep: the plain chain
+    assert not clamp_request(2, 4).settings.augment  # one sweep: the plain chain
 
 
 def test_sweeps_are_capped_and_share_the_step_budget():
-    req = D.clamp_request(2, 600, 100, 0.001, 1.0, 0, None, 50)
+    req = clamp_request(2, 600, 100, 0.001, 1.0, 0, None, 50)
     assert req.sweeps == 20 and req.steps == 50 and req.total_steps == 1000
     assert any("sweeps 50 is outside [1, 20]" in n for n in req.notes)
     assert any("using 50 steps per sweep" in n for n in req.notes)
-    with pytest.raises(D.DemoError, match="sweeps must be a number"):
-        D.clamp_request(2, 10, sweeps="lots")
+    with pytest.raises(DemoError, match="sweeps must be a number"):
+        clamp_request(2, 10, sweeps="lots")
 
 
 def frame_energy_matches(lm, frame) -> bool:
@@ -262,39 +273,39 @@ def frame_energy_matches(lm, frame) -> bool:
 
 
 def test_default_frame_rate_gives_enough_frames():
-    assert D.frame_every(60) == 3 and D.frame_every(10) == 1 and D.frame_every(1000) == 50
+    assert frame_every(60) == 3 and frame_every(10) == 1 and frame_every(1000) == 50
 
 
 def test_closing_the_stream_stops_the_chain(store):
     lm = store.get("cifar10")
-    req = D.clamp_request(2, 1000, 100, 0.001, 1.0, 0)
-    gen = D.stream_frames(D.unconditional_plan(lm, req), req.steps, every=1)
+    req = clamp_request(2, 1000, 100, 0.001, 1.0, 0)
+    gen = stream_frames(unconditional_plan(lm, req), req.steps, every=1)
     for _ in range(3):
         next(gen)
-    assert list(D.ACTIVE_CHAINS.values()) == [2]
+    assert list(ACTIVE_CHAINS.values()) == [2]
     gen.close()
-    assert D.ACTIVE_CHAINS == {}
+    assert ACTIVE_CHAINS == {}
 
 
 def test_stop_request_ends_the_chain_with_its_samples_so_far(store):
     lm = store.get("cifar10")
-    req = D.clamp_request(2, 1000, 100, 0.001, 1.0, 3)
+    req = clamp_request(2, 1000, 100, 0.001, 1.0, 3)
     steps_done = []
-    frames = list(D.stream_frames(D.unconditional_plan(lm, req), req.steps, every=1, on_step=steps_done.append,
+    frames = list(stream_frames(unconditional_plan(lm, req), req.steps, every=1, on_step=steps_done.append,
                                   should_stop=lambda: len(steps_done) >= 5))
     assert [f.step for f in frames] == [0, 1, 2, 3, 4, 5] and steps_done == [1, 2, 3, 4, 5]
     assert frames[-1].final and frames[-1].stopped and not any(f.stopped for f in frames[:-1])
     ref = sample(lm.model, 2, settings=ChainSettings(5, 100, 0.001), generator=torch.Generator().manual_seed(3))
     assert torch.equal(frames[-1].x, ref)  # the samples after 5 steps of the same chain
-    assert frame_energy_matches(lm, frames[-1]) and D.ACTIVE_CHAINS == {}
+    assert frame_energy_matches(lm, frames[-1]) and ACTIVE_CHAINS == {}
     # a stop requested before the chain started (while it was queued) gives the starting noise, no steps
-    frames = list(D.stream_frames(D.unconditional_plan(lm, req), req.steps, should_stop=lambda: True))
+    frames = list(stream_frames(unconditional_plan(lm, req), req.steps, should_stop=lambda: True))
     assert [(f.step, f.final, f.stopped) for f in frames] == [(0, False, False), (0, True, True)]
     # a chain that finishes its last step is done, not stopped
-    req = D.clamp_request(2, 3, 100, 0.001, 1.0, 3)
-    *_, last = D.stream_frames(D.unconditional_plan(lm, req), req.steps, should_stop=lambda: True)
+    req = clamp_request(2, 3, 100, 0.001, 1.0, 3)
+    *_, last = stream_frames(unconditional_plan(lm, req), req.steps, should_stop=lambda: True)
     assert last.step == 0 and last.stopped  # asked before any step: stopped at 0
-    *_, last = D.stream_frames(D.unconditional_plan(lm, req), req.steps, on_step=steps_done.append,
+    *_, last = stream_frames(unconditional_plan(lm, req), req.steps, on_step=steps_done.append,
                                should_stop=lambda: len(steps_done) >= 8)
     assert last.step == 3 and last.final and not last.stopped
 
@@ -302,8 +313,8 @@ def test_stop_request_ends_the_chain_with_its_samples_so_far(store):
 def test_interpolation_plan_is_the_library_chain(store, tmp_path):
     lm = store.get("cifar10")
     a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
-    req = D.clamp_request(4, 3, 100, 0.001, 2.0, 11)
-    *_, last = D.stream_frames(D.interpolation_plan(lm, a, b, req), req.steps)
+    req = clamp_request(4, 3, 100, 0.001, 2.0, 11)
+    *_, last = stream_frames(interpolation_plan(lm, a, b, req), req.steps)
     *_, ref = run_chain(lm.model, 4, Condition.interpolate(a, b), guidance=2.0, settings=req.settings,
                         generator=torch.Generator().manual_seed(11))
     assert torch.equal(last.x, ref.x)
@@ -311,35 +322,35 @@ def test_interpolation_plan_is_the_library_chain(store, tmp_path):
 
 def test_attribute_condition(store):
     lm = store.get("celeba")
-    cond = D.attribute_condition(lm, {"Young": "off", "Female": "AND", "Smiling": "NOT"})
+    cond = attribute_condition(lm, {"Young": "off", "Female": "AND", "Smiling": "NOT"})
     assert cond.weights == (1.0, -1.0) and cond.label == "E(x, AND Female NOT Smiling)"
     assert torch.equal(cond.latents[0], lm.extras["attribute_latents"][1])
-    assert D.attribute_condition(lm, {"Young": "off"}).mode == "unconditional"
+    assert attribute_condition(lm, {"Young": "off"}).mode == "unconditional"
     # "Male" is served by the stored Female latent with the opposite sign
-    assert D.attribute_condition(lm, {"Male": "AND"}).weights == (-1.0,)
-    with pytest.raises(D.DemoError, match="choose one of off, AND, NOT"):
-        D.attribute_condition(lm, {"Young": "maybe"})
-    with pytest.raises(D.DemoError, match="no attribute latents"):
-        D.attribute_condition(store.get("cifar10"), {"Young": "AND"})
-    plan = D.attribute_plan(lm, {"Young": "off", "Female": "off", "Smiling": "off"}, D.clamp_request(2, 2))
+    assert attribute_condition(lm, {"Male": "AND"}).weights == (-1.0,)
+    with pytest.raises(DemoError, match="choose one of off, AND, NOT"):
+        attribute_condition(lm, {"Young": "maybe"})
+    with pytest.raises(DemoError, match="no attribute latents"):
+        attribute_condition(store.get("cifar10"), {"Young": "AND"})
+    plan = attribute_plan(lm, {"Young": "off", "Female": "off", "Smiling": "off"}, clamp_request(2, 2))
     assert plan.notes == ["no attribute selected: unconditional faces"]
 
 
 def test_class_latent_errors(store):
     lm = store.get("cifar10")
     assert lm.class_names()[3] == "cat" and lm.class_latent("cat").shape == (lm.cfg.feature_dim,)
-    with pytest.raises(D.DemoError, match="unknown class 'unicorn'; choose one of airplane"):
+    with pytest.raises(DemoError, match="unknown class 'unicorn'; choose one of airplane"):
         lm.class_latent("unicorn")
-    with pytest.raises(D.DemoError, match="no class prototypes"):
+    with pytest.raises(DemoError, match="no class prototypes"):
         store.get("celeba").class_latent("cat")
 
 
 def test_store_reports_missing_weights(tmp_path, monkeypatch):
     monkeypatch.delenv("CLEL_WEIGHTS_CIFAR10", raising=False)
-    assert D.default_weights("cifar10").endswith(os.path.join("weights", "cifar10"))
+    assert default_weights("cifar10").endswith(os.path.join("weights", "cifar10"))
     monkeypatch.setenv("CLEL_WEIGHTS_CIFAR10", str(tmp_path / "nowhere"))
-    s = D.ModelStore()
-    with pytest.raises(D.DemoError, match="cannot load the cifar10 weights .*point CLEL_WEIGHTS_CIFAR10"):
+    s = ModelStore()
+    with pytest.raises(DemoError, match="cannot load the cifar10 weights .*point CLEL_WEIGHTS_CIFAR10"):
         s.get("cifar10")
     assert s.status("cifar10").startswith("not available: cannot load")
 
@@ -354,7 +365,7 @@ def test_hub_repo_id_offline_falls_back_to_bundled(exports, tmp_path, monkeypatc
     monkeypatch.setattr(W, "BUNDLED_WEIGHTS", bundled)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    lm = D.ModelStore({"cifar10": "clel-nobody/cifar10"}).get("cifar10")
+    lm = ModelStore({"cifar10": "clel-nobody/cifar10"}).get("cifar10")
     assert lm.source == "bundled"
     assert "bundled copy (the Hub was unavailable or the repo is missing)" in lm.describe()
 
@@ -392,11 +403,11 @@ def test_reference_roundtrip_threshold_and_fingerprint(exports, store, tmp_path)
 
 def test_ood_histogram_traces(exports):
     ref = load_reference(exports["cifar10"])
-    fig = D.ood_histogram(ref, {"a.png": 0.1, "b.png": 0.2})
+    fig = ood_histogram(ref, {"a.png": 0.1, "b.png": 0.2})
     names = [t.name for t in fig.data]
     assert names[0].startswith("CIFAR-10 test (in-distribution) (n=40)")
     assert "uploaded images (n=2)" in names and any(n.startswith("threshold at 95% TPR") for n in names)
-    assert [t.name for t in D.ood_histogram(None, {"a": 1.0}).data] == ["uploaded images (n=1)"]
+    assert [t.name for t in ood_histogram(None, {"a": 1.0}).data] == ["uploaded images (n=1)"]
 
 
 def test_compute_reference_counts(store):
@@ -412,12 +423,12 @@ def test_compute_reference_counts(store):
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_shown_path_and_redact_paths(tmp_path):
-    assert D.shown_path(D.REPO_ROOT / "weights" / "cifar10") == os.path.join("weights", "cifar10")
-    assert D.shown_path(tmp_path / "w" / "cifar10") == "cifar10" and D.shown_path("weights/x") == "weights/x"
+    assert shown_path(REPO_ROOT / "weights" / "cifar10") == os.path.join("weights", "cifar10")
+    assert shown_path(tmp_path / "w" / "cifar10") == "cifar10" and shown_path("weights/x") == "weights/x"
     msg = (f"cannot load the cifar10 weights from {tmp_path}/none: {tmp_path}/none: no such folder; "
-           f"{D.REPO_ROOT}/weights/celeba64 was exported; see https://huggingface.co/owner/name or weights/a/b")
-    out = D.redact_paths(msg)
-    assert str(tmp_path) not in out and str(D.REPO_ROOT) not in out
+           f"{REPO_ROOT}/weights/celeba64 was exported; see https://huggingface.co/owner/name or weights/a/b")
+    out = redact_paths(msg)
+    assert str(tmp_path) not in out and str(REPO_ROOT) not in out
     assert out == ("cannot load the cifar10 weights from none: none: no such folder; weights/celeba64 was exported; "
                    "see https://huggingface.co/owner/name or weights/a/b")
 
@@ -429,66 +440,84 @@ def test_describe_names_the_model_without_server_paths(store, exports):
     assert "tiny, 32 px" in text.lower() and "parameters" in text and "from local folder cifar10" in text
     title, body, images = lm.card()
     assert title.startswith("Random CLEL (tiny preset)") and "samples are noise" in body and images == []
-    with pytest.raises(D.DemoError) as e:
-        D.ModelStore({"cifar10": str(exports["cifar10"].parent / "missing")}).get("cifar10")
+    with pytest.raises(DemoError) as e:
+        ModelStore({"cifar10": str(exports["cifar10"].parent / "missing")}).get("cifar10")
     assert str(exports["cifar10"].parent) not in str(e.value) and "cannot load the cifar10 weights" in str(e.value)
 
 
 def test_model_card_of_the_bundled_weights():
-    lm = D.ModelStore({"cifar10": str(D.REPO_ROOT / "weights" / "cifar10")}).get("cifar10")
+    lm = ModelStore({"cifar10": str(REPO_ROOT / "weights" / "cifar10")}).get("cifar10")
     title, body, images = lm.card()
     assert title.startswith("CLEL ") and not body.startswith("---") and "![" not in body
     assert images and all(p.is_file() for p, _ in images)
 
 
 def test_encoderless_export_refuses_photo_features_in_a_sentence(tmp_path):
-    paths = D.make_demo_exports(tmp_path, celeba_encoder=False)
+    paths = make_demo_exports(tmp_path, celeba_encoder=False)
     assert json.loads((paths["celeba"] / "config.json").read_text())["parts"] == ["f", "g"]
-    s = D.ModelStore({"cifar10": str(paths["cifar10"]), "celeba": str(paths["celeba"])})
+    s = ModelStore({"cifar10": str(paths["cifar10"]), "celeba": str(paths["celeba"])})
     lm = s.get("celeba")
     assert not lm.has_encoder and s.get("cifar10").has_encoder and "no encoder h" in lm.describe()
-    req = D.clamp_request(2, 2)
+    req = clamp_request(2, 2)
     x = torch.rand(1, 3, 32, 32)
-    with pytest.raises(D.DemoError, match=r"^Look-alikes needs the encoder h .* CelebA 64 weights were exported "
+    with pytest.raises(DemoError, match=r"^Look-alikes needs the encoder h .* CelebA 64 weights were exported "
                                           r"without it \(their config.json lists only the networks f, g\)"):
-        D.lookalike_plan(lm, x, req)
-    with pytest.raises(D.DemoError, match="^Interpolation needs the encoder h"):
-        D.interpolation_plan(lm, x, x, req)
+        lookalike_plan(lm, x, req)
+    with pytest.raises(DemoError, match="^Interpolation needs the encoder h"):
+        interpolation_plan(lm, x, x, req)
     assert str(tmp_path) not in lm.describe()
-    D.attribute_plan(lm, {"Young": "AND"}, req)  # the attribute latents are precomputed: Faces still works
+    attribute_plan(lm, {"Young": "AND"}, req)  # the attribute latents are precomputed: Faces still works
 
 
-@pytest.mark.parametrize("how", ["env", "module"])
-def test_fail_hook_raises_inside_the_chain(store, monkeypatch, how):
-    if how == "env":
-        monkeypatch.setenv(D.FAIL_AT_STEP_ENV, "3")
-    else:
-        monkeypatch.setattr(D, "FAIL_AT_STEP", 3)
-    req = D.clamp_request(2, 8, 100, 0.001, 1.0, 0)
+class InjectedFailure(RuntimeError):
+    """Stands for any unexpected error inside a chain."""
+
+
+def fail_at_step(monkeypatch, at: int) -> None:
+    """From now on (until ``monkeypatch`` is undone) step ``at`` (1-based) of every chain the demo plans raises
+    :class:`InjectedFailure`: every tab plans its chain through ``chains.plan_chain``."""
+    plan_chain = chains.plan_chain
+
+    def failing(steps):
+        for s in steps:
+            if s.step + 1 >= at:
+                raise InjectedFailure(f"injected failure at SGLD step {s.step + 1}")
+            yield s
+
+    def planned(*args, **kwargs):
+        plan = plan_chain(*args, **kwargs)
+        plan.chain = failing(plan.chain)
+        return plan
+
+    monkeypatch.setattr(chains, "plan_chain", planned)
+
+
+def test_a_failing_chain_raises_after_its_frames(store, monkeypatch):
+    fail_at_step(monkeypatch, 3)
+    req = clamp_request(2, 8, 100, 0.001, 1.0, 0)
     frames = []
-    with pytest.raises(D.InjectedFailure, match=r"injected failure at SGLD step 3 \(CLEL_DEMO_FAIL_AT_STEP=3"):
-        for f in D.stream_frames(D.unconditional_plan(store.get("cifar10"), req), req.steps, every=1):
+    with pytest.raises(InjectedFailure, match=r"injected failure at SGLD step 3"):
+        for f in stream_frames(unconditional_plan(store.get("cifar10"), req), req.steps, every=1):
             frames.append(f.step)
-    assert frames == [0, 1, 2] and D.ACTIVE_CHAINS == {}
-    monkeypatch.setattr(D, "FAIL_AT_STEP", None)
-    monkeypatch.delenv(D.FAIL_AT_STEP_ENV, raising=False)
-    assert list(D.stream_frames(D.unconditional_plan(store.get("cifar10"), req), req.steps))[-1].step == 8
+    assert frames == [0, 1, 2] and ACTIVE_CHAINS == {}
+    monkeypatch.undo()
+    assert list(stream_frames(unconditional_plan(store.get("cifar10"), req), req.steps))[-1].step == 8
 
 
 def test_scores_csv_rounds_float_noise():
     rows = [{"file": "a.png", "s(x)": 0.12345678912345, "CIFAR-10 test percentile": 57.599999999999994,
              "E(x)": 1234.5678901234, "n": 3, "error": ""}, {"file": "b.png", "s(x)": None, "error": "bad"}]
-    text = D.scores_csv(rows).decode()
+    text = scores_csv(rows).decode()
     assert text.splitlines()[1] == "a.png,0.1234568,57.6,1234.568,3,"
     assert text.splitlines()[2] == "b.png,,,,,bad"
-    assert D.round_sig(float("nan")) != D.round_sig(float("nan")) and D.round_sig(0.0) == 0.0
+    assert round_sig(float("nan")) != round_sig(float("nan")) and round_sig(0.0) == 0.0
 
 
 def test_ood_histogram_labels_each_file(exports):
     ref = load_reference(exports["cifar10"])
     uploads = {"cat.jpg": 0.1, "ship.jpg": 0.1000001, "texture.png": 0.9, **{f"u{i}": 0.5 for i in range(5)},
                "a_very_long_file_name_from_a_camera_0001.jpg": 0.7}
-    fig = D.ood_histogram(ref, uploads)
+    fig = ood_histogram(ref, uploads)
     labels = [a for a in fig.layout.annotations if a.name == "upload label"]
     text = " ".join(a.text for a in labels)
     assert "cat.jpg, ship.jpg" in text and "texture.png" in text and "u0, u1, u2 +2 more" in text

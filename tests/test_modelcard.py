@@ -95,3 +95,40 @@ def test_card_names_the_numbers_the_frozen_encoder_may_flatter_and_quotes_the_in
                               status="", preset="celeba32-small")
     assert "# CLEL Small on CelebA 32x32" in faces and "may be biased" in faces
     assert "`celeba_attributes_32.safetensors`" in faces and "FD-JUDGE-100 3.50" in faces
+
+
+def test_bundle_weights_writes_the_fp16_export_its_ema_grids_and_card(tmp_path):
+    """scripts/bundle_weights.py on a run whose export holds the live weights: the EMA of f and g comes along in
+    fp16 (through clel.checkpoints' EMA file), beside the grids and the card."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    from safetensors import safe_open
+
+    from clel import CLEL
+    from clel.checkpoints import EMA_NAME, read_ema, write_ema
+    from clel.weights import export_pretrained
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny")
+    run, out = tmp_path / "run", tmp_path / "bundle"
+    export_pretrained(CLEL(cfg).eval(), run, info={"weights": "live", "iteration": 4})
+    ema = {k: v for k, v in CLEL(cfg).state_dict().items() if not k.startswith("h.")}
+    write_ema(ema, run / EMA_NAME, iteration=4)
+    (run / "metrics.jsonl").write_text(json.dumps({"event": "start", "time": 0.0, "config": cfg.to_dict()}) + "\n"
+                                       + json.dumps({"iter": 4, "time": 2.0}) + "\n")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bundle_weights.py"
+    res = subprocess.run([sys.executable, str(script), "--run", str(run), "--out", str(out), "--preset", "tiny",
+                          "--hardware", "a test", "--status", "Random weights.", "--samples", "4",
+                          "--sample-steps", "2", "--reference-sweeps", "1"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name in ("config.json", "README.md", "samples.png", "samples-reference.png", EMA_NAME):
+        assert (out / name).is_file(), name
+    bundled = read_ema(out / EMA_NAME)
+    assert bundled.keys() == ema.keys()
+    assert all(torch.equal(bundled[k], v.half() if v.is_floating_point() else v) for k, v in ema.items())
+    with safe_open(str(out / EMA_NAME), framework="pt") as f:
+        assert f.metadata() == {"format": "clel-ema", "iteration": "4"}

@@ -527,7 +527,7 @@ def test_trained_not_moves_the_attribute_judge_the_other_way_from_and(attr):
 def test_demo_sample_and_evaluate_take_their_defaults_from_clel_sampling(monkeypatch):
     import importlib.util
 
-    import clel_app.demo as D
+    import clel_app.limits as D
     from clel.sampling import DEFAULTS, SAMPLING
 
     def script(name):

@@ -1,4 +1,4 @@
-"""The demo's memory over many chains: scripts/soak_demo.py against a server of its own, on tiny random exports.
+"""The demo's memory over many chains: measure/soak_demo.py against a server of its own, on tiny random exports.
 
 Slow (about two minutes on 2 shared CPU cores); the 200-chain soak on the bundled weights is in docs/benchmarks.md.
 """
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_soak_keeps_the_servers_memory_flat(tmp_path):
     pytest.importorskip("gradio_client")
     out = tmp_path / "soak.json"
-    run = subprocess.run([sys.executable, str(REPO / "scripts" / "soak_demo.py"), "--tiny", "--chains", "60",
+    run = subprocess.run([sys.executable, str(REPO / "measure" / "soak_demo.py"), "--tiny", "--chains", "60",
                           "--baseline", "20", "--out", str(out)], cwd=tmp_path, capture_output=True, text=True,
                          timeout=900)
     assert out.is_file(), run.stderr[-3000:]

@@ -30,7 +30,7 @@ def test_sweep_measures_every_cell(tmp_path):
     export_pretrained(model, tmp_path / "w", extras={"class_prototypes": z, "class_contrasts": -z},
                       extra_names={"class_prototypes": CLASSES, "class_contrasts": CLASSES})
     out = tmp_path / "sweep"
-    cmd = [sys.executable, str(REPO / "scripts" / "sweep_sampling.py"), "--weights", str(tmp_path / "w"),
+    cmd = [sys.executable, str(REPO / "measure" / "sweep_sampling.py"), "--weights", str(tmp_path / "w"),
            "--out", str(out), "--guidance", "0.1", "3", "--per-class", "2", "--sweeps", "2", "--steps", "1",
            "--threads", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -52,7 +52,7 @@ def test_sweep_cells_for_steps_per_sweep_ramp_and_bound(tmp_path):
     export_pretrained(model, tmp_path / "w", extras={"class_prototypes": z},
                       extra_names={"class_prototypes": CLASSES})
     out = tmp_path / "sweep"
-    cmd = [sys.executable, str(REPO / "scripts" / "sweep_sampling.py"), "--weights", str(tmp_path / "w"),
+    cmd = [sys.executable, str(REPO / "measure" / "sweep_sampling.py"), "--weights", str(tmp_path / "w"),
            "--out", str(out), "--guidance", "3", "--per-class", "1", "--chain", "reference", "--direction", "mean",
            "--steps", "1", "2", "--total-steps", "4", "--ramp", "0", "0.5", "--bound", "0", "1", "--threads", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -70,7 +70,7 @@ def test_lookalike_agreement_counts_classes_or_the_share_of_matching_attributes(
 
     from conftest import load_script
 
-    sweep = load_script("scripts/sweep_sampling.py", "sweep_sampling_script")
+    sweep = load_script("measure/sweep_sampling.py", "sweep_sampling_script")
 
     def judge(task, probs):
         return SimpleNamespace(spec=SimpleNamespace(task=task), predict=lambda x: torch.tensor(probs))

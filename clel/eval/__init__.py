@@ -10,13 +10,13 @@
   :mod:`.judges`, and the encoder's kNN accuracy.
 - :mod:`.report`: histograms and confusion matrices (PNG with PIL, HTML with plotly) and the markdown report;
   :mod:`.modelcard`: the model card (README.md) of an export.
+- :mod:`.evaluation`: one run of every section into eval.json and eval.md (:class:`~.evaluation.EvalOptions`, whose
+  fields are ``scripts/evaluate.py``'s flags).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import torch
 
 from ..weights import REPO_ROOT
 
@@ -28,7 +28,3 @@ class EvaluationError(ValueError):
 def default_data_root() -> Path:
     """``$CLEL_DATA``, else ``../shared/data`` next to the repository (where the offline copies live)."""
     return Path(os.environ.get("CLEL_DATA", REPO_ROOT.parent / "shared" / "data"))
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device

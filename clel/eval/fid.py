@@ -22,7 +22,8 @@ from ..distributed import dist_info
 from ..fast import FastPath, prepare
 from ..sampling import ChainSettings, sample
 from ..weights import model_fingerprint
-from . import EvaluationError, model_device
+from . import EvaluationError
+from ..runtime import model_device
 
 
 @dataclass

@@ -1,13 +1,9 @@
 """Judged conditional quality (Fig. 3c, Fig. 4b) and the encoder's kNN accuracy."""
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from itertools import combinations
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -19,10 +15,18 @@ from ..data import OPPOSITE_ATTRIBUTE
 from ..concepts import encode_images
 from ..fast import FastPath
 from ..sampling import ChainSettings, Condition, draw, term_label
-from . import EvaluationError, model_device
+from . import EvaluationError
+from ..runtime import model_device
 from .ood import has_encoder
 from .fid import _batch_seed
 
+JUDGED_STEPS = 10  # the judged chain runs 10 x the training chain's SGLD steps (600 for Base), as the paper's
+
+
+def judged_chain(model, steps: int | None = None, **overrides: Any) -> ChainSettings:
+    """The chain of every judged evaluation (``scripts/evaluate.py``, the training probe): one plain chain from
+    uniform noise of ``JUDGED_STEPS`` x the model's training steps; ``overrides`` as ``ChainSettings.from_model``."""
+    return ChainSettings.from_model(model, steps=steps or JUDGED_STEPS * model.cfg.sgld_steps, **overrides)
 
 
 def class_conditional_eval(model, prototypes: Tensor, classes: Sequence[str], judge, n_per_class: int,

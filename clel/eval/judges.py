@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..fast import native_bf16
+from ..runtime import model_device
 from ..weights import BUNDLED_WEIGHTS
 
 __all__ = [
@@ -151,7 +152,7 @@ class Judge:
     def logits(self, x: Tensor, batch_size: int = 500, tta: bool = True) -> Tensor:
         """Logits [N, L] of images [N, 3, H, W] (float in [0, 1] or uint8), averaged with the flipped image."""
         self.net.eval()
-        device = next(self.net.parameters()).device
+        device = model_device(self.net)
         out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i:i + batch_size].to(device)
@@ -177,7 +178,7 @@ class Judge:
         discard their magnitude (how strongly the judge's detectors fire), much of what blur and noise change.
         """
         self.net.eval()
-        device = next(self.net.parameters()).device
+        device = model_device(self.net)
         out = [self.net.features(_pixels(x[i:i + batch_size].to(device))).float().cpu()
                for i in range(0, x.shape[0], batch_size)]
         return torch.cat(out) if out else torch.zeros(0, 0)
@@ -324,7 +325,7 @@ def evaluate_judge(judge: Judge, images: Tensor, targets: Tensor, batch_size: in
 
 
 # How samples differ from photographs: blurred, noisy, low in detail, blocky. A judge is only trusted on samples if
-# it still recognises real test images degraded this way (scripts/judge_robustness.py, docs/evaluation.md).
+# it still recognises real test images degraded this way (measure/judge_robustness.py, docs/evaluation.md).
 DEGRADATIONS: tuple[str, ...] = ("none", "blur 1", "blur 2", "noise 0.05", "noise 0.1", "down-up 2", "down-up 4",
                                  "jpeg 30", "jpeg 10")
 
@@ -423,71 +424,92 @@ def fit(spec: JudgeSpec, train_x: Tensor, train_y: Tensor, test_x: Tensor | None
     recipe, device = recipe or TrainRecipe(), torch.device(device)
     torch.manual_seed(recipe.seed)
     g = torch.Generator().manual_seed(recipe.seed)
-    net = JudgeNet(spec).to(device)
-    if init is not None:
-        net.load_state_dict(init.net.state_dict())
-    if recipe.channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    net = _new_net(spec, recipe, device, init)
     bf16 = _use_bf16(recipe, device)
     n = train_x.shape[0]
-    bs = min(recipe.batch_size, n)
-    steps_per_epoch = n // bs
-    total = max(1, int(round(recipe.epochs * steps_per_epoch)))
-    warm = max(1, int(recipe.warmup * total))
-    lr = recipe.lr * bs / 256
+    bs, steps_per_epoch, total, lr = _schedule(recipe, n)
+    lr_at = _one_cycle(lr, max(1, int(recipe.warmup * total)), total)
     opt = _sgd(net, recipe, lr)
-
-    def lr_at(step: int) -> float:
-        return lr * (step / warm if step < warm else max(0.0, (total - step) / max(1, total - warm)))
-
     x_dev, y_dev = train_x.to(device), train_y.to(device)
     report: dict[str, Any] = {"recipe": asdict(recipe), "bf16": bf16, "device": str(device), "steps": total,
                               "train_images": int(n), "epoch_loss": []}
     t0 = time.perf_counter()
     step, stopped_early = 0, False
     net.train()
-    while step < total:
+    while step < total and not stopped_early:
         perm = torch.randperm(n, generator=g).to(device)
         losses = []
-        for b in range(steps_per_epoch):
-            if step >= total:
-                break
+        for b in range(min(steps_per_epoch, total - step)):
             idx = perm[b * bs:(b + 1) * bs]
             xb = _training_batch(x_dev[idx], recipe, g)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
-            with _autocast(device, bf16):
-                logits = net(xb)
-            loss = _targets_loss(spec.task, logits.float(), y_dev[idx], recipe.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
+            losses.append(_train_step(net, opt, lr_at(step), xb, y_dev[idx], spec.task, recipe, bf16))
             step += 1
-            if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
-                stopped_early = True
+            stopped_early = max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes
+            if stopped_early:
                 break
         report["epoch_loss"].append(float(torch.stack(losses).mean()) if losses else float("nan"))
         elapsed = time.perf_counter() - t0
         if log:
             log(f"epoch {len(report['epoch_loss'])}: step {step}/{total}, loss {report['epoch_loss'][-1]:.4f}, "
                 f"{step * bs / elapsed:.0f} img/s, {elapsed / 60:.1f} min")
-        if stopped_early:
-            break
     wall = time.perf_counter() - t0
     report.update(wall_s=wall, images_per_s=step * bs / max(wall, 1e-9), steps_done=step,
                   stopped_early=stopped_early)
-    net.eval()
-    if recipe.channels_last:
-        net = net.to(memory_format=torch.contiguous_format)
-    if store_dtype is not None:
-        _round_weights(net, store_dtype)
-    judge = Judge(net)
+    judge = Judge(_trained_net(net, recipe, store_dtype))
     if test_x is not None and test_y is not None:
         report["test"] = evaluate_judge(judge, test_x, test_y)
         if log:
             log(f"held-out: {report['test']}")
     return judge, report
+
+
+def _new_net(spec: JudgeSpec, recipe: TrainRecipe, device: torch.device, init: Judge | None) -> JudgeNet:
+    """A fresh judge network on ``device`` (or a copy of ``init``'s weights), laid out for training."""
+    net = JudgeNet(spec).to(device)
+    if init is not None:
+        net.load_state_dict(init.net.state_dict())
+    if recipe.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def _schedule(recipe: TrainRecipe, n: int) -> tuple[int, int, int, float]:
+    """Batch size, steps per epoch and in all, and the peak learning rate (scaled linearly with the batch)."""
+    bs = min(recipe.batch_size, n)
+    steps_per_epoch = n // bs
+    return bs, steps_per_epoch, max(1, int(round(recipe.epochs * steps_per_epoch))), recipe.lr * bs / 256
+
+
+def _one_cycle(lr: float, warm: int, total: int) -> Callable[[int], float]:
+    """The learning rate at a step: linear warm-up to ``lr`` over ``warm`` steps, then linear decay to 0."""
+    def lr_at(step: int) -> float:
+        return lr * (step / warm if step < warm else max(0.0, (total - step) / max(1, total - warm)))
+
+    return lr_at
+
+
+def _train_step(net: JudgeNet, opt: torch.optim.Optimizer, lr: float, xb: Tensor, yb: Tensor, task: str,
+                recipe: TrainRecipe, bf16: bool) -> Tensor:
+    """One SGD step on a batch; returns its loss (detached, on the device: no sync per step)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with _autocast(xb.device, bf16):
+        logits = net(xb)
+    loss = _targets_loss(task, logits.float(), yb, recipe.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def _trained_net(net: JudgeNet, recipe: TrainRecipe, store_dtype: torch.dtype | None) -> JudgeNet:
+    """The trained network in eval mode and the usual memory layout, its weights rounded as they will be saved."""
+    net.eval()
+    if recipe.channels_last:
+        net = net.to(memory_format=torch.contiguous_format)
+    if store_dtype is not None:
+        _round_weights(net, store_dtype)
+    return net
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -547,8 +569,14 @@ def train_cifar10_judge(data_root: str | os.PathLike, out: str | os.PathLike | N
                         init)
     if init is not None:
         report["init"] = str(init.path)
-    report["data"] = {"train": f"shared cifar10/train (JPEG copy), {len(xtr)} images",
-                      "test": f"shared cifar10/test, {len(xte)} images"}
+    return _record(judge, report, {"train": f"shared cifar10/train (JPEG copy), {len(xtr)} images",
+                                   "test": f"shared cifar10/test, {len(xte)} images"}, out, store_dtype)
+
+
+def _record(judge: Judge, report: dict[str, Any], data: dict[str, str], out: str | os.PathLike | None,
+            store_dtype: torch.dtype) -> tuple[Judge, dict]:
+    """The report (with what the judge was trained and measured on) becomes the judge's info; saved to ``out``."""
+    report["data"] = data
     judge.info = report
     if out is not None:
         judge.path = str(save_judge(judge.net, out, report, store_dtype))
@@ -578,10 +606,6 @@ def train_celeba_judge(data_root: str | os.PathLike, out: str | os.PathLike | No
                      std=CELEBA_MEAN_STD[1])
     judge, report = fit(spec, xtr, ytr, xte, yte, recipe or celeba_recipe(image_size), device, log, max_minutes,
                         store_dtype)
-    report["data"] = {"train": f"shared CelebA faces 1..{len(xtr)} at {image_size}x{image_size}",
-                      "test": f"the last {holdout} shared CelebA faces"}
-    judge.info = report
-    if out is not None:
-        judge.path = str(save_judge(judge.net, out, report, store_dtype))
-    return judge, report
+    return _record(judge, report, {"train": f"shared CelebA faces 1..{len(xtr)} at {image_size}x{image_size}",
+                                   "test": f"the last {holdout} shared CelebA faces"}, out, store_dtype)
 

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from ..data.files import cache_dir as _cache_root, content_key
 from ..inception import INCEPTION_PACKAGE_HINT, InceptionFeatures, get_inception, tf_resize_bilinear
+from ..runtime import model_device, pick_device
 
 __all__ = [
     "INCEPTION_PACKAGE_HINT",
@@ -56,10 +57,6 @@ ImagesLike = Union[torch.Tensor, np.ndarray, Iterable[Any]]
 # --------------------------------------------------------------------------------------------
 # Inception features of image sets (the network itself: clel.inception)
 # --------------------------------------------------------------------------------------------
-
-
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _to_nchw(batch: Any) -> torch.Tensor:
@@ -113,9 +110,9 @@ def features(
     ``(images, labels)`` tuples (e.g. a DataLoader). Samples in [-1, 1] must be mapped to
     [0, 1] by the caller (``(x + 1) / 2``); values outside [0, 1] are clamped.
     """
-    device = torch.device(device if device is not None else _default_device())
+    device = pick_device("auto" if device is None else device)
     net = model if model is not None else get_inception(str(device))
-    net_device = next(net.parameters()).device
+    net_device = model_device(net)
     total = _count(images)
     bar = None
     if progress:

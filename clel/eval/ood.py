@@ -17,7 +17,6 @@ weights are detected rather than silently compared.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -32,8 +31,10 @@ from torch import Tensor
 from ..data import resize_images
 from ..data.ood import IN_DISTRIBUTION, OOD_COLUMNS, REFERENCE_LABELS, reference_sets
 from ..energy import energy, ood_scores
+from ..runtime import add_run_options
 from ..weights import model_fingerprint, read_tagged_safetensors
-from . import EvaluationError, model_device
+from . import EvaluationError
+from ..runtime import model_device
 from .metrics import auroc, fpr_at_tpr, tpr_threshold
 
 __all__ = ["REFERENCE_NAME", "REFERENCE_LABELS", "OODReference", "compute_reference", "load_reference",
@@ -60,7 +61,7 @@ def score_images(model, images: Tensor, beta: float, batch_size: int = 256,
 
     model.eval()
     size = model.cfg.image_size
-    device = next(model.parameters()).device
+    device = model_device(model)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images [N, 3, H, W], got {tuple(images.shape)}")
     z = None
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", default=",".join(REFERENCE_LABELS), help="comma-separated subset of the sets")
     p.add_argument("--beta", type=float, help="β of s(x) (default: the config's ood_beta, 0.1)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_run_options(p, device=True)
     args = p.parse_args(argv)
 
     from ..weights import load_pretrained

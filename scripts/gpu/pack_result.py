@@ -97,7 +97,7 @@ def write_parts(stage: Path, out: Path, part_bytes: int) -> list[Path]:
     return final
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, type=Path, help="the training run folder (checkpoints/, metrics.jsonl)")
     p.add_argument("--out", required=True, type=Path, help="where the parts go ($OUT on the device)")
@@ -108,12 +108,58 @@ def main(argv: list[str] | None = None) -> int:
                    help="all parts together (the tool brings back 64 MiB; leave room for the log and summary)")
     p.add_argument("--part-mib", type=float, default=15.0, help="size of one part (the tool's limit is 16 MiB)")
     p.add_argument("--extra", type=Path, action="append", default=[], help="another small file to include")
+    return p
+
+
+def stage_run(args: argparse.Namespace, ck, stage: Path, manifest: dict) -> None:
+    """The weights (bundle, or the checkpoint's EMA as a partial export), metrics, the last grid and --extra."""
+    if args.bundle is not None:
+        if not (args.bundle / "config.json").is_file():
+            raise SystemExit(f"{args.bundle}: no config.json (not a weights folder)")
+        shutil.copytree(args.bundle, stage / args.name)
+        manifest["weights"] = args.name
+        manifest["weights_iteration"] = json.loads((args.bundle / "config.json").read_text()).get("iteration")
+    elif ck is not None:
+        it = partial_export(ck[0], ck[1], stage / f"{args.name}-partial")
+        manifest["weights"], manifest["weights_iteration"] = f"{args.name}-partial", it
+    run_dir = stage / "run"
+    run_dir.mkdir()
+    if (args.run / "metrics.jsonl").is_file():
+        shutil.copyfile(args.run / "metrics.jsonl", run_dir / "metrics.jsonl")
+    samples = sorted((args.run / "samples").glob("iter-*.png"))
+    if samples:
+        shutil.copyfile(samples[-1], run_dir / "samples-last.png")
+    for extra in args.extra:
+        if extra.is_file():
+            shutil.copyfile(extra, run_dir / extra.name)
+
+
+def stage_buffer(ck, stage: Path, limit: int) -> dict:
+    """The checkpoint's replay buffer as uint8, cut to what is left of ``limit``; returns what was kept."""
+    from clel.checkpoints import checkpoint_buffer, save_replay_buffer
+
+    buf = checkpoint_buffer(ck[0], ck[1])
+    per_image = buf[0].numel()  # bytes of one uint8 image
+    # The buffer takes what is left; one MiB for the manifest, headers and the tar's padding.
+    room = limit - tar_size(stage) - MiB
+    keep = max(0, min(len(buf), room // per_image))
+    if keep < min(64, len(buf)):  # a few images are not worth a file
+        keep = 0
+    if keep:
+        (stage / "resume").mkdir()
+        save_replay_buffer(buf[:keep], stage / "resume" / "replay_buffer.safetensors",
+                           iteration=int(ck[0]["iteration"]))
+    return {"kept": int(keep), "of": len(buf)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.bundle is None and not args.partial:
         p.error("give --bundle DIR, or --partial to export the newest checkpoint")
     t0 = time.time()
     limit = int(args.max_total_mib * MiB)
-    from clel.checkpoints import checkpoint_buffer, newest_checkpoint
+    from clel.checkpoints import newest_checkpoint
 
     ck = newest_checkpoint(args.run)
     manifest: dict = {"format": "clel-gpu-result", "mode": "final" if args.bundle else "partial",
@@ -122,40 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                       "checkpoint_iteration": int(ck[0]["iteration"]) if ck else None}
     with tempfile.TemporaryDirectory(prefix="clel-stage-") as tmp:
         stage = Path(tmp)
-        if args.bundle is not None:
-            if not (args.bundle / "config.json").is_file():
-                raise SystemExit(f"{args.bundle}: no config.json (not a weights folder)")
-            shutil.copytree(args.bundle, stage / args.name)
-            manifest["weights"] = args.name
-            manifest["weights_iteration"] = json.loads((args.bundle / "config.json").read_text()).get("iteration")
-        elif ck is not None:
-            it = partial_export(ck[0], ck[1], stage / f"{args.name}-partial")
-            manifest["weights"], manifest["weights_iteration"] = f"{args.name}-partial", it
-        run_dir = stage / "run"
-        run_dir.mkdir()
-        if (args.run / "metrics.jsonl").is_file():
-            shutil.copyfile(args.run / "metrics.jsonl", run_dir / "metrics.jsonl")
-        samples = sorted((args.run / "samples").glob("iter-*.png"))
-        if samples:
-            shutil.copyfile(samples[-1], run_dir / "samples-last.png")
-        for extra in args.extra:
-            if extra.is_file():
-                shutil.copyfile(extra, run_dir / extra.name)
+        stage_run(args, ck, stage, manifest)
         if ck is not None:
-            from clel.checkpoints import save_replay_buffer
-
-            buf = checkpoint_buffer(ck[0], ck[1])
-            per_image = buf[0].numel()  # bytes of one uint8 image
-            # The buffer takes what is left; one MiB for the manifest, headers and the tar's padding.
-            room = limit - tar_size(stage) - MiB
-            keep = max(0, min(len(buf), room // per_image))
-            if keep < min(64, len(buf)):  # a few images are not worth a file
-                keep = 0
-            if keep:
-                (stage / "resume").mkdir()
-                save_replay_buffer(buf[:keep], stage / "resume" / "replay_buffer.safetensors",
-                                   iteration=int(ck[0]["iteration"]))
-            manifest["replay_buffer"] = {"kept": int(keep), "of": len(buf)}
+            manifest["replay_buffer"] = stage_buffer(ck, stage, limit)
         manifest["files"] = {str(f.relative_to(stage)): f.stat().st_size for f in sorted(stage.rglob("*"))
                              if f.is_file()}
         (stage / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")

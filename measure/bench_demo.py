@@ -1,8 +1,8 @@
 """How fast does the live demo answer a click? First-frame latency of the Gradio app, measured end to end.
 
-    python scripts/bench_demo.py                       # Unconditional tab, default 16 samples x 60 steps
-    python scripts/bench_demo.py --tab faces --frames 4
-    python scripts/bench_demo.py --cifar10 weights/cifar10 --celeba weights/celeba64 --out bench.json
+    python measure/bench_demo.py                       # Unconditional tab, default 16 samples x 60 steps
+    python measure/bench_demo.py --tab faces --frames 4
+    python measure/bench_demo.py --cifar10 weights/cifar10 --celeba weights/celeba64 --out bench.json
 
 The app is launched in this process on a free local port and driven through its HTTP API with gradio_client,
 as the browser does: the clock starts when the job is submitted (the click) and each streamed update is
@@ -32,12 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 
 from clel.config import CLELConfig  # noqa: E402
-from clel_app import demo as D  # noqa: E402
+from clel_app.chains import ACTIVE_CHAINS  # noqa: E402
+from clel_app.models import MODEL_SPECS, make_demo_exports  # noqa: E402
 from clel_app.serve import free_port  # noqa: E402
 
 
 def weights_for(kind: str, given: str | None, preset: str, tmp: Path) -> tuple[str, str]:
-    env, bundled = D.MODEL_SPECS[kind]
+    env, bundled = MODEL_SPECS[kind]
     if given:
         return given, "given"
     if os.environ.get(env):
@@ -45,7 +46,7 @@ def weights_for(kind: str, given: str | None, preset: str, tmp: Path) -> tuple[s
     if (REPO / "weights" / bundled / "config.json").is_file():
         return str(REPO / "weights" / bundled), "bundled"
     if not (tmp / "cifar10").exists():
-        D.make_demo_exports(tmp, preset=preset, celeba_size=64)
+        make_demo_exports(tmp, preset=preset, celeba_size=64)
     return str(tmp / ("cifar10" if kind == "cifar10" else "celeba64")), f"random init ({preset})"
 
 
@@ -78,6 +79,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def click(client, a: argparse.Namespace, r: int) -> dict:
+    """One click on Sample: when each streamed frame arrived, then a cancel (or the whole chain with --full)."""
+    args, endpoint = args_for(a.tab, a.n, a.steps, a.sweeps)
+    t_click = time.perf_counter()
+    job = client.submit(*args, api_name=endpoint)
+    stamps, steps_seen = [], []
+    for out in job:
+        stamps.append(time.perf_counter() - t_click)
+        steps_seen.append(int(out[3].split("step ")[1].split("/")[0]))
+        if not a.full and len(stamps) >= a.frames:
+            try:
+                job.cancel()  # the server answers once the SGLD step in progress is done
+            except Exception as e:  # e.g. the client's 5 s HTTP timeout during a slow step
+                print(f"cancel: {type(e).__name__} (the chain still stops after its current step)",
+                      file=sys.stderr)
+            break
+    deadline = time.monotonic() + 120
+    while ACTIVE_CHAINS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    per_step = ((stamps[-1] - stamps[1]) / (steps_seen[-1] - steps_seen[1])
+                if len(stamps) > 2 and steps_seen[-1] > steps_seen[1] else None)
+    run = {"first_frame_s": stamps[0], "first_sgld_frame_s": stamps[1] if len(stamps) > 1 else None,
+           "first_sgld_frame_step": steps_seen[1] if len(steps_seen) > 1 else None,
+           "seconds_per_step": per_step, "frames": len(stamps), "last_step": steps_seen[-1], "total_s": stamps[-1]}
+    print(f"run {r + 1}: first frame {stamps[0]:.3f} s; first SGLD frame "
+          f"{run['first_sgld_frame_s'] or float('nan'):.2f} s (step {run['first_sgld_frame_step']}); "
+          f"{per_step or float('nan'):.2f} s/step; {len(stamps)} frames, last step {steps_seen[-1]}",
+          file=sys.stderr)
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     from gradio_client import Client
@@ -93,36 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
     client = Client(url, verbose=False)
     lm = demo.clel_app.store.get("celeba" if a.tab == "faces" else "cifar10")
-    args, endpoint = args_for(a.tab, a.n, a.steps, a.sweeps)
-
-    runs = []
-    for r in range(a.repeats):
-        t_click = time.perf_counter()
-        job = client.submit(*args, api_name=endpoint)
-        stamps, steps_seen = [], []
-        for out in job:
-            stamps.append(time.perf_counter() - t_click)
-            steps_seen.append(int(out[3].split("step ")[1].split("/")[0]))
-            if not a.full and len(stamps) >= a.frames:
-                try:
-                    job.cancel()  # the server answers once the SGLD step in progress is done
-                except Exception as e:  # e.g. the client's 5 s HTTP timeout during a slow step
-                    print(f"cancel: {type(e).__name__} (the chain still stops after its current step)",
-                          file=sys.stderr)
-                break
-        deadline = time.monotonic() + 120
-        while D.ACTIVE_CHAINS and time.monotonic() < deadline:
-            time.sleep(0.05)
-        per_step = ((stamps[-1] - stamps[1]) / (steps_seen[-1] - steps_seen[1])
-                    if len(stamps) > 2 and steps_seen[-1] > steps_seen[1] else None)
-        runs.append({"first_frame_s": stamps[0], "first_sgld_frame_s": stamps[1] if len(stamps) > 1 else None,
-                     "first_sgld_frame_step": steps_seen[1] if len(steps_seen) > 1 else None,
-                     "seconds_per_step": per_step, "frames": len(stamps), "last_step": steps_seen[-1],
-                     "total_s": stamps[-1]})
-        print(f"run {r + 1}: first frame {stamps[0]:.3f} s; first SGLD frame "
-              f"{runs[-1]['first_sgld_frame_s'] or float('nan'):.2f} s (step {runs[-1]['first_sgld_frame_step']}); "
-              f"{per_step or float('nan'):.2f} s/step; {len(stamps)} frames, last step {steps_seen[-1]}",
-              file=sys.stderr)
+    runs = [click(client, a, r) for r in range(a.repeats)]
 
     def med(key):
         vals = [r[key] for r in runs if r[key] is not None]

@@ -2,8 +2,8 @@
 """Side-by-side benchmark: the plain eager fp32 path against the fast path, in one run.
 
 Examples:
-    python scripts/bench.py --archs small --train-sgld-steps 5          # CPU: short training iterations
-    python scripts/bench.py --device cuda --archs small,base,large --json docs/bench-h200.json
+    python measure/bench.py --archs small --train-sgld-steps 5          # CPU: short training iterations
+    python measure/bench.py --device cuda --archs small,base,large --json docs/bench-h200.json
 
 For each architecture (Small, Base, and Large when asked for) the same work is timed both ways:
 
@@ -53,6 +53,7 @@ from clel.data import ImageSet
 from clel.fast import FastPath, SmallMapConv2d, fast_sgld, native_bf16, prepare
 from clel.sgld import sgld
 from clel.fast import set_precision
+from clel.runtime import add_run_options, set_threads
 from clel.trainer import Trainer, TrainOptions
 
 FID_IMAGES = 50_000
@@ -477,9 +478,9 @@ def print_targets(results: list[dict], device_type: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda when available)")
+    add_run_options(p, device="cpu or cuda (default: cuda when available)")
     p.add_argument("--archs", default="small,base", help="comma-separated: small, base, large (default: small,base)")
     p.add_argument("--batch", type=int, default=64, help="training batch size for SGLD rows (default: 64)")
     p.add_argument("--sample-batch", type=int, default=None,
@@ -491,21 +492,26 @@ def main() -> None:
                    help="SGLD steps per training iteration (default: the preset's, 60); fewer keep a CPU run "
                         "short, are shown in the rows and make the full-iteration targets n/a")
     p.add_argument("--no-train", action="store_true", help="skip the training-iteration and beta=0 rows")
-    p.add_argument("--fid-images", type=int, default=FID_IMAGES, help="images of the projected FID sampling row (default: 50000)")
-    p.add_argument("--fid-steps", type=int, default=FID_STEPS, help="SGLD steps per image of the projected FID row (default: 600)")
+    p.add_argument("--fid-images", type=int, default=FID_IMAGES,
+                   help="images of the projected FID sampling row (default: 50000)")
+    p.add_argument("--fid-steps", type=int, default=FID_STEPS,
+                   help="SGLD steps per image of the projected FID row (default: 600)")
     p.add_argument("--no-demo", action="store_true", help="skip the 16 x 60 demo-chain row")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_run_options(p, threads=True)
     p.add_argument("--baseline-rounds", type=int, default=3,
                    help=f"fresh processes per side for the iteration against the {BASELINE} fast path, Small only "
                         "(default: 3; 0 skips the row)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows, targets and machine info here")
     p.add_argument("--iteration-worker", choices=("baseline", "now"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--preset", default="cifar10-small", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.iteration_worker:  # one side of the baseline row, in its own process
         seconds = iteration_worker(args.iteration_worker, args.preset, device, args.train_sgld_steps,
                                    args.repeats, args.warmup)

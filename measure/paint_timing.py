@@ -1,9 +1,9 @@
 """How steadily does the live view paint? Timestamps of every new sample grid and energy plot in a real browser.
 
-    python scripts/paint_timing.py                               # Faces, the default chain, bundled weights
-    python scripts/paint_timing.py --tab unconditional --runs 2  # a second click on the same page as well
-    python scripts/paint_timing.py --tiny --steps 60 --sweeps 1  # tiny random exports
-    python scripts/paint_timing.py --url http://127.0.0.1:7860 --out paint.json
+    python measure/paint_timing.py                               # Faces, the default chain, bundled weights
+    python measure/paint_timing.py --tab unconditional --runs 2  # a second click on the same page as well
+    python measure/paint_timing.py --tiny --steps 60 --sweeps 1  # tiny random exports
+    python measure/paint_timing.py --url http://127.0.0.1:7860 --out paint.json
 
 Unless ``--url`` names a running server, ``python app/gradio_app.py --port N`` is started in a subprocess
 (``OMP_NUM_THREADS=1``). Playwright opens the page in Debian's Chromium (``/usr/bin/chromium``, never
@@ -33,13 +33,12 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from clel_app.serve import local_only, start_demo, wait_for
+from clel_app.serve import add_server_options, local_only, start_demo, stop_demo, wait_for
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -230,11 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=1, help="clicks on the same page (the first is a first visit)")
     p.add_argument("--visits", type=int, default=1, help="fresh pages (contexts), each with --runs clicks")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds a chain may take")
-    p.add_argument("--cifar10", help="CIFAR-10 weights for the server it starts (default: the bundled folder)")
-    p.add_argument("--celeba", help="CelebA weights for the server it starts (default: the bundled folder)")
-    p.add_argument("--tiny", action="store_true", help="start the server on tiny random exports")
-    p.add_argument("--url", help="a running demo server instead of starting one")
-    p.add_argument("--threads", default="1", help="OMP_NUM_THREADS of the server it starts (default 1)")
+    add_server_options(p, url_help="a running demo server instead of starting one")
     p.add_argument("--screenshots", help="write a screenshot after each run into this folder")
     p.add_argument("--out", help="also write the JSON here")
     return p
@@ -258,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cifar, celeba = a.cifar10, a.celeba
             if a.tiny:
-                from clel_app.demo import make_demo_exports
+                from clel_app.models import make_demo_exports
 
                 paths = make_demo_exports(work / "weights")
                 cifar, celeba = str(paths["cifar10"]), str(paths["celeba"])
@@ -287,16 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(brief, indent=2))
         return 0
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            if proc.returncode not in (0, -15):
-                sys.stderr.write((work / "server.log").read_text(errors="replace")[-3000:])
-        if log is not None:
-            log.close()
+        stop_demo(proc, log)
         shutil.rmtree(work, ignore_errors=True)
 
 

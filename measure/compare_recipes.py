@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Which CPU recipe buys the most quality per CPU-hour? Short runs from one checkpoint, then one probe each.
 
-    python scripts/compare_recipes.py --from ~/.cache/clel/runs/cifar10 --out ~/.cache/clel/recipes \\
+    python measure/compare_recipes.py --from ~/.cache/clel/runs/cifar10 --out ~/.cache/clel/recipes \\
         --cpu-minutes 18 --common "--precision bf16" \\
         --recipe now= --recipe steps40="--sgld-steps 40" --recipe batch64="--batch-size 64"
 
@@ -146,7 +146,8 @@ def print_table(res: dict[str, Any]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--from", dest="run", type=Path, required=True, help="run folder whose newest checkpoint all arms start from")
+    p.add_argument("--from", dest="run", type=Path, required=True,
+                   help="run folder whose newest checkpoint all arms start from")
     p.add_argument("--out", type=Path, required=True, help="folder for the arms' runs and results.json")
     p.add_argument("--recipe", action="append", required=True,
                    help='NAME=TRAIN.PY ARGS, repeatable; "now=" continues with the checkpoint\'s own recipe')

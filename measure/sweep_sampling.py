@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Measure how conditional chains should be asked: guidance x concept direction x chain, judged.
 
-    python scripts/sweep_sampling.py --weights weights/cifar10 --out /tmp/sweep-cifar10
-    python scripts/sweep_sampling.py --weights weights/celeba64 --out /tmp/sweep-celeba64
-    python scripts/sweep_sampling.py --weights weights/cifar10 --out /tmp/look --lookalikes 200 --guidance 0.1 1
+    python measure/sweep_sampling.py --weights weights/cifar10 --out /tmp/sweep-cifar10
+    python measure/sweep_sampling.py --weights weights/celeba64 --out /tmp/sweep-celeba64
+    python measure/sweep_sampling.py --weights weights/cifar10 --out /tmp/look --lookalikes 200 --guidance 0.1 1
 
 For every cell (guidance, direction, chain, weights) it draws seeded samples and reports:
   CIFAR-10   judged class-conditional accuracy (mean and per class) of --per-class samples a class;
@@ -30,7 +30,9 @@ from clel.eval.judged import class_conditional_eval, compositional_eval
 from clel.images import save_grid
 from clel.sampling import Condition, class_latents, draw
 from clel.eval.judges import CIFAR10_JUDGE, JUDGE_DIR, celeba_judge_path, diversity, load_judge
+from clel.checkpoints import EMA_NAME, read_ema
 from clel.probe import clamped_fraction
+from clel.runtime import add_run_options, set_threads
 from clel.sampling import ChainSettings
 from clel.weights import load_pretrained
 
@@ -65,21 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-upload", type=int, default=4, help="look-alike samples per upload (default 4)")
     p.add_argument("--data", default=None, help="data root (default: $CLEL_DATA or ../shared/data)")
     p.add_argument("--judges", default=str(JUDGE_DIR), help="folder with the judge weights")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_options(p, seed=True)
     p.add_argument("--batch", type=int, default=100, help="samples per SGLD batch (default 100)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_run_options(p, threads=True)
     return p
 
 
 def load_variant(weights: str, variant: str) -> tuple[Any, Any, dict]:
     model, cfg, extras = load_pretrained(weights)
     if variant == "ema":
-        from safetensors.torch import load_file
-
-        ema = Path(weights) / "ema.safetensors"
+        ema = Path(weights) / EMA_NAME
         if not ema.is_file():
-            raise EvaluationError(f"{weights} has no ema.safetensors (the export holds the EMA itself, or none)")
-        state = {**model.state_dict(), **{k: v.float() for k, v in load_file(ema).items()}}
+            raise EvaluationError(f"{weights} has no {EMA_NAME} (the export holds the EMA itself, or none)")
+        state = {**model.state_dict(), **{k: v.float() for k, v in read_ema(ema, EvaluationError).items()}}
         model.load_state_dict(state)
     return model.eval().requires_grad_(False), cfg, extras
 
@@ -215,8 +215,7 @@ def table(rows: list[dict[str, Any]], uncond: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     uncond: dict[str, Any] = {}

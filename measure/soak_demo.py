@@ -1,9 +1,9 @@
 """Does the live demo hold its memory over many chains? A soak of the Gradio app through gradio_client.
 
-    python scripts/soak_demo.py                                  # bundled weights, 200 chains, a server of its own
-    python scripts/soak_demo.py --tiny --chains 60               # tiny random exports: fast chains
-    python scripts/soak_demo.py --url http://127.0.0.1:7860 --pid 1234   # a server that is already running
-    python scripts/soak_demo.py --out soak.json
+    python measure/soak_demo.py                                  # bundled weights, 200 chains, a server of its own
+    python measure/soak_demo.py --tiny --chains 60               # tiny random exports: fast chains
+    python measure/soak_demo.py --url http://127.0.0.1:7860 --pid 1234   # a server that is already running
+    python measure/soak_demo.py --out soak.json
 
 Unless ``--url`` names a running server, ``python app/gradio_app.py --port N`` is started in a subprocess
 (``OMP_NUM_THREADS=1``, its temporary files in a folder of this run, removed at the end). The chains cycle
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from clel.config import CLELConfig as SPEC  # SPEC's chain constants are the config's defaults
-from clel_app.serve import start_demo, wait_for
+from clel_app.serve import add_server_options, start_demo, stop_demo, wait_for
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -113,13 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=10)
     p.add_argument("--max-n", type=int, default=6, help="samples per chain: 2 to this")
     p.add_argument("--chains-per-client", type=int, default=10, help="chains before a new client (session)")
-    p.add_argument("--cifar10", help="CIFAR-10 weights for the server it starts (default: the bundled folder)")
-    p.add_argument("--celeba", help="CelebA weights for the server it starts (default: the bundled folder)")
-    p.add_argument("--tiny", action="store_true", help="start the server on tiny random exports (fast chains)")
-    p.add_argument("--url", help="a running demo server; give its --pid to sample its memory")
+    add_server_options(p, url_help="a running demo server; give its --pid to sample its memory",
+                       tiny_help="start the server on tiny random exports (fast chains)")
     p.add_argument("--pid", type=int, help="process id of the server at --url")
     p.add_argument("--temp-dir", help="with --url: the server's temporary folder to watch (GRADIO_TEMP_DIR)")
-    p.add_argument("--threads", default="1", help="OMP_NUM_THREADS of the server it starts (default 1)")
     p.add_argument("--out", help="also write the JSON here")
     return p
 
@@ -129,7 +126,7 @@ def start_server(a: argparse.Namespace, work: Path) -> tuple[str, int, Path, dic
     log file)."""
     cifar, celeba = a.cifar10, a.celeba
     if a.tiny:
-        from clel_app.demo import make_demo_exports
+        from clel_app.models import make_demo_exports
 
         paths = make_demo_exports(work / "weights")
         cifar, celeba = str(paths["cifar10"]), str(paths["celeba"])
@@ -219,16 +216,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(x{ratio:.3f}); {len(failures)} failed chains", file=sys.stderr)
         return 0 if result["passed"] else 1
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if log is not None:
-            log.close()
-            if proc is not None and proc.returncode not in (0, -15, None):
-                sys.stderr.write((work / "server.log").read_text(errors="replace")[-3000:])
+        stop_demo(proc, log)
         shutil.rmtree(work, ignore_errors=True)
 
 

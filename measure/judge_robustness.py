@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """How far the judges can be trusted on samples: their accuracy on real held-out images degraded as samples are.
 
-    python scripts/judge_robustness.py                          # both judges, every degradation
-    python scripts/judge_robustness.py --which cifar10 --limit 1000 --json /tmp/robust.json
+    python measure/judge_robustness.py                          # both judges, every degradation
+    python measure/judge_robustness.py --which cifar10 --limit 1000 --json /tmp/robust.json
 
 Samples of an early EBM are blurred, noisy and low in detail. Each judge scores held-out photographs (CIFAR-10
 test; the last --holdout shared CelebA faces) as they are and after each degradation of
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from clel.eval import default_data_root
+from clel.runtime import add_run_options
 from clel.eval.judges import (CELEBA_JUDGE, CIFAR10_JUDGE, DEGRADATIONS, JUDGE_DIR, celeba_judge_data,
                               cifar10_judge_data, load_judge, robustness)
 
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None,
                    help="decode the held-out faces at this size (default: the judge's own); the judge resizes them")
     p.add_argument("--kinds", default=",".join(DEGRADATIONS), help="comma-separated degradations")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_options(p, seed=True)
     p.add_argument("--json", type=Path, help="also write the results here")
     return p
 
