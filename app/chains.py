@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from clel.images import grid_array
-from clel.sampling import Condition, SamplingError, run_chain, uniform_noise
+from clel.sampling import Condition, SamplingError, start_chain
 from clel.sgld import EnergyFn, SGLDStep
 from clel_app.limits import ChainRequest
 from clel_app.messages import DemoError
@@ -42,13 +42,10 @@ class ChainPlan:
 
 def plan_chain(lm: LoadedModel, condition: Condition, req: ChainRequest, nrow: int | None = None,
                notes: list[str] | None = None) -> ChainPlan:
-    """The live chain of ``condition`` (clel.sampling's), with the starting noise drawn here so the first frame
-    can show it."""
-    g = req.generator()
-    x0 = uniform_noise(lm.model, req.n, g)
-    chain = run_chain(lm.model, req.n, condition, settings=req.settings, guidance=req.guidance, generator=g, x0=x0)
-    return ChainPlan(x0, chain, condition.energy(lm.model, req.n, req.guidance), nrow, condition.label,
-                     list(notes or []))
+    """The live chain of ``condition`` (clel.sampling's): its starting noise, for the first frame, its steps, and
+    the energy they descend (built once, for the chain and the curve)."""
+    chain = start_chain(lm.model, req.n, condition, req.settings, generator=req.generator())
+    return ChainPlan(chain.x0, chain.sgld, chain.energy, nrow, condition.label, list(notes or []))
 
 
 def unconditional_plan(lm: LoadedModel, req: ChainRequest) -> ChainPlan:
@@ -92,7 +89,7 @@ def attribute_condition(lm: LoadedModel, choices: Mapping[str, str]) -> Conditio
 
 
 def attribute_plan(lm: LoadedModel, choices: Mapping[str, str], req: ChainRequest) -> ChainPlan:
-    """Compositional samples: ½‖f‖² − guidance Σ wₐ cos(g(f(x)), z̄ₐ), AND = +1, NOT = −1 (no attribute: E(x))."""
+    """Compositional samples: ½‖f‖² − β Σ wₐ cos(g(f(x)), z̄ₐ), AND = +1, NOT = −1 (no attribute: E(x))."""
     cond = attribute_condition(lm, choices)
     notes = ["no attribute selected: unconditional faces"] if cond.mode == "unconditional" else None
     return plan_chain(lm, cond, req, notes=notes)

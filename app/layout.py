@@ -9,7 +9,7 @@ import gradio as gr
 
 from clel.config import CLELConfig as SPEC  # SPEC's chain constants are the config's defaults
 from clel.data import CIFAR10_CLASSES
-from clel.sampling import DEFAULTS
+from clel.sampling import ChainSettings, chain_fields
 from clel_app.chains import ATTRIBUTE_CHOICES
 from clel_app.limits import DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SWEEPS
 from clel_app.live import EMPTY_CURVE, LiveChains
@@ -152,7 +152,7 @@ class Layout:
     def _tab_classes(self) -> None:
         gr.Markdown("Guide SGLD toward a CIFAR-10 class: its encoder latents, shipped with the weights, "
                     + ("as the mean latent of the class minus the mean of all images (what sets the class apart, "
-                       "which judged best)" if DEFAULTS.direction("class") == "contrast" else
+                       "which judged best)" if ChainSettings.measured(None, "class").direction == "contrast" else
                        "as the mean latent of the class") + ".")
         names = self._class_names()
         (cls,), _ = self._chain_tab(
@@ -216,40 +216,38 @@ class Layout:
             with gr.Column(scale=4):
                 extra = [self._seen(seen, f"{prefix}-seen")] if seen else []
                 outs = self._outputs(prefix)
-        settings = [*ctl[:4], *ctl[5:]] if mode == "unconditional" else ctl  # no guidance without a condition
+        settings = [*ctl[:4], *ctl[5:]] if mode == "unconditional" else ctl  # the hidden slider is no input
         self._wire(run, stop, handler, [*inputs, *settings], outs, ctl[5], prefix, extra)
         return inputs, ctl
 
     def _controls(self, prefix: str, mode: str = "unconditional", n: int = DEFAULT_SAMPLES,
                   ) -> list[gr.components.Component]:
-        guidance = mode != "unconditional"
         lim = self.limits
+        defaults = ChainSettings.measured(None, mode, DEFAULT_SWEEPS, steps=DEFAULT_STEPS)
         with gr.Accordion("Chain settings", open=True):
             with gr.Row():
                 c_n = gr.Slider(1, lim.max_samples, value=min(n, lim.max_samples), step=1, label="Samples",
                                 elem_id=f"{prefix}-n")
-                c_steps = gr.Slider(1, lim.max_steps, value=min(DEFAULT_STEPS, lim.max_steps), step=1,
-                                    label="SGLD steps (per sweep)", elem_id=f"{prefix}-steps")
-                c_sweeps = gr.Slider(1, lim.max_sweeps, value=min(DEFAULT_SWEEPS, lim.max_sweeps), step=1,
-                                     label="Sweeps", elem_id=f"{prefix}-sweeps",
-                                     info="each after a random crop, flip and colour jitter, as in training's "
-                                          "replay buffer (the reference sampler: 10)")
+                c_steps, c_sweeps = (self._setting(prefix, name, defaults) for name in ("steps", "sweeps"))
             with gr.Row():
-                c_size = gr.Slider(0, 300, value=SPEC.sgld_step_size, step=1, label="Step size",
-                                   info=f"training: {SPEC.sgld_step_size:g}")
-                c_noise = gr.Slider(0, 0.05, value=SPEC.sgld_noise, step=0.0005, label="Noise",
-                                    info=f"training: {SPEC.sgld_noise:g}")
-            c_guid = gr.Slider(0, 20, value=DEFAULTS.guidance(mode), step=0.01, label="Guidance β",
-                               info="weight of the latent term (training β = 0.01); the default is the value "
-                                    "that judged best on these weights (docs/evaluation.md)" + (
-                                        f"; with sweeps the term never pulls harder than "
-                                        f"{DEFAULTS.bound('reference'):g}x the marginal, so large values do not "
-                                        "saturate" if DEFAULTS.bound("reference") else ""),
-                               visible=guidance)
+                c_size, c_noise = (self._setting(prefix, name, defaults) for name in ("step_size", "noise"))
+            # no guidance without a condition
+            c_guid = self._setting(prefix, "guidance", defaults, visible=mode != "unconditional")
             with gr.Row():
                 c_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
                 c_rand = gr.Checkbox(value=True, label="Randomize seed")
         return [c_n, c_steps, c_size, c_noise, c_guid, c_seed, c_rand, c_sweeps]
+
+    def _setting(self, prefix: str, name: str, defaults: ChainSettings, **kw) -> gr.Slider:
+        """The slider of a chain setting, made from its field: label, range, help and the demo's default."""
+        f = chain_fields()[name]
+        meta = f.metadata
+        low, high, step = meta.get("slider") or (*self.limits.range(f), 1)
+        info = meta.get("info", "").format(default=f.default, training_beta=SPEC.beta)
+        if meta.get("bounded") and defaults.guidance_bound:
+            info += meta["bounded"].format(**vars(defaults))
+        return gr.Slider(low, high, value=min(getattr(defaults, name), high), step=step, label=meta["label"],
+                         elem_id=f"{prefix}-{name}" if meta.get("elem_id") else None, info=info or None, **kw)
 
     def _outputs(self, prefix: str) -> list[gr.components.Component]:
         """The live view: the sample grid beside the energy curve, the status line and the download below it."""

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import Field, dataclass, field
+from typing import Any, Mapping
 
 import torch
 
-from clel.config import CLELConfig
-from clel.sampling import DEFAULTS, ChainSettings
+from clel.sampling import ChainSettings, chain_fields
 from clel_app.messages import DemoError
 
 DEFAULT_SAMPLES = 16
@@ -20,18 +19,15 @@ DEFAULT_SWEEPS = 5  # augmented sweeps clear the pixel noise one chain from nois
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may cost, enforced on the server whatever the client sends."""
+    """What one request may cost, enforced on the server whatever the client sends (the chain settings' own ranges
+    are their fields' metadata in :class:`clel.sampling.ChainSettings`)."""
 
     max_samples: int = 64
     max_steps: int = 1000  # SGLD steps per request, all sweeps together
-    max_sweeps: int = 20
     max_upload_bytes: int = 25 * 2**20
     max_pixels: int = 25_000_000  # 25 megapixels; PIL's own bomb check starts at ~89 MP
     max_reference_images: int = 32  # look-alikes: reference images per request
     max_ood_files: int = 200  # OOD page: files scored per run
-    step_size: tuple[float, float] = (0.0, 1000.0)
-    noise: tuple[float, float] = (0.0, 1.0)
-    guidance: tuple[float, float] = (-100.0, 100.0)
 
     @classmethod
     def from_env(cls) -> "Limits":
@@ -45,29 +41,23 @@ class Limits:
                     raise DemoError(f"{env}={os.environ[env]!r} is not an integer") from None
         return cls(**kw)
 
+    def range(self, f: Field) -> tuple[float, float]:
+        """A chain setting's server range: its field's, a step count without a max capped by the request's budget."""
+        return f.metadata["min"], f.metadata.get("max", self.max_steps)
+
 
 @dataclass
 class ChainRequest:
-    """One sampling request after clamping: what the chain will actually run."""
+    """One sampling request after clamping: how many samples, their seed, and how the chain runs."""
 
-    n: int = 16
-    steps: int = 60  # per sweep
-    step_size: float = CLELConfig.sgld_step_size
-    noise: float = CLELConfig.sgld_noise
-    guidance: float = DEFAULTS.guidance("class")
+    n: int = DEFAULT_SAMPLES
     seed: int = 0
-    sweeps: int = 1  # > 1: the reference sampler's augmented sweeps (no reset: a fresh-noise tile would puzzle)
+    settings: ChainSettings = field(default_factory=ChainSettings)
     notes: list[str] = field(default_factory=list)  # what was changed, for the status line
 
     @property
     def total_steps(self) -> int:
-        return self.sweeps * self.steps
-
-    @property
-    def settings(self) -> ChainSettings:
-        return ChainSettings(steps=self.steps, step_size=self.step_size, noise=self.noise, sweeps=self.sweeps,
-                             augment=self.sweeps > 1,
-                             **DEFAULTS.controls("reference" if self.sweeps > 1 else "plain"))
+        return self.settings.total_steps
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)
@@ -83,38 +73,40 @@ def _number(value: Any, name: str, kind: type = float) -> float:
     return int(round(v)) if kind is int else v
 
 
-def clamp_request(n: Any, steps: Any, step_size: Any = CLELConfig.sgld_step_size, noise: Any = CLELConfig.sgld_noise,
-                  guidance: Any = DEFAULTS.guidance("class"),
-                  seed: Any = 0, limits: Limits | None = None, sweeps: Any = 1) -> ChainRequest:
-    """Validate and bound a request; out-of-range values are clamped and the clamping is noted.
+def clamp_request(controls: Mapping[str, Any], limits: Limits | None = None,
+                  mode: str = "unconditional") -> ChainRequest:
+    """Validate and bound a request: ``n``, ``seed`` and any chain settings with limits (by field name); out-of-range
+    values are clamped and the clamping is noted. Settings not given keep ``mode``'s measured defaults.
 
-    ``steps`` is per sweep; sweeps × steps may not exceed ``limits.max_steps`` (the steps per sweep give way).
+    Steps are per sweep; sweeps × steps may not exceed ``limits.max_steps`` (the steps per sweep give way). A
+    request of more than one sweep runs the augmented sweeps without the reset (a fresh-noise tile would puzzle).
     """
     lim = limits or Limits()
-    req = ChainRequest()
     notes: list[str] = []
 
-    def bound(name: str, v: float, lo: float, hi: float, label: str) -> float:
+    def bound(v: float, lo: float, hi: float, label: str) -> float:
         if v < lo or v > hi:
             c = min(max(v, lo), hi)
             notes.append(f"{label} {v:g} is outside [{lo:g}, {hi:g}] (server limit); using {c:g}")
             return c
         return v
 
-    req.n = int(bound("n", _number(n, "number of samples", int), 1, lim.max_samples, "number of samples"))
-    req.steps = int(bound("steps", _number(steps, "steps", int), 1, lim.max_steps, "steps"))
-    req.sweeps = int(bound("sweeps", _number(sweeps, "sweeps", int), 1, lim.max_sweeps, "sweeps"))
-    if req.total_steps > lim.max_steps:
-        per = max(1, lim.max_steps // req.sweeps)
-        notes.append(f"{req.sweeps} sweeps x {req.steps} steps exceed {lim.max_steps} steps (server limit); "
-                     f"using {per} steps per sweep")
-        req.steps = per
-    req.step_size = bound("step_size", _number(step_size, "step size"), *lim.step_size, "step size")
-    req.noise = bound("noise", _number(noise, "noise"), *lim.noise, "noise")
-    req.guidance = bound("guidance", _number(guidance, "guidance"), *lim.guidance, "guidance")
-    req.seed = int(_number(seed, "seed", int)) % 2**63
-    req.notes = notes
-    return req
+    n = int(bound(_number(controls.get("n", DEFAULT_SAMPLES), "number of samples", int), 1, lim.max_samples,
+                  "number of samples"))
+    chain: dict[str, Any] = {}
+    for name, f in chain_fields().items():
+        if name not in controls or "min" not in f.metadata:
+            continue
+        label = name.replace("_", " ")
+        chain[name] = bound(_number(controls[name], label, int if f.type == "int" else float), *lim.range(f), label)
+        if name == "sweeps" and chain.get("steps", 1) * chain[name] > lim.max_steps:
+            per = max(1, lim.max_steps // chain[name])
+            notes.append(f"{chain[name]} sweeps x {chain['steps']} steps exceed {lim.max_steps} steps (server "
+                         f"limit); using {per} steps per sweep")
+            chain["steps"] = per
+    settings = ChainSettings.measured(None, mode, chain.pop("sweeps", 1), reinit_prob=0.0, **chain)
+    seed = int(_number(controls.get("seed", 0), "seed", int)) % 2**63
+    return ChainRequest(n, seed, settings, notes)
 
 
 def random_seed() -> int:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 
 from clel.images import save_png, upscale
+from clel.sampling import chain_fields
 from clel_app import chains
 from clel_app.chains import ChainPlan, EnergyHistory, Frame, energy_figure, stream_frames
 from clel_app.limits import DEFAULT_STEPS, DEFAULT_SWEEPS, ChainRequest, Limits, clamp_request, random_seed
@@ -74,11 +75,20 @@ def _status(frame: Frame, req: ChainRequest, lm: LoadedModel, notes: list[str], 
     e = f" · mean energy {frame.history.mean[-1]:.4g}" if len(frame.history) else ""
     head = ("**Stopped**" if frame.stopped else "**Done**" if frame.final else "**Running**")
     head += f" · step {frame.step}/{frame.total}"
-    if req.sweeps > 1:
-        head += f" · sweep {min(req.sweeps, max(1, -(-frame.step // req.steps)))}/{req.sweeps}"
+    st = req.settings
+    if st.sweeps > 1:
+        head += f" · sweep {min(st.sweeps, max(1, -(-frame.step // st.steps)))}/{st.sweeps}"
     return (f"{head}{e} · {frame.elapsed:.1f} s · seed {req.seed} · {req.n} samples "
             f"({lm.cfg.image_size}px, shown x{zoom})  \n"
             f"Weights: {lm.describe()}" + "".join(f"  \n⚠ {m}" for m in notes))
+
+
+def _controls(handler_locals: dict) -> dict:
+    """A handler's request: its arguments that are the number of samples, the seed or chain settings."""
+    return {k: v for k, v in handler_locals.items() if k in REQUEST_CONTROLS}
+
+
+REQUEST_CONTROLS = {"n", "seed", "randomize", *chain_fields()}
 
 
 class LiveChains:
@@ -93,36 +103,39 @@ class LiveChains:
         self.out_dir = Path(out_dir)
         self._stop_requests: set[str] = set()  # browser sessions whose chain should end at the next step
 
-    # -- tab handlers (also the API endpoints) ----------------------------------------------------------------
+    # -- tab handlers (also the API endpoints; their parameters are the API's, named as the chain settings) ------
     def unconditional(self, weights, n, steps, step_size, noise, seed, randomize, sweeps=1,
                       request: gr.Request = None):
+        controls = _controls(locals())
         kind = MODEL_CHOICES.get(weights, "cifar10")
-        yield from self._live(kind, (n, steps, step_size, noise, 0.0, seed, randomize, sweeps),
-                              chains.unconditional_plan, request=request)
+        yield from self._live(kind, controls, chains.unconditional_plan, request=request)
 
     def lookalikes(self, files, weights, n, steps, step_size, noise, guidance, seed, randomize, sweeps=1,
                    request: gr.Request = None):
+        controls = _controls(locals())
         kind, (x,), preview = self._uploads(weights, "Look-alikes", (files, "one or more images"))
-        yield from self._live(kind, (n, steps, step_size, noise, guidance, seed, randomize, sweeps),
-                              lambda lm, req: chains.lookalike_plan(lm, x, req), extra=(preview,), request=request)
+        yield from self._live(kind, controls, lambda lm, req: chains.lookalike_plan(lm, x, req), "instance",
+                              extra=(preview,), request=request)
 
     def classes(self, class_name, n, steps, step_size, noise, guidance, seed, randomize, sweeps=1,
                 request: gr.Request = None):
-        yield from self._live("cifar10", (n, steps, step_size, noise, guidance, seed, randomize, sweeps),
-                              lambda lm, req: chains.class_plan(lm, class_name, req), request=request)
+        controls = _controls(locals())
+        yield from self._live("cifar10", controls, lambda lm, req: chains.class_plan(lm, class_name, req), "class",
+                              request=request)
 
     def faces(self, young, female, smiling, n, steps, step_size, noise, guidance, seed, randomize, sweeps=1,
               request: gr.Request = None):
+        controls = _controls(locals())
         choices = {"Young": young, "Female": female, "Smiling": smiling}
-        yield from self._live("celeba", (n, steps, step_size, noise, guidance, seed, randomize, sweeps),
-                              lambda lm, req: chains.attribute_plan(lm, choices, req), request=request)
+        yield from self._live("celeba", controls, lambda lm, req: chains.attribute_plan(lm, choices, req),
+                              "attributes", request=request)
 
     def interpolate(self, file_a, file_b, weights, n, steps, step_size, noise, guidance, seed, randomize, sweeps=1,
                     request: gr.Request = None):
+        controls = _controls(locals())
         kind, (xa, xb), preview = self._uploads(weights, "Interpolation", (file_a, "image A"), (file_b, "image B"))
-        yield from self._live(kind, (n, steps, step_size, noise, guidance, seed, randomize, sweeps),
-                              lambda lm, req: chains.interpolation_plan(lm, xa, xb, req), extra=(preview,),
-                              request=request)
+        yield from self._live(kind, controls, lambda lm, req: chains.interpolation_plan(lm, xa, xb, req),
+                              "interpolate", extra=(preview,), request=request)
 
     # -- Sample and Stop --------------------------------------------------------------------------------------
     def arm(self, request: gr.Request = None) -> None:
@@ -136,9 +149,9 @@ class LiveChains:
             self._stop_requests.add(session)
 
     # -- the shared live loop ---------------------------------------------------------------------------------
-    def _live(self, kind: str, controls: tuple, make_plan: Callable[[LoadedModel, ChainRequest], ChainPlan],
-              extra: tuple = (), request: gr.Request | None = None) -> Iterator[tuple]:
-        req, lm, plan = self._prepare(kind, controls, make_plan)
+    def _live(self, kind: str, controls: dict, make_plan: Callable[[LoadedModel, ChainRequest], ChainPlan],
+              mode: str = "unconditional", extra: tuple = (), request: gr.Request | None = None) -> Iterator[tuple]:
+        req, lm, plan = self._prepare(kind, controls, make_plan, mode)
         notes = req.notes + plan.notes
         session = getattr(request, "session_hash", None)
         # Every frame sends every output (see _Curve): the thumbnails likewise, and the last grid when it fails.
@@ -175,14 +188,13 @@ class LiveChains:
                f"**Failed** · step {done}/{req.total_steps} · {error.message}", req.seed, *extra)
         raise error
 
-    def _prepare(self, kind: str, controls: tuple,
-                 make_plan: Callable[[LoadedModel, ChainRequest], ChainPlan]) -> tuple[ChainRequest, LoadedModel,
-                                                                                       ChainPlan]:
+    def _prepare(self, kind: str, controls: dict, make_plan: Callable[[LoadedModel, ChainRequest], ChainPlan],
+                 mode: str) -> tuple[ChainRequest, LoadedModel, ChainPlan]:
         """The request clamped to the limits, the weights and the chain's plan; a sentence when any fails."""
-        n, steps, step_size, noise, guidance, seed, randomize, sweeps = controls
         try:
-            seed = random_seed() if randomize else seed
-            req = clamp_request(n, steps, step_size, noise, guidance, seed, self.limits, sweeps)
+            if controls.pop("randomize"):
+                controls["seed"] = random_seed()
+            req = clamp_request(controls, self.limits, mode)
             lm = self.store.get(kind)
             return req, lm, make_plan(lm, req)
         except DemoError as e:

@@ -147,7 +147,8 @@ class LoadedModel:
         return list(self.extras.get("classes") or [])
 
     def class_latent(self, name: str, direction: str | None = None) -> Tensor:
-        """The class's concept latent (``direction``: mean or contrast, default ``DEFAULTS.direction('class')``)."""
+        """The class's concept latent (``direction``: mean or contrast; default: the measured one for these weights,
+        ``clel.sampling.default_direction``)."""
         from clel.sampling import class_latents, default_direction
 
         if self.extras.get("class_prototypes") is None or not self.class_names():

@@ -36,10 +36,11 @@ def energy(model: CLEL, x: Tensor) -> Tensor:
     return marginal(model.f(x))
 
 
-def joint_energy(model: CLEL, x: Tensor, z: Tensor, beta: float | Tensor, bound: float | None = None) -> Tensor:
-    """E(x, z) = ½‖f(x)‖² − β cos(g(f(x)), z); z unit-norm, [D] or [N, D]. ``bound``: see :func:`bounded`."""
+def joint_energy(model: CLEL, x: Tensor, z: Tensor, guidance: float | Tensor, bound: float | None = None) -> Tensor:
+    """E(x, z) = ½‖f(x)‖² − β cos(g(f(x)), z) with β = ``guidance`` (training: ``cfg.beta``); z unit-norm, [D] or
+    [N, D]. ``bound``: see :func:`bounded`."""
     fx = model.f(x)
-    return marginal(fx) - beta * latent_cosine(model, bounded(fx, bound), z)
+    return marginal(fx) - guidance * latent_cosine(model, bounded(fx, bound), z)
 
 
 class _BoundedGrad(torch.autograd.Function):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,17 @@ PROBE_ATTRIBUTES = ("Young", "Female", "Smiling")
 
 @dataclass
 class ProbeSettings:
+    """How many samples and images a probe takes, and how its chains differ from scripts/evaluate.py's: ``fid_chain``
+    overrides the model's reference sampler (``ChainSettings.reference``: 10 augmented sweeps of the training chain),
+    ``judged_chain`` the judged evaluations' measured plain chain (``ChainSettings.measured``)."""
+
     fid_samples: int = 500
     reference_images: int = 2000
     judged_samples: int = 100
-    sweeps: int = 10  # the reference sampler: 10 augmented sweeps of the training chain
-    guidance: float = 1.0  # the judged evaluations' default (scripts/evaluate.py --guidance)
     seed: int = 0
     batch_size: int = 100
+    fid_chain: dict[str, Any] = field(default_factory=dict)
+    judged_chain: dict[str, Any] = field(default_factory=dict)
 
 
 def clamped_fraction(x: Tensor) -> float:
@@ -118,15 +122,14 @@ class Probe:
     # -- the probe -----------------------------------------------------------------------------------------------
 
     def __call__(self, model: Any) -> dict[str, Any]:
-        from .sampling import draw
         from .eval.metrics import fid_stats, frechet_distance
-        from .sampling import ChainSettings
+        from .sampling import ChainSettings, draw
 
         t0 = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             m = copy.deepcopy(model).to(self.device).eval().requires_grad_(False)
-            st = ChainSettings.reference(m, sweeps=self.st.sweeps)
+            st = ChainSettings.reference(m, **self.st.fid_chain)
             xs = [draw(m, min(self.st.batch_size, self.st.fid_samples - s), None, st, seed=self.st.seed + s).x
                   for s in range(0, self.st.fid_samples, self.st.batch_size)]
             x = torch.cat(xs)
@@ -141,26 +144,29 @@ class Probe:
         return out
 
     def _judged(self, m: Any) -> dict[str, Any]:
-        from .eval.judged import class_conditional_eval, compositional_eval, judged_chain
+        from .eval.judged import class_conditional_eval, compositional_eval
+        from .sampling import ChainSettings
 
         judge = self._load_judge()
-        chain = judged_chain(m)  # scripts/evaluate.py's
         z = encode_images(m.h, self.ref.images, self.device, features=self.ref_features)
         extras, _ = concept_latents(z, self.ref)
         if self.ref.labels is not None:
             classes = list(self.ref.classes or map(str, range(int(self.ref.labels.max()) + 1)))
             per = max(1, self.st.judged_samples // len(classes))
-            res, _ = class_conditional_eval(m, extras["class_prototypes"], classes, judge, per, self.st.guidance,
+            chain = ChainSettings.measured(m, "class", **{"direction": "mean", **self.st.judged_chain})  # prototypes
+            res, _ = class_conditional_eval(m, extras["class_prototypes"], classes, judge, per, chain.guidance,
                                             chain, self.st.seed, self.st.batch_size)
             return {"judged_accuracy": res["accuracy"]}
         known = set(attribute_names(self.ref))
         extras["attributes"] = attribute_names(self.ref)
         names = [a for a in PROBE_ATTRIBUTES if a in known]
         per = max(1, self.st.judged_samples // len(names))
+        chain = ChainSettings.measured(m, "attributes", **{"direction": "mean", **self.st.judged_chain})
         # AND rows first (judged_agreement, comparable with earlier probes), then NOT rows (judged_not_agreement).
         terms = [[(a, 1.0)] for a in names] + [[(a, -1.0)] for a in names]
-        res, _ = compositional_eval(m, extras, judge, terms, per, self.st.guidance, chain, self.st.seed,
-                                    self.st.batch_size, include_unconditional=False, report_attributes=names)
+        res, _ = compositional_eval(m, extras, judge, terms, per, chain.guidance, chain, self.st.seed,
+                                    self.st.batch_size, include_unconditional=False, report_attributes=names,
+                                    direction=chain.direction)
         out: dict[str, Any] = {}
         for row in res["rows"]:
             a, w = row["terms"][0]

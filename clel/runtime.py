@@ -120,6 +120,11 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
         if title not in groups:
             groups[title] = parser.add_argument_group(title) if title else parser
         group = groups[title]
+        if "flags" in kw:  # a dict of another dataclass's fields, each its own option (see settings_from_args)
+            from .sampling import ChainSettings
+
+            add_field_options(group, ChainSettings, kw["flags"], dest_prefix=f"{f.name}.")
+            continue
         if f.name in RUN_OPTION_HELP:
             extra = {"device_default": f.default} if f.name == "device" else {}
             add_run_options(group, **{f.name: kw["help"] or True}, **extra)
@@ -134,3 +139,32 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
         elif base in (int, float):
             kw.setdefault("type", base)
         group.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def add_field_options(parser: Any, cls: type, flags: dict[str, str], dest_prefix: str = "") -> None:
+    """``flags`` (field name → option, e.g. ``{"step_size": "--step-size"}``) as options whose help and choices
+    are the field's metadata and whose type is its annotation's; each defaults to None, so what is not given is
+    left to the constructor that reads them (e.g. ``ChainSettings.measured``). ``dest_prefix``: see
+    :func:`options_from_args`."""
+    hints = typing.get_type_hints(cls)
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls)}
+    for name, flag in flags.items():
+        base = next((a for a in typing.get_args(hints[name]) if a is not type(None)), hints[name])
+        kw = {"type": base} if base in (int, float) else {}
+        if "choices" in meta[name]:
+            kw["choices"] = meta[name]["choices"]
+        parser.add_argument(flag, dest=dest_prefix + name, default=None, help=meta[name]["help"], metavar=name.upper(),
+                            **kw)
+
+
+def options_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """``cls`` (made by :func:`add_dataclass_options`) from parsed arguments: options named ``field.name`` go into
+    the dict field ``field``, by name."""
+    kw: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        outer, dot, name = dest.partition(".")
+        if dot:
+            kw.setdefault(outer, {})[name] = value
+        else:
+            kw[dest] = value
+    return cls(**kw)

@@ -10,15 +10,15 @@ differs, and :meth:`Condition.energy` is the one place that maps a mode to it:
 - ``interpolate``: the joint energy with a latent per sample, slerped between two images' latents.
 
 :class:`ChainSettings` says how the chain runs (the model's training chain, the reference sampler's augmented
-sweeps, or the paper's long plain chain); :func:`run_chain` yields every step, :func:`sample` the final images
-and :func:`draw` keeps frames too. ``guidance`` is the sampling-time β (default: the model's training β);
-:data:`DEFAULTS` holds the measured guidance and concept direction per mode.
+sweeps, or the paper's long plain chain, or :meth:`ChainSettings.measured`: the defaults per mode, from the table
+:data:`SAMPLING`) and with which ``guidance``, the sampling-time β (default: the model's training β);
+:func:`run_chain` yields every step, :func:`sample` the final images and :func:`draw` keeps frames too.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -30,6 +30,7 @@ from .data import OPPOSITE_ATTRIBUTE, with_opposites
 from .energy import compositional_energy, energy, joint_energy, latent, mean_latent
 from .fast import FastPath, fast_chain, prepare
 from .models import CLEL
+from .runtime import model_device
 from .sgld import EnergyFn, SGLDStep
 
 MODES = ("unconditional", "instance", "class", "attributes", "interpolate")
@@ -38,6 +39,12 @@ DIRECTIONS = ("mean", "contrast")  # the paper's mean direction z̄; z̄ of the 
 
 class SamplingError(ValueError):
     """A sampling request that cannot run (unknown concept, missing images, bad settings), said in a sentence."""
+
+
+def setting(default: Any, help: str, label: str | None = None, **limits: Any) -> Any:
+    """A chain setting: its default, its help, and for the controls that offer it a ``label`` and ``limits``
+    (``min``/``max``: what a request may ask; ``slider``: (low, high, step) of the demo's slider; ``info``)."""
+    return field(default=default, metadata={"help": help, "label": label, **limits})
 
 
 @dataclass
@@ -49,18 +56,45 @@ class ChainSettings:
     which is what a chain drawn from the training replay buffer goes through; 10 such sweeps are the reference
     implementation's sampler (:meth:`reference`). Its crops upsample the images, which clears the pixel noise
     that a plain chain from uniform noise keeps for hundreds of steps.
+
+    Each field's metadata is its help and limits: the demo's controls and server clamp and the commands' options
+    are made from them, so a new setting is added here only. Constructors: :meth:`from_model` (the training
+    chain), :meth:`reference`, :meth:`paper` and :meth:`measured` (the defaults per sampling mode).
     """
 
-    steps: int = CLELConfig.sgld_steps
-    step_size: float = CLELConfig.sgld_step_size
-    noise: float = CLELConfig.sgld_noise
-    grad_clip: float | None = CLELConfig.sgld_grad_clip
-    sweeps: int = 1
-    augment: bool = False
-    reinit_prob: float = 0.0
+    steps: int = setting(CLELConfig.sgld_steps, "SGLD steps per sweep (default: 10 x the model's training steps "
+                         "for one plain chain, the model's per sweep of several)", "SGLD steps (per sweep)", min=1,
+                         elem_id=True)  # no max: a request's budget of steps caps it
+    sweeps: int = setting(1, "the reference sampler: this many sweeps, each after the training augmentation (random "
+                          "crop, flip, colour jitter) and reset (the FID protocol: 10; 1: one plain chain)",
+                          "Sweeps", min=1, max=20, elem_id=True,
+                          info="each after a random crop, flip and colour jitter, as in training's replay buffer "
+                               "(the reference sampler: 10)")
+    step_size: float = setting(CLELConfig.sgld_step_size, "SGLD step size (default: the model's, 100)", "Step size",
+                               min=0.0, max=1000.0, slider=(0, 300, 1), info="training: {default:g}")
+    noise: float = setting(CLELConfig.sgld_noise, "SGLD noise scale (default: the model's, 0.001)", "Noise",
+                           min=0.0, max=1.0, slider=(0, 0.05, 0.0005), info="training: {default:g}")
+    # the sampling-time β of the latent term (None: the model's training β, the paper's)
+    guidance: float | None = setting(None, "sampling-time β multiplying the latent term (conditional modes; default: "
+                                     "--sampling's for the mode)", "Guidance β", min=-100.0, max=100.0,
+                                     slider=(0, 20, 0.01),
+                                     info="weight of the latent term (training β = {training_beta:g}); the default "
+                                          "is the value that judged best on these weights (docs/evaluation.md)",
+                                     bounded="; with sweeps the term never pulls harder than {guidance_bound:g}x "
+                                             "the marginal, so large values do not saturate")
+    grad_clip: float | None = setting(CLELConfig.sgld_grad_clip, "clamp gradients to ±this (default: the model's, "
+                                      "100)")
+    augment: bool = setting(False, "the strong augmentation before every sweep")
+    reinit_prob: float = setting(0.0, "the training reset before every sweep: each image restarts from noise with "
+                                 "this probability")
     # Strong guidance turns chains adversarial (saturated "rainbow" pixels); two measured remedies:
-    guidance_ramp: float = 0.0  # guidance grows linearly from 0 over this fraction of all steps (0: constant)
-    guidance_bound: float | None = None  # the latent term pulls at most this many times the marginal (None: free)
+    guidance_ramp: float = setting(0.0, "ramp the guidance up from 0 over this fraction of the chain (0: constant; "
+                                   "default: --sampling's)")
+    guidance_bound: float | None = setting(None, "cap the latent term's pull at this many times the marginal's, "
+                                           "per sample (0: no cap; default: --sampling's)")
+    direction: str | None = setting(None, "class / attribute latents: the paper's mean direction z̄, or the contrast "
+                                    "z̄(concept) − z̄(rest), which removes what all concepts share (default: "
+                                    "--sampling's for the weights)", choices=DIRECTIONS)
 
     @property
     def total_steps(self) -> int:
@@ -72,96 +106,79 @@ class ChainSettings:
         return self.sweeps == 1 and not self.augment and not self.reinit_prob
 
     @classmethod
-    def from_model(cls, model: CLEL, **overrides) -> "ChainSettings":
-        """The model's training chain; ``overrides`` that are not None replace fields."""
-        c = model.cfg
-        base = cls(c.sgld_steps, c.sgld_step_size, c.sgld_noise, c.sgld_grad_clip)
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(base, k, v)
-        return base
+    def from_model(cls, model: CLEL | None, **overrides) -> "ChainSettings":
+        """The model's training chain (None: SPEC's); ``overrides`` that are not None replace fields."""
+        c = model.cfg if model is not None else CLELConfig()
+        base = cls(steps=c.sgld_steps, step_size=c.sgld_step_size, noise=c.sgld_noise, grad_clip=c.sgld_grad_clip)
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
     @classmethod
-    def reference(cls, model: CLEL, sweeps: int = 10, **overrides) -> "ChainSettings":
+    def reference(cls, model: CLEL | None, sweeps: int = 10, **overrides) -> "ChainSettings":
         """The reference sampler: ``sweeps`` training chains, each after the augmentation and the reset."""
-        return cls.from_model(model, **{"sweeps": sweeps, "augment": True, "reinit_prob": model.cfg.reinit_prob,
+        reinit = (model.cfg if model is not None else CLELConfig()).reinit_prob
+        return cls.from_model(model, **{"sweeps": sweeps, "augment": True, "reinit_prob": reinit, **overrides})
+
+    @classmethod
+    def paper(cls, model: CLEL | None, **overrides) -> "ChainSettings":
+        """The paper's protocol: one plain chain of 10x the training steps from uniform noise (600 for Base)."""
+        steps = 10 * (model.cfg if model is not None else CLELConfig()).sgld_steps
+        return cls.from_model(model, **{"sweeps": 1, "steps": steps, "augment": False, "reinit_prob": 0.0,
                                         **overrides})
 
     @classmethod
-    def paper(cls, model: CLEL, **overrides) -> "ChainSettings":
-        """The paper's protocol: one plain chain of 10x the training steps from uniform noise (600 for Base)."""
-        return cls.from_model(model, **{"sweeps": 1, "steps": 10 * model.cfg.sgld_steps, "augment": False,
-                                        "reinit_prob": 0.0, **overrides})
+    def measured(cls, model: CLEL | None, mode: str = "unconditional", sweeps: int | None = None,
+                 table: str = "measured", extras: Mapping[str, Any] | None = None, **overrides) -> "ChainSettings":
+        """What a ``mode`` chain asks for unless told otherwise (``table``: :data:`SAMPLING`'s measured defaults or
+        the paper's): more than one sweep is the reference sampler (:meth:`reference`), else the paper's plain
+        chain (:meth:`paper`), each with the table's guidance, ramp and bound for that chain. ``extras``: the
+        weights' stored concepts, for the direction they allow (:func:`default_direction`). ``overrides`` that are
+        not None win; a bound of 0 is none."""
+        if mode not in MODES:
+            raise SamplingError(f"unknown sampling mode {mode!r}; use one of {', '.join(MODES)}")
+        if table not in SAMPLING:
+            raise SamplingError(f"unknown sampling defaults {table!r}; use {' or '.join(SAMPLING)}")
+        t, chain = SAMPLING[table], "reference" if (sweeps or 1) > 1 else "plain"
+        direction = t["direction"].get(mode, "mean") if extras is None else default_direction(extras, mode, table)
+        base = cls.reference(model, sweeps) if chain == "reference" else cls.paper(model, sweeps=sweeps)
+        bound = overrides.pop("guidance_bound", None)
+        base = replace(base, guidance=0.0 if mode == "unconditional" else t["guidance"][chain][mode],
+                       guidance_ramp=t["ramp"], guidance_bound=t["bound"][chain] if bound is None else bound or None,
+                       direction=direction)
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """What a conditional chain asks for unless told otherwise: guidance per mode and chain, and the direction.
-
-    ``SAMPLING["measured"]`` is chosen by ``measure/sweep_sampling.py`` on the bundled weights (the table and the
-    command are in docs/evaluation.md); ``SAMPLING["paper"]`` samples E(x, z̄) with the training β and the mean
-    direction. The demo, ``scripts/sample.py`` and ``scripts/evaluate.py`` all read ``DEFAULTS``.
-    ``reference``: guidance for the augmented sweeps (the demo's chain); ``plain``: for one chain from noise.
-    """
-
-    reference: dict[str, float] = field(default_factory=lambda: {"instance": 1.0, "class": 1.0, "attributes": 1.0,
-                                                                 "interpolate": 1.0})
-    plain: dict[str, float] = field(default_factory=lambda: {"instance": 1.0, "class": 1.0, "attributes": 1.0,
-                                                             "interpolate": 1.0})
-    # per mode: "mean" (z̄, the paper's) or "contrast" (z̄ of the concept minus z̄ of the rest)
-    directions: dict[str, str] = field(default_factory=lambda: {"class": "mean", "attributes": "mean"})
-    ramp: float = 0.0  # ChainSettings.guidance_ramp of conditional chains
-    # ChainSettings.guidance_bound per chain (None: no bound)
-    bounds: dict[str, float | None] = field(default_factory=lambda: {"reference": None, "plain": None})
-
-    def bound(self, chain: str = "reference") -> float | None:
-        """The bound on the latent term's pull on a chain (reference or plain), or None."""
-        if chain not in ("reference", "plain"):
-            raise ValueError(f"unknown chain {chain!r}; use reference or plain")
-        return self.bounds.get(chain)
-
-    def controls(self, chain: str = "reference", ramp: float | None = None,
-                 bound: float | None = None) -> dict[str, Any]:
-        """ChainSettings fields for the guidance ramp and bound on ``chain``; arguments that are not None win
-        (bound 0: none)."""
-        bound = self.bound(chain) if bound is None else bound
-        return {"guidance_ramp": self.ramp if ramp is None else ramp, "guidance_bound": bound or None}
-
-    def direction(self, mode: str) -> str:
-        """Concept direction of the class or attributes mode (the other modes use an image's latent)."""
-        return self.directions.get(mode, "mean")
-
-    def guidance(self, mode: str, chain: str = "reference") -> float:
-        """Guidance of a sampling mode (instance, class, attributes, interpolate; unconditional: 0) on a chain."""
-        if chain not in ("reference", "plain"):
-            raise ValueError(f"unknown chain {chain!r}; use reference or plain")
-        table = {**(self.reference if chain == "reference" else self.plain), "unconditional": 0.0}
-        if mode not in table:
-            raise ValueError(f"unknown sampling mode {mode!r}; use one of {', '.join(table)}")
-        return table[mode]
+def chain_fields() -> dict[str, Any]:
+    """ChainSettings' fields by name (their metadata: help, label, limits)."""
+    return {f.name: f for f in fields(ChainSettings)}
 
 
 def _every(v: float) -> dict[str, float]:
     return {"instance": v, "class": v, "attributes": v, "interpolate": v}
 
 
-SAMPLING: dict[str, SamplingDefaults] = {
-    # docs/evaluation.md, "The sampling sweep" and "Guidance that does not blow up" (bundled weights); values no
-    # cell measured keep 1.0. The bound keeps strong guidance from saturating pixels on the augmented sweeps; one
-    # plain chain from noise needs the full pull (bounded, it judges worse); the ramp did not help.
-    "measured": SamplingDefaults(
-        reference={"instance": 0.1, "class": 0.3, "attributes": 0.3, "interpolate": 0.1},
-        plain={"instance": 1.0, "class": 1.0, "attributes": 1.0, "interpolate": 1.0},
-        directions={"class": "contrast", "attributes": "mean"}, bounds={"reference": 10.0, "plain": None}),
-    "paper": SamplingDefaults(_every(0.01), _every(0.01), {"class": "mean", "attributes": "mean"}),  # β = 0.01
+# What a conditional chain asks for unless told otherwise: guidance per chain (reference: the augmented sweeps;
+# plain: one chain from noise) and mode, the concept direction per mode ("mean": z̄, the paper's; "contrast": z̄
+# of the concept minus z̄ of the rest), the guidance ramp, and the bound per chain (None: no bound).
+SAMPLING: dict[str, dict[str, Any]] = {
+    # docs/evaluation.md, "The sampling sweep" and "Guidance that does not blow up": chosen by
+    # measure/sweep_sampling.py on the bundled weights; values no cell measured keep 1.0. The bound keeps strong
+    # guidance from saturating pixels on the augmented sweeps; one plain chain from noise needs the full pull
+    # (bounded, it judges worse); the ramp did not help.
+    "measured": {"guidance": {"reference": {"instance": 0.1, "class": 0.3, "attributes": 0.3, "interpolate": 0.1},
+                              "plain": _every(1.0)},
+                 "direction": {"class": "contrast", "attributes": "mean"},
+                 "ramp": 0.0, "bound": {"reference": 10.0, "plain": None}},
+    # E(x, z̄) with the training β and the mean direction
+    "paper": {"guidance": {"reference": _every(0.01), "plain": _every(0.01)},
+              "direction": {"class": "mean", "attributes": "mean"},
+              "ramp": 0.0, "bound": {"reference": None, "plain": None}},
 }
-DEFAULTS = SAMPLING["measured"]
 
 
-def default_direction(extras: Mapping[str, Any], mode: str, defaults: SamplingDefaults | None = None) -> str:
-    """The default concept direction of ``mode`` (class or attributes) for these weights: ``defaults``'s
-    (:data:`DEFAULTS`), or the paper's mean direction for an export that stores no contrasts."""
-    direction = (defaults or DEFAULTS).direction(mode)
+def default_direction(extras: Mapping[str, Any], mode: str, table: str = "measured") -> str:
+    """The default concept direction of ``mode`` (class or attributes) for these weights: ``table``'s, or the
+    paper's mean direction for an export that stores no contrasts."""
+    direction = SAMPLING[table]["direction"].get(mode, "mean")
     key = "class_contrasts" if mode == "class" else "attribute_contrasts"
     return "mean" if direction == "contrast" and extras.get(key) is None else direction
 
@@ -258,8 +275,7 @@ def term_label(terms: Sequence[tuple[str, float]]) -> str:
 def uniform_noise(model: CLEL, n: int, generator: torch.Generator | None = None) -> Tensor:
     """n starting images U(0, 1) at the model's resolution, on the model's device."""
     s = model.cfg.image_size
-    device = next(model.parameters()).device
-    return torch.rand(n, 3, s, s, generator=generator, device=device)
+    return torch.rand(n, 3, s, s, generator=generator, device=model_device(model))
 
 
 def image_latent(model: CLEL, images: Tensor) -> Tensor:
@@ -279,10 +295,6 @@ def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
     t = t.to(z0).unsqueeze(1)
     out = (torch.sin((1 - t) * omega) * z0 + torch.sin(t * omega) * z1) / torch.sin(omega)
     return F.normalize(out, dim=1)
-
-
-def _device(model: CLEL) -> torch.device:
-    return next(model.parameters()).device
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -356,37 +368,48 @@ class Condition:
                bound: float | None = None) -> EnergyFn:
         """The energy of this condition for a batch of ``n`` samples.
 
-        ``guidance`` is the sampling-time β (a 0-d tensor is read at every call, so a chain can change it in
-        place); ``bound`` caps the latent term's gradient at that many times the marginal's
-        (``clel.energy.bounded``).
+        ``guidance`` is the sampling-time β (default: the model's training β; a 0-d tensor is read at every call,
+        so a chain can change it in place); ``bound`` caps the latent term's gradient at that many times the
+        marginal's (``clel.energy.bounded``).
         """
-        beta = model.cfg.beta if guidance is None else guidance
-        dev = _device(model)
+        guidance = model.cfg.beta if guidance is None else guidance
+        dev = model_device(model)
         if self.mode == "unconditional":
             return lambda x: energy(model, x)
         if self.mode == "interpolate":
             z = slerp(image_latent(model, self.images.to(dev)), image_latent(model, self.images_b.to(dev)),
                       torch.linspace(0, 1, n, device=dev))
-            return lambda x: joint_energy(model, x, z, beta, bound)
+            return lambda x: joint_energy(model, x, z, guidance, bound)
         if self.mode == "instance":
             latents, weights = image_latent(model, self.images.to(dev)).unsqueeze(0), [1.0]
         else:
             latents, weights = self.latents.to(dev), list(self.weights)
-        return lambda x: compositional_energy(model, x, latents, weights, beta, bound)
+        return lambda x: compositional_energy(model, x, latents, weights, guidance, bound)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # How: the chain
 # ----------------------------------------------------------------------------------------------------------------
 
-def run_chain(model: CLEL, n: int, condition: Condition | None = None, settings: ChainSettings | None = None,
-              guidance: float | None = None, generator: torch.Generator | None = None, x0: Tensor | None = None,
-              fast: FastPath | None = None) -> Iterator[SGLDStep]:
-    """Yield every SGLD step of n samples of ``condition`` (default: unconditional) from uniform noise (or ``x0``).
+@dataclass
+class Chain:
+    """A chain ready to run: its start, the energy it descends (built once: reference images are encoded once)
+    and ``sgld``, its steps, a generator that runs them as they are asked for."""
 
-    Runs the model in eval mode (spectral-norm vectors frozen), so sampling never changes the weights it samples
-    from. ``fast`` defaults to every fast-path switch that helps on the model's device (``FastPath.best``);
-    ``FastPath.plain()`` turns it off. Steps are numbered across sweeps (0 … sweeps·steps − 1).
+    x0: Tensor
+    energy: EnergyFn
+    sgld: Iterator[SGLDStep]
+
+
+def start_chain(model: CLEL, n: int, condition: Condition | None = None, settings: ChainSettings | None = None,
+                guidance: float | None = None, generator: torch.Generator | None = None, x0: Tensor | None = None,
+                fast: FastPath | None = None) -> Chain:
+    """The chain of n samples of ``condition`` (default: unconditional) from uniform noise (or ``x0``).
+
+    ``guidance`` (if not None) replaces ``settings.guidance``; both None: the model's training β. Runs the model
+    in eval mode (spectral-norm vectors frozen), so sampling never changes the weights it samples from. ``fast``
+    defaults to every fast-path switch that helps on the model's device (``FastPath.best``); ``FastPath.plain()``
+    turns it off. Steps are numbered across sweeps (0 … sweeps·steps − 1).
     """
     model.eval()
     st = settings or ChainSettings.from_model(model)
@@ -396,26 +419,35 @@ def run_chain(model: CLEL, n: int, condition: Condition | None = None, settings:
         raise SamplingError(f"guidance_ramp must be >= 0 and guidance_bound > 0, got {st.guidance_ramp} and "
                             f"{st.guidance_bound}")
     x = uniform_noise(model, n, generator) if x0 is None else x0
-    beta = model.cfg.beta if guidance is None else float(guidance)
-    ramp = guidance_ramp(beta, st, x.device)
-    fn = (condition or Condition()).energy(model, x.shape[0], beta if ramp is None else ramp[0], st.guidance_bound)
+    guidance = st.guidance if guidance is None else guidance
+    guidance = model.cfg.beta if guidance is None else float(guidance)
+    ramp = guidance_ramp(guidance, st, x.device)
+    fn = (condition or Condition()).energy(model, x.shape[0], guidance if ramp is None else ramp[0],
+                                           st.guidance_bound)
     fast = fast or FastPath.best(x.device)
     if st.plain:
         steps = fast_chain(model, fn, x, st.steps, st.step_size, st.noise, st.grad_clip, fast, generator)
     else:
         steps = _sweeps(model, fn, x, st, fast, generator)
-    return steps if ramp is None else _ramped(steps, *ramp)
+    return Chain(x, fn, steps if ramp is None else _ramped(steps, *ramp))
 
 
-def guidance_ramp(beta: float, st: ChainSettings, device: torch.device | str = "cpu",
+def run_chain(model: CLEL, n: int, condition: Condition | None = None, settings: ChainSettings | None = None,
+              guidance: float | None = None, generator: torch.Generator | None = None, x0: Tensor | None = None,
+              fast: FastPath | None = None) -> Iterator[SGLDStep]:
+    """Yield every SGLD step of :func:`start_chain`'s chain."""
+    return start_chain(model, n, condition, settings, guidance, generator, x0, fast).sgld
+
+
+def guidance_ramp(guidance: float, st: ChainSettings, device: torch.device | str = "cpu",
                   ) -> tuple[Tensor, list[float]] | None:
     """The guidance of every step when it ramps (``st.guidance_ramp`` > 0): a 0-d tensor the energy reads,
-    set to step 0's value, and the values of all steps, β·min(1, (k + 1)/R) with R = ramp · total steps.
+    set to step 0's value, and the values of all steps, guidance·min(1, (k + 1)/R) with R = ramp · total steps.
     The tensor lives on the chain's device, so a captured CUDA graph reads its new value at every replay."""
     if st.guidance_ramp <= 0:
         return None
     ramp_steps = max(1.0, st.guidance_ramp * st.total_steps)
-    values = [beta * min(1.0, (k + 1) / ramp_steps) for k in range(st.total_steps)]
+    values = [guidance * min(1.0, (k + 1) / ramp_steps) for k in range(st.total_steps)]
     return torch.tensor(values[0], device=device), values
 
 
@@ -480,7 +512,7 @@ def draw(model: CLEL, n: int, condition: Condition | None = None, settings: Chai
     noise). ``frame_every`` > 0 keeps the start and every k-th step (and the last) as CPU copies.
     """
     model.eval()
-    dev = _device(model)
+    dev = model_device(model)
     st = settings or ChainSettings.from_model(model)
     fast = fast or FastPath.best(dev)
     prepare(model.f, fast)

@@ -92,7 +92,7 @@ def chain_settings(model: Any, kind: str, sweeps: int, steps: int | None, ramp: 
     control = {"guidance_ramp": ramp, "guidance_bound": bound or None}
     if kind == "reference":
         return ChainSettings.reference(model, sweeps=sweeps, steps=steps, **control)
-    return ChainSettings(**{**vars(ChainSettings.from_model(model, steps=sweeps * steps)), **control})
+    return ChainSettings.from_model(model, steps=sweeps * steps, **control)
 
 
 def chain_cells(model: Any, args: argparse.Namespace) -> list[tuple[dict[str, Any], ChainSettings]]:

@@ -25,9 +25,9 @@ import sys
 
 from clel.data import DataError
 from clel.eval import EvaluationError
-from clel.eval.evaluation import EvalOptions, Evaluation, evaluate  # noqa: F401  (Evaluation: the sections)
+from clel.eval.evaluation import EvalOptions, evaluate
 from clel.eval.judges import JudgeError
-from clel.runtime import add_dataclass_options
+from clel.runtime import add_dataclass_options, options_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        written = evaluate(EvalOptions(**vars(args)))
+        written = evaluate(options_from_args(EvalOptions, args))
     except (EvaluationError, JudgeError, DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -23,11 +23,13 @@ from pathlib import Path
 import torch
 
 from clel.images import load_images, save_gif, save_grid
-from clel.runtime import add_run_options
-from clel.sampling import (SAMPLING, ChainSettings, Condition, SamplingError, default_direction, draw, parse_term,
-                           term_label)
+from clel.runtime import add_field_options, add_run_options
+from clel.sampling import SAMPLING, ChainSettings, Condition, SamplingError, draw, parse_term, term_label
 
-MODES = ("unconditional", "instance", "class", "attributes", "interpolate")
+# the chain settings a command line may set (the others: the constructors'): field -> option
+CHAIN_OPTIONS = {name: "--" + name.replace("_", "-") for name in ("steps", "sweeps", "step_size", "noise", "grad_clip",
+                                                                 "guidance", "direction", "guidance_ramp",
+                                                                 "guidance_bound")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,29 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = common.add_argument_group("chain and output")
     c.add_argument("--n", type=int, default=16,
                    help="samples (per class in class mode; points along the path in interpolate mode); default 16")
-    c.add_argument("--steps", type=int, help="SGLD steps from uniform noise (default: 10 x the model's, 600; "
-                   "with --sweeps: per sweep, default the model's)")
-    c.add_argument("--sweeps", type=int, default=1,
-                   help="the reference sampler: this many sweeps, each after the training augmentation (random "
-                   "crop, flip, colour jitter) and reset; 10 is the FID protocol (default 1: one plain chain)")
-    c.add_argument("--step-size", type=float, help="SGLD step size (default: the model's, 100)")
-    c.add_argument("--noise", type=float, help="SGLD noise scale (default: the model's, 0.001)")
-    c.add_argument("--grad-clip", type=float, help="clamp gradients to ±this (default: the model's, 100)")
     c.add_argument("--sampling", choices=sorted(SAMPLING), default="measured",
                    help="defaults for --guidance and --direction: measured (chosen by measure/sweep_sampling.py, "
                    "docs/evaluation.md) or paper (the training β, mean direction) (default measured)")
-    c.add_argument("--guidance", type=float, default=None,
-                   help="sampling-time β multiplying the latent term (conditional modes; default: --sampling's "
-                   "for the mode)")
-    c.add_argument("--direction", choices=("mean", "contrast"), default=None,
-                   help="class / attribute latents: the paper's mean direction z̄, or the contrast z̄(concept) − "
-                   "z̄(rest), which removes what all concepts share (default: --sampling's)")
-    c.add_argument("--guidance-ramp", type=float, default=None,
-                   help="ramp the guidance up from 0 over this fraction of the chain (0: constant; default: "
-                   "--sampling's)")
-    c.add_argument("--guidance-bound", type=float, default=None,
-                   help="cap the latent term's pull at this many times the marginal's, per sample (0: no cap; "
-                   "default: --sampling's)")
+    add_field_options(c, ChainSettings, CHAIN_OPTIONS)
     add_run_options(c, seed="seed of the start noise and the chain noise (default 0)")
     c.add_argument("--gif", action="store_true", help="also write an animated GIF of the chain")
     c.add_argument("--gif-frames", type=int, default=30, help="about this many GIF frames (default 30)")
@@ -99,23 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def chain_settings(args: argparse.Namespace, model, defaults) -> ChainSettings:
-    """--sweeps > 1: the reference sampler; else one plain chain of --steps (default 10 x the model's)."""
-    if args.sweeps < 1:
-        raise SamplingError("--sweeps must be at least 1")
-    chain = dict(step_size=args.step_size, noise=args.noise, grad_clip=args.grad_clip,
-                 **defaults.controls("reference" if args.sweeps > 1 else "plain", args.guidance_ramp,
-                                     args.guidance_bound))
-    if args.sweeps > 1:
-        settings = ChainSettings.reference(model, sweeps=args.sweeps, steps=args.steps, **chain)
-    else:
-        settings = ChainSettings.from_model(model, steps=args.steps or 10 * model.cfg.sgld_steps, **chain)
-    if settings.steps < 1:
-        raise SamplingError("--steps must be at least 1")
-    return settings
-
-
-def conditions(args: argparse.Namespace, extras: dict, size: int, info: dict) -> tuple[list[Condition], int | None]:
+def conditions(args: argparse.Namespace, extras: dict, size: int, direction: str,
+               info: dict) -> tuple[list[Condition], int | None]:
     """The mode's conditions (one chain each; one per class in class mode) and the grid's row length; what they
     were made from goes into ``info``."""
     nrow = args.nrow
@@ -126,12 +94,12 @@ def conditions(args: argparse.Namespace, extras: dict, size: int, info: dict) ->
         return [Condition.instance(load_images(args.images, size))], nrow
     if args.mode == "class":
         info["classes"] = list(args.classes)
-        return [Condition.classes(extras, [name], args.direction) for name in args.classes], nrow or args.n
+        return [Condition.classes(extras, [name], direction) for name in args.classes], nrow or args.n
     if args.mode == "attributes":
         terms = [parse_term(t, 1.0) for t in args.and_] + [parse_term(t, -1.0) for t in args.not_]
         info["terms"] = [[a, w] for a, w in terms]
         info["condition"] = term_label(terms)
-        return [Condition.attributes(extras, terms, args.direction)], nrow
+        return [Condition.attributes(extras, terms, direction)], nrow
     info["references"] = [args.image_a, args.image_b]  # interpolate
     return [Condition.interpolate(load_images([args.image_a], size), load_images([args.image_b], size))], nrow or args.n
 
@@ -146,19 +114,16 @@ def run(args: argparse.Namespace) -> int:
     except WeightsError as e:
         raise SamplingError(f"--weights {args.weights}: {e}") from None
     model.requires_grad_(False)
-    defaults = SAMPLING[args.sampling]
-    settings = chain_settings(args, model, defaults)
+    settings = ChainSettings.measured(model, args.mode, args.sweeps, args.sampling, extras,
+                                      **{name: getattr(args, name) for name in CHAIN_OPTIONS if name != "sweeps"})
     every = max(1, settings.total_steps // max(1, args.gif_frames)) if args.gif else 0
-    if args.guidance is None:
-        args.guidance = defaults.guidance(args.mode, "reference" if args.sweeps > 1 else "plain")
-    if args.direction is None:
-        args.direction = default_direction(extras, args.mode, defaults)
     info: dict = {"mode": args.mode, "weights": str(extras.get("path", args.weights)), "n": args.n,
-                  "seed": args.seed, "guidance": args.guidance, "direction": args.direction, "chain": vars(settings)}
+                  "seed": args.seed, "guidance": settings.guidance, "direction": settings.direction,
+                  "chain": vars(settings)}
     out = Path(args.out)
-    runs, nrow = conditions(args, extras, cfg.image_size, info)
+    runs, nrow = conditions(args, extras, cfg.image_size, settings.direction, info)
 
-    results = [draw(model, args.n, cond, settings, seed=args.seed, guidance=args.guidance, frame_every=every)
+    results = [draw(model, args.n, cond, settings, seed=args.seed, frame_every=every)
                for cond in runs]
     x = torch.cat([r.x for r in results])
     png = save_grid(x, out / f"{args.mode}.png", nrow, args.upscale)

@@ -386,7 +386,7 @@ def test_app_readme_states_the_defaults_the_demo_has():
     import re
 
     from clel.config import CLELConfig
-    from clel.sampling import DEFAULTS
+    from clel.sampling import ChainSettings
 
     line = " ".join(re.search(r"^- Defaults:(.*?)(?=^- |\Z)", (REPO / "app" / "README.md").read_text(),
                               re.M | re.S).group(1).split())
@@ -396,5 +396,6 @@ def test_app_readme_states_the_defaults_the_demo_has():
     said = {"Classes": "class", "Faces": "attributes", "Look-alikes": "instance", "Interpolate": "interpolate"}
     for tab, mode in said.items():
         beta = re.search(rf"β ([0-9.]+) on [^β]*\b{tab}\b", line)
-        assert beta and float(beta.group(1)) == DEFAULTS.guidance(mode), (tab, line)
-    assert f"bounded at {DEFAULTS.bound('reference'):g}x" in line
+        shown = ChainSettings.measured(None, mode, limits.DEFAULT_SWEEPS)  # what the tab's sliders start at
+        assert beta and float(beta.group(1)) == shown.guidance, (tab, line)
+    assert f"bounded at {shown.guidance_bound:g}x" in line

@@ -26,7 +26,7 @@ from clel.weights import REPO_ROOT
 from clel_app import chains
 from clel_app.chains import (ACTIVE_CHAINS, EnergyHistory, attribute_condition, attribute_plan, energy_figure,
                              frame_every, interpolation_plan, lookalike_plan, stream_frames, unconditional_plan)
-from clel_app.limits import Limits, clamp_request
+from clel_app.limits import Limits, clamp_request as clamp_controls
 from clel_app.messages import DemoError, redact_paths, shown_path
 from clel_app.models import ModelStore, default_weights, make_demo_exports
 from clel_app.ood_report import ood_histogram, round_sig, scores_csv
@@ -87,6 +87,12 @@ def huge_png(path, megapixels: float = 50.0) -> None:
     """A real ``megapixels`` grayscale PNG (compresses to a few hundred KB)."""
     side = int((megapixels * 1e6) ** 0.5) + 1
     Image.new("L", (side, side), 0).save(path, format="PNG", compress_level=1)
+
+
+def clamp_request(n, steps, step_size=100, noise=0.001, guidance=None, seed=0, limits=None, sweeps=1):
+    """The controls of a tab, in the order its handler takes them (guidance None: the unconditional tab's)."""
+    controls = {"n": n, "steps": steps, "step_size": step_size, "noise": noise, "seed": seed, "sweeps": sweeps}
+    return clamp_controls(controls if guidance is None else {**controls, "guidance": guidance}, limits)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -166,9 +172,10 @@ def test_large_photo_downscaled_and_cropped():
 
 def test_requests_are_capped_on_the_server():
     req = clamp_request(500, 5000, 100, 0.001, 1.0, 7)
-    assert (req.n, req.steps, req.seed) == (64, 1000, 7)
+    assert (req.n, req.settings.steps, req.seed) == (64, 1000, 7)
     assert any("number of samples 500" in n for n in req.notes) and any("steps 5000" in n for n in req.notes)
-    assert clamp_request("3", 0.4, 1e9, -1, 0).steps == 1 and clamp_request(1, 1, 1e9).step_size == 1000
+    assert clamp_request("3", 0.4, 1e9, -1, 0).settings.steps == 1
+    assert clamp_request(1, 1, 1e9).settings.step_size == 1000
     with pytest.raises(DemoError, match="steps must be finite"):
         clamp_request(4, float("nan"))
     with pytest.raises(DemoError, match="number of samples must be a number"):
@@ -234,14 +241,15 @@ def store(exports):
 def test_stream_frames_noise_first_then_every_k(store):
     lm = store.get("cifar10")
     req = clamp_request(3, 12, 100, 0.001, 1.0, 5)
-    frames = list(stream_frames(unconditional_plan(lm, req), req.steps, every=4, min_interval=1e9))
+    frames = list(stream_frames(unconditional_plan(lm, req), req.settings.steps, every=4, min_interval=1e9))
     assert [f.step for f in frames] == [0, 4, 8, 12] and [f.final for f in frames] == [False] * 3 + [True]
     assert len(frames[-1].history) == 13  # E(x0) ... E(x12)
     # the first frame is the chain's starting noise, the last one the library's own samples for that seed
     g = torch.Generator().manual_seed(5)
     noise = torch.rand(3, 3, 32, 32, generator=g)
     assert torch.equal(frames[0].x, noise)
-    ref = sample(lm.model, 3, settings=ChainSettings(12, 100, 0.001), generator=torch.Generator().manual_seed(5))
+    ref = sample(lm.model, 3, settings=ChainSettings(steps=12, step_size=100, noise=0.001),
+                 generator=torch.Generator().manual_seed(5))
     assert torch.equal(frames[-1].x, ref)
     assert frame_energy_matches(lm, frames[-1])
 
@@ -249,10 +257,10 @@ def test_stream_frames_noise_first_then_every_k(store):
 def test_sweeps_stream_across_sweeps_and_match_the_library_sampler(store):
     lm = store.get("cifar10")
     req = clamp_request(2, 4, 100, 0.001, 1.0, 9, None, 3)
-    assert (req.sweeps, req.total_steps) == (3, 12) and req.settings.augment
+    assert (req.settings.sweeps, req.total_steps) == (3, 12) and req.settings.augment
     frames = list(stream_frames(unconditional_plan(lm, req), req.total_steps, every=4, min_interval=1e9))
     assert [f.step for f in frames] == [0, 4, 8, 12] and len(frames[-1].history) == 13
-    st = ChainSettings(4, 100, 0.001, sweeps=3, augment=True)
+    st = ChainSettings(steps=4, step_size=100, noise=0.001, sweeps=3, augment=True)
     ref = sample(lm.model, 2, settings=st, generator=torch.Generator().manual_seed(9))
     assert torch.equal(frames[-1].x, ref)
     assert not clamp_request(2, 4).settings.augment  # one sweep: the plain chain
@@ -260,7 +268,7 @@ def test_sweeps_stream_across_sweeps_and_match_the_library_sampler(store):
 
 def test_sweeps_are_capped_and_share_the_step_budget():
     req = clamp_request(2, 600, 100, 0.001, 1.0, 0, None, 50)
-    assert req.sweeps == 20 and req.steps == 50 and req.total_steps == 1000
+    assert req.settings.sweeps == 20 and req.settings.steps == 50 and req.total_steps == 1000
     assert any("sweeps 50 is outside [1, 20]" in n for n in req.notes)
     assert any("using 50 steps per sweep" in n for n in req.notes)
     with pytest.raises(DemoError, match="sweeps must be a number"):
@@ -279,7 +287,7 @@ def test_default_frame_rate_gives_enough_frames():
 def test_closing_the_stream_stops_the_chain(store):
     lm = store.get("cifar10")
     req = clamp_request(2, 1000, 100, 0.001, 1.0, 0)
-    gen = stream_frames(unconditional_plan(lm, req), req.steps, every=1)
+    gen = stream_frames(unconditional_plan(lm, req), req.settings.steps, every=1)
     for _ in range(3):
         next(gen)
     assert list(ACTIVE_CHAINS.values()) == [2]
@@ -291,21 +299,22 @@ def test_stop_request_ends_the_chain_with_its_samples_so_far(store):
     lm = store.get("cifar10")
     req = clamp_request(2, 1000, 100, 0.001, 1.0, 3)
     steps_done = []
-    frames = list(stream_frames(unconditional_plan(lm, req), req.steps, every=1, on_step=steps_done.append,
+    frames = list(stream_frames(unconditional_plan(lm, req), req.settings.steps, every=1, on_step=steps_done.append,
                                   should_stop=lambda: len(steps_done) >= 5))
     assert [f.step for f in frames] == [0, 1, 2, 3, 4, 5] and steps_done == [1, 2, 3, 4, 5]
     assert frames[-1].final and frames[-1].stopped and not any(f.stopped for f in frames[:-1])
-    ref = sample(lm.model, 2, settings=ChainSettings(5, 100, 0.001), generator=torch.Generator().manual_seed(3))
+    ref = sample(lm.model, 2, settings=ChainSettings(steps=5, step_size=100, noise=0.001),
+                 generator=torch.Generator().manual_seed(3))
     assert torch.equal(frames[-1].x, ref)  # the samples after 5 steps of the same chain
     assert frame_energy_matches(lm, frames[-1]) and ACTIVE_CHAINS == {}
     # a stop requested before the chain started (while it was queued) gives the starting noise, no steps
-    frames = list(stream_frames(unconditional_plan(lm, req), req.steps, should_stop=lambda: True))
+    frames = list(stream_frames(unconditional_plan(lm, req), req.settings.steps, should_stop=lambda: True))
     assert [(f.step, f.final, f.stopped) for f in frames] == [(0, False, False), (0, True, True)]
     # a chain that finishes its last step is done, not stopped
     req = clamp_request(2, 3, 100, 0.001, 1.0, 3)
-    *_, last = stream_frames(unconditional_plan(lm, req), req.steps, should_stop=lambda: True)
+    *_, last = stream_frames(unconditional_plan(lm, req), req.settings.steps, should_stop=lambda: True)
     assert last.step == 0 and last.stopped  # asked before any step: stopped at 0
-    *_, last = stream_frames(unconditional_plan(lm, req), req.steps, on_step=steps_done.append,
+    *_, last = stream_frames(unconditional_plan(lm, req), req.settings.steps, on_step=steps_done.append,
                                should_stop=lambda: len(steps_done) >= 8)
     assert last.step == 3 and last.final and not last.stopped
 
@@ -314,8 +323,8 @@ def test_interpolation_plan_is_the_library_chain(store, tmp_path):
     lm = store.get("cifar10")
     a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     req = clamp_request(4, 3, 100, 0.001, 2.0, 11)
-    *_, last = stream_frames(interpolation_plan(lm, a, b, req), req.steps)
-    *_, ref = run_chain(lm.model, 4, Condition.interpolate(a, b), guidance=2.0, settings=req.settings,
+    *_, last = stream_frames(interpolation_plan(lm, a, b, req), req.settings.steps)
+    *_, ref = run_chain(lm.model, 4, Condition.interpolate(a, b), settings=req.settings,
                         generator=torch.Generator().manual_seed(11))
     assert torch.equal(last.x, ref.x)
 
@@ -497,11 +506,11 @@ def test_a_failing_chain_raises_after_its_frames(store, monkeypatch):
     req = clamp_request(2, 8, 100, 0.001, 1.0, 0)
     frames = []
     with pytest.raises(InjectedFailure, match=r"injected failure at SGLD step 3"):
-        for f in stream_frames(unconditional_plan(store.get("cifar10"), req), req.steps, every=1):
+        for f in stream_frames(unconditional_plan(store.get("cifar10"), req), req.settings.steps, every=1):
             frames.append(f.step)
     assert frames == [0, 1, 2] and ACTIVE_CHAINS == {}
     monkeypatch.undo()
-    assert list(stream_frames(unconditional_plan(store.get("cifar10"), req), req.steps))[-1].step == 8
+    assert list(stream_frames(unconditional_plan(store.get("cifar10"), req), req.settings.steps))[-1].step == 8
 
 
 def test_scores_csv_rounds_float_noise():

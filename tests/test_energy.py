@@ -1,7 +1,6 @@
 """The energies against hand computation, and the Monte-Carlo argument for the marginal."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

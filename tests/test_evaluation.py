@@ -99,11 +99,12 @@ def test_generate_protocols(tiny):
     ref = GenerateSettings.for_model(tiny, "reference")
     paper = GenerateSettings.for_model(tiny, "paper")
     c = tiny.cfg
-    assert (ref.sweeps, ref.steps, ref.augment, ref.reinit_prob) == (10, c.sgld_steps, True, c.reinit_prob)
-    assert (paper.sweeps, paper.steps, paper.augment) == (1, 10 * c.sgld_steps, False)
+    assert (ref.chain.sweeps, ref.chain.steps, ref.chain.augment, ref.chain.reinit_prob) == (10, c.sgld_steps, True,
+                                                                                             c.reinit_prob)
+    assert (paper.chain.sweeps, paper.chain.steps, paper.chain.augment) == (1, 10 * c.sgld_steps, False)
     # unset CLI options (None) leave each protocol as it is; set ones override it
     assert GenerateSettings.for_model(tiny, "paper", sweeps=None, steps=None) == paper
-    assert GenerateSettings.for_model(tiny, "reference", sweeps=2, batch_size=None).sweeps == 2
+    assert GenerateSettings.for_model(tiny, "reference", sweeps=2, batch_size=None).chain.sweeps == 2
     with pytest.raises(EvaluationError, match="unknown FID protocol"):
         GenerateSettings.for_model(tiny, "fancy")
 

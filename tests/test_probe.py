@@ -33,7 +33,8 @@ class TinyFeatures(nn.Module):
 
 
 def tiny_probe(data, **kw):
-    st = ProbeSettings(fid_samples=12, reference_images=40, judged_samples=10, sweeps=2, batch_size=6, **kw)
+    st = ProbeSettings(fid_samples=12, reference_images=40, judged_samples=10, batch_size=6,
+                       fid_chain={"sweeps": 2}, **kw)
     return Probe(data, settings=st, inception=TinyFeatures(), judge=load_judge(JUDGE_DIR / CIFAR10_JUDGE))
 
 
@@ -71,7 +72,8 @@ def test_celeba_probe_reports_agreement_per_attribute(one_thread):
     names = ["Male", "Smiling", "Young"]
     data = ImageSet(images=torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8, generator=g),
                     attrs=torch.randint(0, 2, (30, 3), generator=g), attr_names=names)
-    st = ProbeSettings(fid_samples=6, reference_images=30, judged_samples=6, sweeps=1, batch_size=6)
+    st = ProbeSettings(fid_samples=6, reference_images=30, judged_samples=6, batch_size=6,
+                       fid_chain={"sweeps": 1})
     probe = Probe(data, settings=st, inception=TinyFeatures(), judge=load_judge(JUDGE_DIR / CELEBA_JUDGE))
     out = probe(CLEL(small_cfg(dataset="celeba", num_classes=0)))
     assert {"judged_agreement", "judged_Young", "judged_Female", "judged_Smiling", "fd_judge", "kid_judge"} <= set(out)
@@ -83,7 +85,7 @@ def test_celeba_probe_reports_agreement_per_attribute(one_thread):
 
     # Without guidance AND and NOT rows draw the same samples (one seed for every row): their agreements are
     # complements, so the NOT rows are judged on absence, not presence.
-    blind = Probe(data, settings=dataclasses.replace(st, guidance=0.0), inception=TinyFeatures(),
+    blind = Probe(data, settings=dataclasses.replace(st, judged_chain={"guidance": 0.0}), inception=TinyFeatures(),
                   judge=load_judge(JUDGE_DIR / CELEBA_JUDGE))(CLEL(small_cfg(dataset="celeba", num_classes=0)))
     for a in ("Young", "Female", "Smiling"):
         assert blind[f"judged_{a}"] + blind[f"judged_not_{a}"] == pytest.approx(1.0)

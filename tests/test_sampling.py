@@ -420,14 +420,17 @@ def test_sample_cli_reference_sweeps(exports, tmp_path):
 
 
 def test_sample_cli_guidance_ramp_and_bound_default_to_clel_sampling_and_can_be_set(exports, tmp_path):
-    from clel.sampling import DEFAULTS
+    from clel.sampling import SAMPLING
 
+    measured = SAMPLING["measured"]
     base = ["--weights", exports / "cifar10", "class", "cat", "--n", "2", "--steps", "2"]
     assert _sample([*base[:2], "--out", tmp_path / "d", *base[2:]]) == 0
     chain = json.loads((tmp_path / "d" / "class.json").read_text())["chain"]
-    assert (chain["guidance_ramp"], chain["guidance_bound"]) == (DEFAULTS.ramp, DEFAULTS.bound("plain"))
+    assert (chain["guidance_ramp"], chain["guidance_bound"]) == (measured["ramp"], measured["bound"]["plain"])
     assert _sample([*base[:2], "--out", tmp_path / "r", *base[2:], "--sweeps", "2"]) == 0
-    assert json.loads((tmp_path / "r" / "class.json").read_text())["chain"]["guidance_bound"] == DEFAULTS.bound()
+    chain = json.loads((tmp_path / "r" / "class.json").read_text())["chain"]
+    assert chain["guidance_bound"] == measured["bound"]["reference"]
+    assert chain["guidance"] == measured["guidance"]["reference"]["class"]
     assert _sample([*base[:2], "--out", tmp_path / "s", *base[2:], "--guidance-ramp", "0.25",
                     "--guidance-bound", "7"]) == 0
     chain = json.loads((tmp_path / "s" / "class.json").read_text())["chain"]
@@ -524,43 +527,33 @@ def test_trained_not_moves_the_attribute_judge_the_other_way_from_and(attr):
     assert probs[1.0] > probs[0.0] > probs[-1.0], (attr, probs)
 
 
-def test_demo_sample_and_evaluate_take_their_defaults_from_clel_sampling(monkeypatch):
-    import importlib.util
-
-    import clel_app.limits as D
-    from clel.sampling import DEFAULTS, SAMPLING
-
-    def script(name):
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" /
-                                                      f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-
-    ev_args = script("evaluate").build_parser().parse_args(["--weights", "w"])
-    assert ev_args.sampling == "measured" and ev_args.guidance is None and ev_args.direction is None
-    sm = script("sample").build_parser().parse_args(["--weights", "w", "--out", "o", "class", "cat"])
-    assert sm.sampling == "measured" and sm.guidance is None and sm.direction is None
-    assert SAMPLING["measured"] is DEFAULTS and D.ChainRequest().guidance == DEFAULTS.guidance("class")
-    assert D.clamp_request(1, 1).guidance == DEFAULTS.guidance("class")
-    st = D.ChainRequest().settings  # the demo's chain carries the same guidance ramp and bound
-    assert (st.guidance_ramp, st.guidance_bound) == (DEFAULTS.ramp, DEFAULTS.bound("plain"))
-    st = D.ChainRequest(sweeps=5).settings
-    assert st.guidance_bound == DEFAULTS.bound("reference") == 10.0
-    ev = script("evaluate")
-    ev_chain = ev.Evaluation.chain_for(type("E", (), {"args": ev_args, "defaults": DEFAULTS})(), CLEL(get_preset("tiny")))
-    assert (ev_chain.guidance_ramp, ev_chain.guidance_bound) == (DEFAULTS.ramp, DEFAULTS.bound("plain"))
-    assert SAMPLING["paper"].guidance("class", "plain") == 0.01 and SAMPLING["paper"].direction("class") == "mean"
-    with pytest.raises(ValueError, match="unknown sampling mode"):
-        DEFAULTS.guidance("dream")
-
-
 def test_default_direction_falls_back_to_the_mean_for_exports_without_contrasts():
-    from clel.sampling import default_direction
-    from clel.sampling import SAMPLING
+    from clel.sampling import SAMPLING, default_direction
 
     z = torch.zeros(2, 4)
     assert default_direction({"class_prototypes": z, "class_contrasts": z}, "class") == \
-        SAMPLING["measured"].direction("class")
+        SAMPLING["measured"]["direction"]["class"] == "contrast"
     assert default_direction({"class_prototypes": z}, "class") == "mean"
-    assert default_direction({"class_contrasts": z}, "class", SAMPLING["paper"]) == "mean"
+    assert default_direction({"class_contrasts": z}, "class", "paper") == "mean"
+    with_contrasts = {"class_prototypes": z, "class_contrasts": z}
+    assert ChainSettings.measured(None, "class", extras=with_contrasts).direction == "contrast"
+    assert ChainSettings.measured(None, "class", extras={"class_prototypes": z}).direction == "mean"
+    assert ChainSettings.measured(None, "class", extras={"class_prototypes": z}, direction="contrast").direction == \
+        "contrast"  # asked for: the sampler then says these weights store none
+
+
+def test_measured_chains_are_the_reference_sampler_with_sweeps_else_the_papers_plain_chain(tiny):
+    t = __import__("clel.sampling", fromlist=["SAMPLING"]).SAMPLING["measured"]
+    plain, swept = ChainSettings.measured(tiny, "class"), ChainSettings.measured(tiny, "class", 5)
+    assert plain == dataclasses.replace(ChainSettings.paper(tiny), guidance=t["guidance"]["plain"]["class"],
+                                        guidance_ramp=t["ramp"], guidance_bound=t["bound"]["plain"],
+                                        direction=t["direction"]["class"])
+    assert plain.total_steps == 10 * tiny.cfg.sgld_steps and plain.plain
+    assert swept == dataclasses.replace(ChainSettings.reference(tiny, 5), guidance=t["guidance"]["reference"]["class"],
+                                        guidance_ramp=t["ramp"], guidance_bound=t["bound"]["reference"],
+                                        direction=t["direction"]["class"])
+    assert ChainSettings.measured(tiny, "unconditional").guidance == 0.0
+    assert ChainSettings.measured(tiny, "class", 5, guidance_bound=0).guidance_bound is None  # 0: no bound
+    assert ChainSettings.measured(tiny, "class", table="paper").guidance == 0.01 == tiny.cfg.beta
+    with pytest.raises(SamplingError, match="unknown sampling mode"):
+        ChainSettings.measured(tiny, "dream")

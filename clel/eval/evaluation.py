@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,17 +19,22 @@ import torch
 from ..data import DataError
 from ..images import save_grid
 from ..runtime import option, pick_device
-from ..sampling import SAMPLING, SamplingError, class_latents, default_direction
+from ..sampling import SAMPLING, ChainSettings, SamplingError, class_latents
 from ..weights import BUNDLED_WEIGHTS, REPO_ROOT, WeightsError, load_pretrained, write_json_atomic
 from . import EvaluationError, default_data_root
 from .fid import GenerateSettings, fid_report, generate, judge_report, load_samples, sample_features, train_images, \
     train_reference, wait_for_samples
-from .judged import class_conditional_eval, compositional_eval, default_compositions, encoder_eval, judged_chain
+from .judged import class_conditional_eval, compositional_eval, default_compositions, encoder_eval
 from .judges import CIFAR10_JUDGE, CIFAR10_ROBUST_JUDGE, JUDGE_DIR, JudgeError, celeba_judge_path, load_judge
 from .report import confusion_png, markdown_report, ood_figures, plotly_confusion_html
 
 GENERAL, FID, OOD = "general", "FID / KID", "OOD"
 JUDGED, KNN = "judged conditional and compositional quality", "encoder kNN"
+# the chain settings the command line may set, field -> option: the FID protocol's and the judged chains'
+FID_CHAIN = {"sweeps": "--fid-sweeps", "steps": "--fid-steps"}
+JUDGED_CHAIN = {"guidance": "--guidance", "direction": "--direction", "guidance_ramp": "--guidance-ramp",
+                "guidance_bound": "--guidance-bound", "steps": "--cond-steps", "step_size": "--cond-step-size",
+                "noise": "--cond-noise"}
 
 
 def ref_samples(v: str) -> str:
@@ -63,8 +68,6 @@ class EvalOptions:
     fid_protocol: str = option("reference", "reference (default): 10 sweeps of the training chain from uniform "
                                "noise, strong augmentation and 0.1%% reset before each sweep; paper: 10 x the "
                                "training steps in one chain", choices=("reference", "paper"), group=FID)
-    fid_sweeps: int | None = option(None, "override the number of sweeps", group=FID)
-    fid_steps: int | None = option(None, "override the SGLD steps per sweep (default: the model's, 60)", group=FID)
     fid_batch: int = option(250, "samples per batch and per shard file (default 250); changing it changes the "
                             "samples", group=FID)
     fid_ref_samples: str = option("auto", "CIFAR-10 train images for the reference statistics: all, a number "
@@ -91,26 +94,18 @@ class EvalOptions:
                                  "(default weights/celeba64)", group=JUDGED)
     cond_per_class: int = option(100, "class-conditional samples per class (default 100)", group=JUDGED)
     comp_samples: int = option(100, "samples per attribute composition (default 100)", group=JUDGED)
-    sampling: str = option("measured", "defaults of --guidance and --direction: measured (clel.sampling.DEFAULTS, "
+    sampling: str = option("measured", "defaults of --guidance and --direction: measured (clel.sampling.SAMPLING, "
                            "chosen by measure/sweep_sampling.py) or paper (default measured)",
                            choices=sorted(SAMPLING), group=JUDGED)
-    guidance: float | None = option(None, "sampling-time β of the latent term (default: --sampling's for classes "
-                                    "/ attributes)", group=JUDGED)
-    direction: str | None = option(None, "concept latents: the paper's mean direction or the contrast with the "
-                                   "rest (default: --sampling's)", choices=("mean", "contrast"), group=JUDGED)
-    guidance_ramp: float | None = option(None, "judged chains: guidance ramped up from 0 over this fraction "
-                                         "(default: --sampling's)", group=JUDGED)
-    guidance_bound: float | None = option(None, "judged chains: latent pull capped at this many times the "
-                                          "marginal's (0: none; default none)", group=JUDGED)
-    cond_steps: int | None = option(None, "SGLD steps of conditional chains from uniform noise (default: 10 x the "
-                                    "model's, 600)", group=JUDGED)
-    cond_step_size: float | None = option(None, "SGLD step size (default: the model's, 100)", group=JUDGED)
-    cond_noise: float | None = option(None, "SGLD noise (default: the model's, 0.001)", group=JUDGED)
     cond_batch: int = option(250, "chains run together (default 250)", group=JUDGED)
 
     knn_k: int = option(200, "neighbours (default 200)", group=KNN)
     knn_train_limit: int | None = option(None, "seeded subset of the 50,000 training images", group=KNN)
     knn_test_limit: int | None = option(None, "seeded subset of the 10,000 test images", group=KNN)
+
+    # chain settings (clel.sampling.ChainSettings) given on the command line (FID_CHAIN, JUDGED_CHAIN), by field
+    fid_chain: dict = field(default_factory=dict, metadata={"flags": FID_CHAIN, "group": FID})
+    judged_chain: dict = field(default_factory=dict, metadata={"flags": JUDGED_CHAIN, "group": JUDGED})
 
 
 def shown_path(path: str | None) -> str | None:
@@ -157,10 +152,9 @@ class Evaluation:
         self.out = Path(args.out) if args.out else REPO_ROOT / "eval" / Path(str(args.weights)).name
         self.out.mkdir(parents=True, exist_ok=True)
         self.data = Path(args.data)
-        self.gen = GenerateSettings.for_model(self.model, args.fid_protocol, sweeps=args.fid_sweeps,
-                                              steps=args.fid_steps, seed=args.seed, batch_size=args.fid_batch)
+        self.gen = GenerateSettings.for_model(self.model, args.fid_protocol, args.seed, args.fid_batch,
+                                              **args.fid_chain)
         self.gen_info: dict = {}
-        self.defaults = SAMPLING[args.sampling]
         self.report: dict = {
             "weights": {"path": str(self.extras.get("path", args.weights)), "source": self.extras.get("source"),
                         "dataset": self.cfg.dataset, "arch": self.cfg.arch, "iteration": self.extras.get("iteration"),
@@ -169,7 +163,7 @@ class Evaluation:
 
     def generate(self) -> None:
         """Every rank draws its share of the FID samples (rank 0 then computes the metrics)."""
-        say(f"generating {self.args.fid_samples} samples ({self.gen.sweeps} x {self.gen.steps} steps) on "
+        say(f"generating {self.args.fid_samples} samples ({self.gen.chain.sweeps} x {self.gen.chain.steps} steps) on "
             f"{self.device}, rank {self.rank}/{self.world}")
         self.gen_info = generate(self.model, self.args.fid_samples, self.out, self.gen, resume=self.args.resume,
                                  feature_batch=self.args.inception_batch, log=say)
@@ -247,14 +241,9 @@ class Evaluation:
             f"{v['auroc_energy']:.4f}" for k, v in res["sets"].items() if v.get("status") == "ok"))
         return res
 
-    def guidance(self, mode: str) -> float:
-        # the judged sections run one plain chain from noise (chain_for)
-        return self.args.guidance if self.args.guidance is not None else self.defaults.guidance(mode, "plain")
-
-    def chain_for(self, m):
-        a = self.args
-        return judged_chain(m, steps=a.cond_steps, step_size=a.cond_step_size, noise=a.cond_noise,
-                            **self.defaults.controls("plain", a.guidance_ramp, a.guidance_bound))
+    def chain_for(self, model, mode: str, extras) -> ChainSettings:
+        """The judged chain of ``mode``: the measured (or --sampling's) plain chain, with what was given."""
+        return ChainSettings.measured(model, mode, table=self.args.sampling, extras=extras, **self.args.judged_chain)
 
     def conditional(self) -> dict:
         args, extras, figs = self.args, self.extras, self.out / "figures"
@@ -262,11 +251,11 @@ class Evaluation:
             raise EvaluationError(f"{args.weights} carries no class prototypes")
         judge = load_judge(Path(args.judges) / args.cifar10_judge, self.device)
         classes = list(extras.get("classes") or judge.labels)
-        direction = args.direction or default_direction(extras, "class", self.defaults)
-        res, samples = class_conditional_eval(self.model, class_latents(extras, classes, direction), classes, judge,
-                                              args.cond_per_class, self.guidance("class"), self.chain_for(self.model),
-                                              args.seed, args.cond_batch, log=say)
-        res["direction"] = direction
+        st = self.chain_for(self.model, "class", extras)
+        res, samples = class_conditional_eval(self.model, class_latents(extras, classes, st.direction), classes,
+                                              judge, args.cond_per_class, st.guidance, st, args.seed,
+                                              args.cond_batch, log=say)
+        res["direction"] = st.direction
         grid = torch.cat([samples[c][:10] for c in classes])
         save_grid(grid, figs / "class_conditional.png", nrow=min(10, args.cond_per_class))
         confusion_png(res["confusion"], classes, figs / "confusion.png",
@@ -285,10 +274,10 @@ class Evaluation:
         cmodel, ccfg, cextras = load_pretrained(args.celeba_weights, device=self.device)
         judge = load_judge(celeba_judge_path(args.judges, ccfg.image_size), self.device)  # of the model's face size
         cmodel.requires_grad_(False)
-        direction = args.direction or default_direction(cextras, "attributes", self.defaults)
+        st = self.chain_for(cmodel, "attributes", cextras)
         res, samples = compositional_eval(cmodel, cextras, judge, default_compositions(), args.comp_samples,
-                                          self.guidance("attributes"), self.chain_for(cmodel), args.seed,
-                                          args.cond_batch, log=say, direction=direction)
+                                          st.guidance, st, args.seed, args.cond_batch, log=say,
+                                          direction=st.direction)
         grid = torch.cat([v[:8] for v in samples.values()])
         save_grid(grid, self.out / "figures" / "compositional.png", nrow=min(8, args.comp_samples))
         uncond = samples["unconditional"]

@@ -2,62 +2,59 @@
 same distances in a judge's features (``fd_judge`` / ``kid_judge``), which no CLEL model is trained with."""
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-import hashlib
 
-from ..config import CLELConfig
 from ..data import to_uint8
 from ..distributed import dist_info
 from ..fast import FastPath, prepare
 from ..sampling import ChainSettings, sample
 from ..weights import model_fingerprint
-from . import EvaluationError
 from ..runtime import model_device
+from . import EvaluationError
 
 
 @dataclass
-class GenerateSettings(ChainSettings):
-    """How FID samples are drawn (recorded with the shards; a resume with other settings is refused).
+class GenerateSettings:
+    """How FID samples are drawn (recorded with the shards; a resume with other settings is refused): the chain,
+    the seed and the batch size (seeds are per batch).
 
-    ``reference`` protocol (the default; the reference implementation): ``sweeps`` sweeps of ``steps`` SGLD
-    steps over a fresh uniform batch, each sweep preceded by the strong augmentation and the 0.1% reset, as
-    in training (``ChainSettings.reference``). ``paper`` protocol: ``sweeps * steps`` plain steps from uniform
-    noise (600 for Base).
+    ``reference`` protocol (the default; the reference implementation): ``sweeps`` sweeps (10) of the training
+    chain over a fresh uniform batch, each sweep preceded by the strong augmentation and the 0.1% reset, as in
+    training (``ChainSettings.reference``). ``paper`` protocol: one plain chain of 10x the training steps from
+    uniform noise (600 for Base; ``ChainSettings.paper``).
     """
 
-    sweeps: int = 10
-    augment: bool = True
-    reinit_prob: float = CLELConfig.reinit_prob
+    chain: ChainSettings = field(default_factory=lambda: ChainSettings.reference(None))
     seed: int = 0
     batch_size: int = 250
 
     @classmethod
-    def for_model(cls, model, protocol: str = "reference", **overrides: Any) -> "GenerateSettings":
-        given = {k: v for k, v in overrides.items() if v is not None}
-        if protocol == "reference":
-            base = cls.reference(model, **given)
-        elif protocol == "paper":
-            base = cls.paper(model, **given)
-        else:
+    def for_model(cls, model, protocol: str = "reference", seed: int | None = None, batch_size: int | None = None,
+                  **chain: Any) -> "GenerateSettings":
+        """``protocol``'s chain for ``model``; ``chain`` overrides that are not None replace its fields."""
+        if protocol not in ("reference", "paper"):
             raise EvaluationError(f"unknown FID protocol {protocol!r}; use reference or paper")
-        if base.sweeps < 1 or base.steps < 1 or base.batch_size < 1:
+        made = getattr(ChainSettings, protocol)(model, **{k: v for k, v in chain.items() if v is not None})
+        st = cls(made, 0 if seed is None else seed, 250 if batch_size is None else batch_size)
+        if made.sweeps < 1 or made.steps < 1 or st.batch_size < 1:
             raise EvaluationError("sweeps, steps and batch size must be at least 1")
-        return base
+        return st
 
     def key(self) -> dict[str, Any]:
-        """What determines the samples (the batch size does too: seeds are per batch)."""
-        return asdict(self)
+        """What determines the samples (the batch size does too: seeds are per batch). Unconditional chains: the
+        guidance and the concept direction do not touch them (and records from before they were settings)."""
+        chain = {k: v for k, v in asdict(self.chain).items() if k not in ("guidance", "direction")}
+        return {**chain, "seed": self.seed, "batch_size": self.batch_size}
 
 
 def _shard_name(start: int, end: int) -> str:
@@ -87,6 +84,39 @@ def _write_tensor(path: Path, key: str, t: Tensor, meta: dict[str, str] | None =
     write_safetensors_atomic({key: t}, path, metadata=meta)
 
 
+def _claim(out: Path, model, st: GenerateSettings, rank: int, resume: bool) -> None:
+    """Record what the samples in ``out`` come from; refuse other settings or weights unless not resuming."""
+    ident = {"settings": st.key(), "weights": model_fingerprint(model), "image_size": model.cfg.image_size}
+    path = out / "generate.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != ident and resume:
+            raise EvaluationError(f"{out} holds samples from other settings or weights ({old}); pass "
+                                  f"--no-resume to replace them, or another --out")
+        # with resume=False every batch is redrawn and its shard (and features) overwritten
+    if rank == 0 or not path.is_file():
+        from ..weights import write_json_atomic
+
+        write_json_atomic(ident, path)
+
+
+def _batch(model, st: GenerateSettings, sdir: Path, start: int, end: int, fast: FastPath, resume: bool,
+           features_of: Callable[[Tensor], Tensor] | None) -> bool:
+    """Samples [start, end) into their shard (and their features beside it); False when the shard was there."""
+    name = _shard_name(start, end)
+    img_path, feat_path = sdir / f"{name}.safetensors", sdir / f"{name}.features.safetensors"
+    x8 = _read_tensor(img_path, "images") if resume and img_path.is_file() else None
+    fresh = x8 is None or x8.shape[0] != end - start
+    if fresh:
+        gen = torch.Generator(device=model_device(model)).manual_seed(_batch_seed(st.seed, start))
+        x8 = to_uint8(sample(model, end - start, settings=st.chain, generator=gen, fast=fast)).cpu()
+        _write_tensor(img_path, "images", x8, {"format": "clel-samples", "start": str(start), "end": str(end)})
+        feat_path.unlink(missing_ok=True)
+    if features_of is not None and (not feat_path.is_file() or _read_tensor(feat_path, "features") is None):
+        _write_tensor(feat_path, "features", features_of(x8))
+    return fresh
+
+
 def generate(model, n: int, out_dir: str | os.PathLike, settings: GenerateSettings | None = None,
              fast: FastPath | None = None, rank: int | None = None, world: int | None = None,
              resume: bool = True, with_features: bool = True, feature_batch: int = 100,
@@ -102,8 +132,7 @@ def generate(model, n: int, out_dir: str | os.PathLike, settings: GenerateSettin
 
     Returns a summary (batches done / skipped, seconds, images per second) for this rank.
     """
-    out = Path(out_dir)
-    sdir = out / "samples"
+    sdir = Path(out_dir) / "samples"
     sdir.mkdir(parents=True, exist_ok=True)
     st = settings or GenerateSettings.for_model(model)
     r0, w0, _ = dist_info()
@@ -111,48 +140,26 @@ def generate(model, n: int, out_dir: str | os.PathLike, settings: GenerateSettin
     world = w0 if world is None else world
     dev = model_device(model)
     fast = fast or FastPath.best(dev)
-    ident = {"settings": st.key(), "weights": model_fingerprint(model), "image_size": model.cfg.image_size}
-    ident_path = sdir / "generate.json"
-    if ident_path.is_file():
-        old = json.loads(ident_path.read_text())
-        if old != ident and resume:
-            raise EvaluationError(f"{sdir} holds samples from other settings or weights ({old}); pass "
-                                  f"--no-resume to replace them, or another --out")
-        # with resume=False every batch is redrawn and its shard (and features) overwritten
-    if rank == 0 or not ident_path.is_file():
-        from ..weights import write_json_atomic
-
-        write_json_atomic(ident, ident_path)
+    _claim(sdir, model, st, rank, resume)
     model.eval()
     prepare(model.f, fast)
-    inception = None
+    inception = []  # loaded at the first shard that needs features
+
+    def features_of(x8: Tensor) -> Tensor:
+        from .metrics import features, get_inception
+
+        inception[:] = inception or [get_inception(str(dev))]
+        return torch.from_numpy(features(x8, batch_size=feature_batch, model=inception[0]))
+
     done = skipped = 0
     t0 = time.perf_counter()
-    ranges = _batch_ranges(n, st.batch_size)
-    mine = [r for i, r in enumerate(ranges) if i % world == rank]
+    mine = [r for i, r in enumerate(_batch_ranges(n, st.batch_size)) if i % world == rank]
     for start, end in mine:
-        name = _shard_name(start, end)
-        img_path, feat_path = sdir / f"{name}.safetensors", sdir / f"{name}.features.safetensors"
-        x8 = _read_tensor(img_path, "images") if resume and img_path.is_file() else None
-        fresh = x8 is None or x8.shape[0] != end - start
-        if fresh:
-            gen = torch.Generator(device=dev).manual_seed(_batch_seed(st.seed, start))
-            x8 = to_uint8(sample(model, end - start, settings=st, generator=gen, fast=fast)).cpu()
-            _write_tensor(img_path, "images", x8, {"format": "clel-samples", "start": str(start), "end": str(end)})
-            feat_path.unlink(missing_ok=True)
-            done += 1
-        else:
-            skipped += 1
-        if with_features and (not feat_path.is_file() or _read_tensor(feat_path, "features") is None):
-            from .metrics import features, get_inception
-
-            inception = inception or get_inception(str(dev))
-            feats = torch.from_numpy(features(x8, batch_size=feature_batch, model=inception))
-            _write_tensor(feat_path, "features", feats)
+        fresh = _batch(model, st, sdir, start, end, fast, resume, features_of if with_features else None)
+        done, skipped = done + fresh, skipped + (not fresh)
         if log:
-            el = time.perf_counter() - t0
             log(f"[rank {rank}] samples {start}-{end}: {'generated' if fresh else 'cached'} "
-                f"({done} new, {skipped} cached of {len(mine)} batches, {el / 60:.1f} min)")
+                f"({done} new, {skipped} cached of {len(mine)} batches, {(time.perf_counter() - t0) / 60:.1f} min)")
     secs = time.perf_counter() - t0
     return {"rank": rank, "world": world, "batches": len(mine), "generated": done, "cached": skipped,
             "seconds": secs, "images_per_s": (done * st.batch_size) / secs if done and secs > 0 else None,

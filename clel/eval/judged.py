@@ -20,15 +20,6 @@ from ..runtime import model_device
 from .ood import has_encoder
 from .fid import _batch_seed
 
-JUDGED_STEPS = 10  # the judged chain runs 10 x the training chain's SGLD steps (600 for Base), as the paper's
-
-
-def judged_chain(model, steps: int | None = None, **overrides: Any) -> ChainSettings:
-    """The chain of every judged evaluation (``scripts/evaluate.py``, the training probe): one plain chain from
-    uniform noise of ``JUDGED_STEPS`` x the model's training steps; ``overrides`` as ``ChainSettings.from_model``."""
-    return ChainSettings.from_model(model, steps=steps or JUDGED_STEPS * model.cfg.sgld_steps, **overrides)
-
-
 def class_conditional_eval(model, prototypes: Tensor, classes: Sequence[str], judge, n_per_class: int,
                            guidance: float, settings: ChainSettings, seed: int = 0, batch_size: int = 250,
                            fast: FastPath | None = None, log: Callable[[str], None] | None = None,
