@@ -245,8 +245,9 @@ def write_ema(tensors: dict[str, Tensor], path: str | os.PathLike, iteration: An
     """Write the EMA of f and g as the ``EMA_NAME`` file beside an export (floats cast to ``dtype`` if given)."""
     from .weights import write_safetensors_atomic
 
-    if dtype is not None:
-        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    # contiguous: the trainer's networks are channels_last, files are NCHW
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+               for k, v in tensors.items()}
     write_safetensors_atomic(tensors, path, metadata={"format": EMA_FORMAT, "iteration": str(iteration)})
     return Path(path)
 

@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .augment import StrongAugment
-from .checkpoints import (EMA_FORMAT, EMA_NAME, ENCODER_FIELDS, DivergenceError, TrainError, TrainerState, find_checkpoints,
+from .checkpoints import (EMA_NAME, ENCODER_FIELDS, DivergenceError, TrainError, TrainerState, find_checkpoints,
                           load_checkpoint, model_mismatch, read_checkpoint_meta, resolve_auto, resolve_resume,
-                          tidy_checkpoint_dir)
+                          tidy_checkpoint_dir, write_ema)
 from .concepts import concept_latents, encode_images
 from .config import CLELConfig
 from .data import DataError, ImageSet, RandomBatches, load_dataset
@@ -607,14 +607,10 @@ class Trainer(TrainerState, RunLog):
 
     def _write_ema(self, file: Path, dtype: torch.dtype, exported: str) -> None:
         """Beside an export of the live weights, the EMA of f and g (a few MB), which a continued run resumes."""
-        from .weights import write_safetensors_atomic
-
         if exported == "ema":  # the export is the EMA itself
             file.unlink(missing_ok=True)
             return
-        ema = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
-               for k, v in self.ema.state_dict().items() if not k.startswith("h.")}
-        write_safetensors_atomic(ema, file, metadata={"format": EMA_FORMAT, "iteration": str(self.it)})
+        write_ema({k: v for k, v in self.ema.state_dict().items() if not k.startswith("h.")}, file, self.it, dtype)
 
     def save_samples(self) -> Path | None:
         """PNG grid of the latest SGLD samples (rank 0's) in ``out/samples/iter-N.png``."""
