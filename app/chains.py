@@ -42,8 +42,10 @@ class ChainPlan:
 
 def plan_chain(lm: LoadedModel, condition: Condition, req: ChainRequest, nrow: int | None = None,
                notes: list[str] | None = None) -> ChainPlan:
-    """The live chain of ``condition`` (clel.sampling's): its starting noise, for the first frame, its steps, and
-    the energy they descend (built once, for the chain and the curve)."""
+    """The live chain of ``condition`` (clel.sampling's): its start (noise or the model's replay buffer), for the
+    first frame, its steps, and the energy they descend (built once, for the chain and the curve)."""
+    if req.settings.start == "buffer":
+        lm.buffer_or_error()
     chain = start_chain(lm.model, req.n, condition, req.settings, generator=req.generator())
     return ChainPlan(chain.x0, chain.sgld, chain.energy, nrow, condition.label, list(notes or []))
 

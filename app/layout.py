@@ -32,8 +32,10 @@ space lets the energy be guided toward a photo, a class or attributes
 ([Lee et al., ICLR 2023](https://openreview.net/forum?id=AHpmOPqzYt)). Press **Sample** and watch the chain;
 **Stop** ends it after the current step. With **Sweeps** above 1 the chain restarts from its own images after a
 random crop, flip and colour jitter, as training does with its replay buffer: the sampler the FID is measured with,
-which clears the pixel noise a single chain keeps. Pixels are upscaled for display; the full-resolution grid is
-downloadable at the end.
+which clears the pixel noise a single chain keeps. **Start from** the model's own long-run chains (the replay
+buffer shipped with its weights, continued by training for thousands of steps) to see what the model has learned
+beyond what one chain from noise shows. Pixels are upscaled for display; the full-resolution grid is downloadable at
+the end.
 """
 
 
@@ -85,6 +87,8 @@ class Layout:
                 parts.append(f"{lm.iteration:,} training iterations")
             if not lm.has_encoder:
                 parts.append("no encoder h, so no look-alikes or interpolation")
+            if lm.buffer_images:
+                parts.append(f"replay buffer of {lm.buffer_images:,} long-run chains")
             parts.append(lm.where())
             if lm.hub_url:
                 parts.append(f"[model card]({lm.hub_url})")
@@ -233,10 +237,11 @@ class Layout:
                 c_size, c_noise = (self._setting(prefix, name, defaults) for name in ("step_size", "noise"))
             # no guidance without a condition
             c_guid = self._setting(prefix, "guidance", defaults, visible=mode != "unconditional")
+            c_start = self._choice(prefix, "start", defaults)
             with gr.Row():
                 c_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
                 c_rand = gr.Checkbox(value=True, label="Randomize seed")
-        return [c_n, c_steps, c_size, c_noise, c_guid, c_seed, c_rand, c_sweeps]
+        return [c_n, c_steps, c_size, c_noise, c_guid, c_seed, c_rand, c_sweeps, c_start]
 
     def _setting(self, prefix: str, name: str, defaults: ChainSettings, **kw) -> gr.Slider:
         """The slider of a chain setting, made from its field: label, range, help and the demo's default."""
@@ -248,6 +253,13 @@ class Layout:
             info += meta["bounded"].format(**vars(defaults))
         return gr.Slider(low, high, value=min(getattr(defaults, name), high), step=step, label=meta["label"],
                          elem_id=f"{prefix}-{name}" if meta.get("elem_id") else None, info=info or None, **kw)
+
+    @staticmethod
+    def _choice(prefix: str, name: str, defaults: ChainSettings) -> gr.Radio:
+        """The radio of a chain setting with choices, made from its field: label, the choices' labels, help."""
+        meta = chain_fields()[name].metadata
+        return gr.Radio([(meta["labels"][c], c) for c in meta["choices"]], value=getattr(defaults, name),
+                        label=meta["label"], elem_id=f"{prefix}-{name}" if meta.get("elem_id") else None)
 
     def _outputs(self, prefix: str) -> list[gr.components.Component]:
         """The live view: the sample grid beside the energy curve, the status line and the download below it."""

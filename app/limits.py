@@ -75,8 +75,8 @@ def _number(value: Any, name: str, kind: type = float) -> float:
 
 def clamp_request(controls: Mapping[str, Any], limits: Limits | None = None,
                   mode: str = "unconditional") -> ChainRequest:
-    """Validate and bound a request: ``n``, ``seed`` and any chain settings with limits (by field name); out-of-range
-    values are clamped and the clamping is noted. Settings not given keep ``mode``'s measured defaults.
+    """Validate and bound a request: ``n``, ``seed`` and any chain settings with limits or choices (by field name);
+    out-of-range values are clamped and the clamping is noted, an unknown choice is refused. Settings not given keep ``mode``'s measured defaults.
 
     Steps are per sweep; sweeps × steps may not exceed ``limits.max_steps`` (the steps per sweep give way). A
     request of more than one sweep runs the augmented sweeps without the reset (a fresh-noise tile would puzzle).
@@ -95,6 +95,11 @@ def clamp_request(controls: Mapping[str, Any], limits: Limits | None = None,
                   "number of samples"))
     chain: dict[str, Any] = {}
     for name, f in chain_fields().items():
+        if name in controls and "choices" in f.metadata:  # a choice is taken as it is, or refused
+            if controls[name] not in f.metadata["choices"]:
+                raise DemoError(f"{name.replace('_', ' ')} must be one of {', '.join(f.metadata['choices'])}, got "
+                                f"{controls[name]!r}")
+            chain[name] = controls[name]
         if name not in controls or "min" not in f.metadata:
             continue
         label = name.replace("_", " ")

@@ -78,7 +78,8 @@ def _status(frame: Frame, req: ChainRequest, lm: LoadedModel, notes: list[str], 
     st = req.settings
     if st.sweeps > 1:
         head += f" · sweep {min(st.sweeps, max(1, -(-frame.step // st.steps)))}/{st.sweeps}"
-    return (f"{head}{e} · {frame.elapsed:.1f} s · seed {req.seed} · {req.n} samples "
+    start = " from the model's replay buffer" if st.start == "buffer" else ""
+    return (f"{head}{e} · {frame.elapsed:.1f} s · seed {req.seed} · {req.n} samples{start} "
             f"({lm.cfg.image_size}px, shown x{zoom})  \n"
             f"Weights: {lm.describe()}" + "".join(f"  \n⚠ {m}" for m in notes))
 
@@ -104,34 +105,34 @@ class LiveChains:
         self._stop_requests: set[str] = set()  # browser sessions whose chain should end at the next step
 
     # -- tab handlers (also the API endpoints; their parameters are the API's, named as the chain settings) ------
-    def unconditional(self, weights, n, steps, step_size, noise, seed, randomize, sweeps=1,
+    def unconditional(self, weights, n, steps, step_size, noise, seed, randomize, sweeps=1, start="noise",
                       request: gr.Request = None):
         controls = _controls(locals())
         kind = MODEL_CHOICES.get(weights, "cifar10")
         yield from self._live(kind, controls, chains.unconditional_plan, request=request)
 
     def lookalikes(self, files, weights, n, steps, step_size, noise, guidance, seed, randomize, sweeps=1,
-                   request: gr.Request = None):
+                   start="noise", request: gr.Request = None):
         controls = _controls(locals())
         kind, (x,), preview = self._uploads(weights, "Look-alikes", (files, "one or more images"))
         yield from self._live(kind, controls, lambda lm, req: chains.lookalike_plan(lm, x, req), "instance",
                               extra=(preview,), request=request)
 
-    def classes(self, class_name, n, steps, step_size, noise, guidance, seed, randomize, sweeps=1,
+    def classes(self, class_name, n, steps, step_size, noise, guidance, seed, randomize, sweeps=1, start="noise",
                 request: gr.Request = None):
         controls = _controls(locals())
         yield from self._live("cifar10", controls, lambda lm, req: chains.class_plan(lm, class_name, req), "class",
                               request=request)
 
     def faces(self, young, female, smiling, n, steps, step_size, noise, guidance, seed, randomize, sweeps=1,
-              request: gr.Request = None):
+              start="noise", request: gr.Request = None):
         controls = _controls(locals())
         choices = {"Young": young, "Female": female, "Smiling": smiling}
         yield from self._live("celeba", controls, lambda lm, req: chains.attribute_plan(lm, choices, req),
                               "attributes", request=request)
 
     def interpolate(self, file_a, file_b, weights, n, steps, step_size, noise, guidance, seed, randomize, sweeps=1,
-                    request: gr.Request = None):
+                    start="noise", request: gr.Request = None):
         controls = _controls(locals())
         kind, (xa, xb), preview = self._uploads(weights, "Interpolation", (file_a, "image A"), (file_b, "image B"))
         yield from self._live(kind, controls, lambda lm, req: chains.interpolation_plan(lm, xa, xb, req),

@@ -121,6 +121,18 @@ class LoadedModel:
                             f"exported without it (their config.json lists only the networks "
                             f"{', '.join(self.extras.get('parts', ['f', 'g']))}). Choose weights that include h.")
 
+    @property
+    def buffer_images(self) -> int:
+        """Images of the replay buffer shipped with the weights (the model's own long-run chains; 0: none)."""
+        return int(self.extras.get("replay_buffer") or 0)
+
+    def buffer_or_error(self) -> None:
+        """Raise a :class:`DemoError` when a chain asks to start from a replay buffer these weights do not ship."""
+        if not self.buffer_images:
+            raise DemoError(f"the {self.label} weights ship no replay buffer (replay_buffer.safetensors beside "
+                            f"them), so there are no long-run chains to continue: choose Start from: uniform "
+                            f"noise, or weights that include their buffer.")
+
     # the model card (README.md in the export folder) -------------------------------------------------------
     def card_path(self) -> Path | None:
         p = self.path / MODEL_CARD
@@ -217,18 +229,20 @@ FACE_ATTRIBUTES = ("Young", "Female", "Smiling")
 
 def make_demo_exports(root: str | os.PathLike, preset: str = "tiny", seed: int = 0, celeba_size: int = 32,
                       reference_images: Mapping[str, Tensor] | None = None,
-                      celeba_encoder: bool = True) -> dict[str, Path]:
+                      celeba_encoder: bool = True, buffer_images: int = 64) -> dict[str, Path]:
     """Randomly initialised exports shaped like the real demo weights, under ``root/cifar10`` and ``root/celeba64``.
 
     The CIFAR-10 export carries 10 class prototypes, the CelebA one Young/Female/Smiling attribute latents (random
     unit vectors: the networks are untrained, so samples are noise; the apps' behaviour is what is exercised).
     With ``reference_images`` (uint8 sets as from :func:`clel.data.ood.reference_sets`) an ``ood_reference.safetensors``
     is written next to the CIFAR-10 weights. ``celeba_encoder=False`` leaves h out of the CelebA export, as in
-    the bundled ``weights/celeba64``. Each folder gets a short model card (README.md).
+    the bundled ``weights/celeba64``. Each folder gets a short model card (README.md) and a replay buffer of
+    ``buffer_images`` smooth random images (0: none), as a trained export ships its long-run chains.
     Returns ``{"cifar10": path, "celeba": path}``.
     """
     import torch.nn.functional as F
 
+    from clel.checkpoints import REPLAY_BUFFER_NAME, save_replay_buffer
     from clel.config import CELEBA_MEAN, CELEBA_STD, get_preset
     from clel.data import CIFAR10_CLASSES
     from clel.models import CLEL
@@ -250,6 +264,11 @@ def make_demo_exports(root: str | os.PathLike, preset: str = "tiny", seed: int =
                                    extra_names={"attribute_latents": list(FACE_ATTRIBUTES)},
                                    info={"weights": f"random init ({preset} preset, seed {seed})"},
                                    encoder=celeba_encoder)
+    for folder, size in ((cifar_dir, cfg.image_size), (celeba_dir, celeba_size)):
+        if buffer_images:
+            blobs = F.interpolate(torch.rand(buffer_images, 3, 4, 4, generator=g), size=(size, size),
+                                  mode="bilinear", align_corners=False)
+            save_replay_buffer(blobs, folder / REPLAY_BUFFER_NAME)
     for folder, what in ((cifar_dir, "CIFAR-10"), (celeba_dir, f"CelebA {celeba_size}x{celeba_size}")):
         (folder / MODEL_CARD).write_text(
             f"# Random CLEL ({preset} preset) shaped like the {what} demo weights\n\n"

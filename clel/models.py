@@ -240,6 +240,10 @@ class CLEL(nn.Module):
         self.f = EBM(cfg)
         self.g = build_projection(cfg)
         self.h = build_encoder(cfg)
+        # uint8 images [N, 3, H, W] of the model's own long-run chains (its training replay buffer), when its
+        # weights ship them (clel.weights.load_pretrained): a chain may start from them. A plain attribute, not a
+        # registered buffer: no part of the weights, the EMA or the state dict.
+        self.replay_buffer: Tensor | None = None
 
 
 def count_parameters(module: nn.Module) -> int:

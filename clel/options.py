@@ -74,6 +74,9 @@ class TrainOptions:
     export_dtype: str = _opt("fp32", "dtype of the exported weights", choices=("fp32", "fp16"))
     max_shard_mb: float = _opt(15.0, "shard model.safetensors into files of at most this many MiB")
     prototypes: bool = _opt(True, "export class prototypes (labelled data) or attribute latents (CelebA)")
+    export_buffer: int = _opt(1000, "images of the replay buffer saved beside the export (uint8; 1,000 are 3 MB at "
+                              "32 px): a run continued from the export keeps its chains, and samplers may start "
+                              "from them (0: none)")
     progress: bool = _opt(True, "show a tqdm progress bar")
     tensorboard: bool = _opt(True, "also log to TensorBoard (out/tb) when it is installed")
     inject_nan_at: tuple[int, ...] = _opt((), "testing aid: make the loss NaN once at these iterations")

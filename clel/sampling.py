@@ -1,7 +1,7 @@
 """What to sample and how: one condition, one chain, one home for both.
 
-Every sampling mode is SGLD (``clel.sgld``) on one energy, started from uniform noise; only the energy
-differs, and :meth:`Condition.energy` is the one place that maps a mode to it:
+Every sampling mode is SGLD (``clel.sgld``) on one energy, started from uniform noise or from the model's own
+long-run chains (its replay buffer, shipped with its weights: :func:`chain_start`); only the energy differs, and :meth:`Condition.energy` is the one place that maps a mode to it:
 
 - ``unconditional``: the marginal E(x) = ½‖f(x)‖²;
 - ``instance`` (look-alikes): E(x, z̄) with z̄ the normalised mean latent of one or more reference images;
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import CLELConfig
-from .data import OPPOSITE_ATTRIBUTE, with_opposites
+from .data import OPPOSITE_ATTRIBUTE, to_float, with_opposites
 from .energy import compositional_energy, energy, joint_energy, latent, mean_latent
 from .fast import FastPath, fast_chain, prepare
 from .models import CLEL
@@ -35,6 +35,9 @@ from .sgld import EnergyFn, SGLDStep
 
 MODES = ("unconditional", "instance", "class", "attributes", "interpolate")
 DIRECTIONS = ("mean", "contrast")  # the paper's mean direction z̄; z̄ of the concept minus z̄ of the rest
+# Where a chain starts: uniform noise (the paper's), or images of the model's replay buffer shipped with its weights
+# (its own long-run chains, which training has continued for thousands of steps)
+STARTS = {"noise": "uniform noise", "buffer": "continue the model's own long-run chains (its replay buffer)"}
 
 
 class SamplingError(ValueError):
@@ -92,6 +95,9 @@ class ChainSettings:
                                    "default: --sampling's)")
     guidance_bound: float | None = setting(None, "cap the latent term's pull at this many times the marginal's, "
                                            "per sample (0: no cap; default: --sampling's)")
+    start: str = setting("noise", "where the chain starts: noise (uniform noise) or buffer (images of the replay "
+                         "buffer shipped with the weights: the model's own long-run chains, continued)",
+                         "Start from", choices=tuple(STARTS), labels=STARTS, elem_id=True)
     direction: str | None = setting(None, "class / attribute latents: the paper's mean direction z̄, or the contrast "
                                     "z̄(concept) − z̄(rest), which removes what all concepts share (default: "
                                     "--sampling's for the weights)", choices=DIRECTIONS)
@@ -278,6 +284,23 @@ def uniform_noise(model: CLEL, n: int, generator: torch.Generator | None = None)
     return torch.rand(n, 3, s, s, generator=generator, device=model_device(model))
 
 
+def chain_start(model: CLEL, n: int, start: str = "noise", generator: torch.Generator | None = None) -> Tensor:
+    """n starting images on the model's device: uniform noise, or (``start="buffer"``) a seeded draw of the
+    model's replay buffer (``model.replay_buffer``), without repeats while it has enough images."""
+    if start == "noise":
+        return uniform_noise(model, n, generator)
+    if start != "buffer":
+        raise SamplingError(f"unknown chain start {start!r}; use {' or '.join(STARTS)}")
+    buf = model.replay_buffer
+    if buf is None or len(buf) == 0:
+        raise SamplingError("these weights ship no replay buffer (replay_buffer.safetensors beside the export), "
+                            "so there are no long-run chains to continue; start from noise")
+    dev = generator.device if generator is not None else torch.device("cpu")
+    pick = (torch.randperm(len(buf), generator=generator, device=dev)[:n] if n <= len(buf)
+            else torch.randint(len(buf), (n,), generator=generator, device=dev))
+    return to_float(buf[pick.cpu()]).to(model_device(model))
+
+
 def image_latent(model: CLEL, images: Tensor) -> Tensor:
     """z̄ of one or many reference images [N, 3, H, W] in [0, 1] → [D]."""
     if images.ndim != 4 or images.shape[1] != 3:
@@ -404,7 +427,7 @@ class Chain:
 def start_chain(model: CLEL, n: int, condition: Condition | None = None, settings: ChainSettings | None = None,
                 guidance: float | None = None, generator: torch.Generator | None = None, x0: Tensor | None = None,
                 fast: FastPath | None = None) -> Chain:
-    """The chain of n samples of ``condition`` (default: unconditional) from uniform noise (or ``x0``).
+    """The chain of n samples of ``condition`` (default: unconditional) from ``settings.start`` (or ``x0``).
 
     ``guidance`` (if not None) replaces ``settings.guidance``; both None: the model's training β. Runs the model
     in eval mode (spectral-norm vectors frozen), so sampling never changes the weights it samples from. ``fast``
@@ -418,7 +441,7 @@ def start_chain(model: CLEL, n: int, condition: Condition | None = None, setting
     if st.guidance_ramp < 0 or (st.guidance_bound is not None and st.guidance_bound <= 0):
         raise SamplingError(f"guidance_ramp must be >= 0 and guidance_bound > 0, got {st.guidance_ramp} and "
                             f"{st.guidance_bound}")
-    x = uniform_noise(model, n, generator) if x0 is None else x0
+    x = chain_start(model, n, st.start, generator) if x0 is None else x0
     guidance = st.guidance if guidance is None else guidance
     guidance = model.cfg.beta if guidance is None else float(guidance)
     ramp = guidance_ramp(guidance, st, x.device)
@@ -518,7 +541,7 @@ def draw(model: CLEL, n: int, condition: Condition | None = None, settings: Chai
     prepare(model.f, fast)
     torch.manual_seed(seed)
     gen = torch.Generator(device=dev).manual_seed(seed)
-    x = uniform_noise(model, n, gen) if x0 is None else x0.to(dev)
+    x = chain_start(model, n, st.start, gen) if x0 is None else x0.to(dev)
     frames, steps = ([x.detach().cpu().clone()], [0]) if frame_every > 0 else ([], [])
     t0 = time.perf_counter()
     last = x

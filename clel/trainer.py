@@ -11,7 +11,8 @@ it; the rest is plumbing:
 * divergence recovery: a non-finite loss or an energy beyond ``energy_bound`` rolls back to an in-memory
   snapshot, halves the learning rates, reseeds and continues; ``max_failures`` failures stop the run;
 * DDP (``torchrun``): one replay buffer per rank, NT-Xent over the negatives of all ranks, I/O on rank 0;
-* export: ``model.safetensors`` + ``config.json`` + class prototypes / attribute latents (:mod:`clel.weights`);
+* export: ``model.safetensors`` + ``config.json`` + class prototypes / attribute latents (:mod:`clel.weights`),
+  the EMA and the replay buffer beside them;
 * the frozen encoder (``encoder="inception"``): its network's features of the training set are computed once
   (:func:`clel.inception.cached_features`) and an iteration looks up its batch's rows; only the head trains.
 
@@ -35,9 +36,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .augment import StrongAugment
-from .checkpoints import (EMA_NAME, ENCODER_FIELDS, DivergenceError, TrainError, TrainerState, find_checkpoints,
-                          load_checkpoint, model_mismatch, read_checkpoint_meta, resolve_auto, resolve_resume,
-                          tidy_checkpoint_dir, write_ema)
+from .checkpoints import (EMA_NAME, ENCODER_FIELDS, REPLAY_BUFFER_NAME, DivergenceError, TrainError, TrainerState,
+                          find_checkpoints, load_checkpoint, model_mismatch, read_checkpoint_meta, resolve_auto,
+                          resolve_resume, save_replay_buffer, tidy_checkpoint_dir, write_ema)
 from .concepts import concept_latents, encode_images
 from .config import CLELConfig
 from .data import DataError, ImageSet, RandomBatches, load_dataset
@@ -572,6 +573,7 @@ class Trainer(TrainerState, RunLog):
                                                      "iters": self.cfg.iters}},
                                   max_shard_bytes=int(self.opts.max_shard_mb * 2**20))
                 self._write_ema(path / EMA_NAME, dtype, which)
+                self._write_buffer(path / REPLAY_BUFFER_NAME)
             except OSError as e:
                 error = f"could not write the export to {path}: {e.strerror or e}; the checkpoints are intact"
             else:
@@ -611,6 +613,14 @@ class Trainer(TrainerState, RunLog):
             file.unlink(missing_ok=True)
             return
         write_ema({k: v for k, v in self.ema.state_dict().items() if not k.startswith("h.")}, file, self.it, dtype)
+
+    def _write_buffer(self, file: Path) -> None:
+        """Beside an export, the first ``export_buffer`` images of the replay buffer (rank 0's), uint8."""
+        n = min(self.opts.export_buffer, len(self.buffer))
+        if n <= 0:
+            file.unlink(missing_ok=True)
+            return
+        save_replay_buffer(self.buffer.images[:n].detach().cpu(), file, self.it)
 
     def save_samples(self) -> Path | None:
         """PNG grid of the latest SGLD samples (rank 0's) in ``out/samples/iter-N.png``."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Turn a training run into a bundled weights folder: fp16 export, sample grids, model card.
+"""Turn a training run into a bundled weights folder: fp16 export, replay buffer, sample grids, model card.
 
     python scripts/bundle_weights.py --run runs/cifar10 --out weights/cifar10 --preset cifar10-small \\
         --hardware "2 CPU cores" --status "..." --eval eval/cifar10/eval.json \\
@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
-from clel.checkpoints import EMA_NAME, read_ema, write_ema
+from clel.checkpoints import (EMA_NAME, REPLAY_BUFFER_FORMAT, REPLAY_BUFFER_NAME, TrainError, checkpoint_buffer,
+                              newest_checkpoint, read_ema, save_replay_buffer, write_ema)
 from clel.eval.modelcard import render_model_card, training_summary
 from clel.images import save_grid
 from clel.runtime import add_run_options
 from clel.sampling import ChainSettings, sample
-from clel.weights import export_pretrained, load_pretrained, read_config
+from clel.weights import export_pretrained, load_pretrained, read_config, read_tagged_safetensors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", type=Path, default=None,
                    help="eval.json to copy beside the card and quote (for CelebA weights: its "
                    "compositional section, which must have sampled --out)")
+    p.add_argument("--buffer-images", type=int, default=1000,
+                   help="ship at most this many images of the run's replay buffer (its own long-run chains, which "
+                   "sampling can continue: start=\"buffer\"); from RUN/replay_buffer.safetensors, else the newest "
+                   "checkpoint (default 1000; 0: none)")
     p.add_argument("--samples", type=int, default=64, help="images in samples.png")
     p.add_argument("--sample-steps", type=int, default=None, help="SGLD steps for samples.png (default: 5x training)")
     p.add_argument("--reference-sweeps", type=int, default=10,
@@ -83,6 +88,36 @@ def export(args: argparse.Namespace, model, extras: dict, meta: dict) -> None:
         (args.out / EMA_NAME).unlink(missing_ok=True)
 
 
+def run_buffer(run: Path, meta: dict) -> tuple[torch.Tensor, int | None] | None:
+    """The run's replay buffer and the iteration it was saved at: the file the trainer writes beside every export,
+    else the newest checkpoint's (rank 0's); None when the run has neither."""
+    path = run / REPLAY_BUFFER_NAME
+    if path.is_file():
+        tensors, info = read_tagged_safetensors(path, REPLAY_BUFFER_FORMAT, "replay buffer", error=TrainError)
+        it = info.get("iteration", "")
+        return tensors["images"], int(it) if it.isdigit() else meta.get("iteration")
+    ck = newest_checkpoint(run)
+    if ck is None:
+        return None
+    return checkpoint_buffer(ck[0], ck[1]), int(ck[0]["iteration"])
+
+
+def ship_buffer(args: argparse.Namespace, meta: dict) -> int:
+    """At most --buffer-images images of the run's replay buffer beside the export (uint8); a stale file in --out
+    goes when none is shipped. Returns how many were shipped."""
+    out = args.out / REPLAY_BUFFER_NAME
+    found = run_buffer(args.run, meta) if args.buffer_images > 0 else None
+    if found is None:
+        out.unlink(missing_ok=True)
+        print("replay buffer: none shipped" + ("" if args.buffer_images <= 0 else f" ({args.run} has none)"))
+        return 0
+    images, iteration = found
+    save_replay_buffer(images[:args.buffer_images], out, iteration=iteration)
+    n = min(len(images), args.buffer_images)
+    print(f"replay buffer: {n} of {len(images)} images (iteration {iteration}), {out.stat().st_size / 2**20:.1f} MiB")
+    return n
+
+
 def draw_grids(args: argparse.Namespace, steps: int) -> list[tuple[str, str]]:
     """samples.png (and samples-reference.png) from the bundled, fp16-rounded weights: what users will get."""
     bundled, _, _ = load_pretrained(args.out, device=args.device)
@@ -106,6 +141,7 @@ def main() -> None:
     _, meta = read_config(args.run)
     evaluation = read_evaluation(args, cfg.dataset)
     export(args, model, extras, meta)
+    buffer_images = ship_buffer(args, meta)
     steps = args.sample_steps or 5 * cfg.sgld_steps
     grids = draw_grids(args, steps)
     if evaluation is not None:
@@ -124,7 +160,7 @@ def main() -> None:
     training["iterations"] = meta.get("iteration", training["iterations"])  # the exported iteration
     card = render_model_card(cfg, out_meta, evaluation=evaluation, training=training,
                              hardware=args.hardware, commands=args.command, status=status, preset=args.preset,
-                             grids=grids)
+                             grids=grids, buffer_images=buffer_images)
     (args.out / "README.md").write_text(card)
     print(f"bundled {args.run} -> {args.out}")
 

@@ -8,6 +8,8 @@
 Sections (each on by default, each can be turned off with --no-<section>):
   FID/KID      unconditional samples vs the shared CIFAR-10 train set (TF-Inception 2015-12-05), FID-1k/10k/50k,
                and the same in the CIFAR-10 judge's features (fd_judge_1k/..., kid_judge: no model trains with them)
+  buffer       the same distances (FID-1k, fd_judge_1k) of the replay buffer shipped with the weights: the model's
+               own long-run chains, beside the reference sampler's samples
   OOD          AUROC of s(x) and of the marginal energy, CIFAR-10 test vs each OOD set (Table 1c), histograms
   conditional  class-conditional samples judged by the CIFAR-10 judge: confusion matrix (Fig. 3c)
   compositional  attribute compositions on the CelebA export judged by the attribute judge of its image size

@@ -29,7 +29,7 @@ from clel.sampling import SAMPLING, ChainSettings, Condition, SamplingError, dra
 # the chain settings a command line may set (the others: the constructors'): field -> option
 CHAIN_OPTIONS = {name: "--" + name.replace("_", "-") for name in ("steps", "sweeps", "step_size", "noise", "grad_clip",
                                                                  "guidance", "direction", "guidance_ramp",
-                                                                 "guidance_bound")}
+                                                                 "guidance_bound", "start")}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -183,6 +183,32 @@ def test_faces_female_and_smiling_streams_into_the_page(browser, gradio_url, wei
     page.close()
 
 
+def test_every_tab_continues_the_models_own_chains(browser, gradio_url, weights, shots):
+    """Start from, on every tab: noise is the default; the replay buffer runs the chain from the model's own
+    long-run chains, and the status line says so."""
+    for w in (weights["cifar10"], weights["celeba"]):
+        if not (Path(w) / "replay_buffer.safetensors").is_file():
+            pytest.skip(f"{w} ships no replay buffer")
+    page = new_page(browser)
+    page.goto(gradio_url)
+    for tab, name in (("unconditional", "Unconditional"), ("lookalikes", "Look-alikes"), ("classes", "Classes"),
+                      ("faces", "Faces"), ("interpolate", "Interpolate")):
+        page.get_by_role("tab", name=name).click()
+        page.locator(f"#{tab}-sample").wait_for(timeout=60_000)
+        if tab in ("lookalikes", "interpolate"):  # the first example fills the uploads
+            with page.expect_response(lambda r: "/run/predict" in r.url, timeout=30_000):
+                page.locator("button.gallery-item").filter(visible=True).first.click()
+        start = page.locator(f"#{tab}-start")
+        assert start.get_by_label("uniform noise").is_checked()
+        start.get_by_label("continue the model's own long-run chains").check()
+        page.locator(f"#{tab}-sample").click()
+        status = page.locator(f"#{tab}-status")
+        status.get_by_text("Done").wait_for(timeout=weights["timeout_ms"])
+        assert "samples from the model's replay buffer" in status.inner_text(), (tab, status.inner_text())
+    page.screenshot(path=str(shots / "gradio_buffer_start.png"), full_page=True)
+    page.close()
+
+
 def test_stop_button_cancels_the_chain(browser, gradio_url, shots):
     page = new_page(browser)
     page.goto(gradio_url)

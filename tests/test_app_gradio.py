@@ -92,6 +92,50 @@ def test_each_tab_streams_frames_before_the_final_one(app, endpoint):
     assert final[4] == 3  # the seed used, fed back to the seed box
 
 
+def buffer_tiles(grid: np.ndarray, size: int, padding: int = 2) -> list[bytes]:
+    """The images of a sample grid (clel.images.grid_array's layout), left out the all-white empty slots."""
+    found = []
+    for y in range(padding, grid.shape[0] - size + 1, size + padding):
+        for x in range(padding, grid.shape[1] - size + 1, size + padding):
+            tile = grid[y:y + size, x:x + size]
+            if not (tile == 255).all():
+                found.append(np.ascontiguousarray(tile).tobytes())
+    return found
+
+
+@pytest.mark.parametrize("endpoint", list(CALLS))
+def test_each_tab_continues_the_models_own_chains(app, exports, endpoint):
+    """Start from the replay buffer on every tab: with a zero step size and no noise the chain stays where it
+    started, so each sample of the final grid is a distinct image of the buffer shipped with those weights; the
+    status line says where the chain started."""
+    from clel.checkpoints import REPLAY_BUFFER_NAME, load_replay_buffer
+
+    _, client = app
+    args = CALLS[endpoint]()
+    tail = 7 if endpoint == "/unconditional" else 8  # n, steps, step size, noise, [guidance,] seed, random, sweeps
+    n = args[-tail]
+    args[-tail + 1:-tail + 4] = [1, 0.0, 0.0]
+    out = client.predict(*args, "buffer", api_name=endpoint)
+    assert out[3].startswith("**Done**") and f"{n} samples from the model's replay buffer" in out[3], out[3]
+    kind = "celeba" if endpoint == "/faces" else "cifar10"
+    buffer = load_replay_buffer(exports[kind] / REPLAY_BUFFER_NAME, (3, 32, 32)).permute(0, 2, 3, 1).numpy()
+    images = {b.tobytes() for b in buffer}
+    tiles = buffer_tiles(np.asarray(Image.open(out[2]).convert("RGB")), 32)
+    assert len(tiles) == n and len(set(tiles)) == n and set(tiles) <= images
+    assert "replay buffer" not in client.predict(*args, "noise", api_name=endpoint)[3]
+
+
+def test_a_start_the_weights_cannot_give_is_a_sentence(tmp_path):
+    paths = make_demo_exports(tmp_path, buffer_images=0)
+    demo = gradio_app.build_app(str(paths["cifar10"]), str(paths["celeba"]))
+    with pytest.raises(gr.Error) as e:
+        next(demo.clel_app.classes("ship", *chain(), "buffer"))
+    assert e.value.message.startswith("the CIFAR-10 weights ship no replay buffer")
+    with pytest.raises(gr.Error, match="start must be one of noise, buffer, got 'soup'"):
+        next(demo.clel_app.classes("ship", *chain(), "soup"))
+    assert "replay buffer" not in props(demo, "weights-header")["value"]
+
+
 def test_seed_randomize_and_reproducibility(app):
     _, client = app
     a = client.predict("CIFAR-10", 2, 2, 100, 0.001, 7, False, api_name="/unconditional")
@@ -319,6 +363,15 @@ def test_hub_weights_link_to_their_hub_card(app):
     hub = LoadedModel(lm.kind, lm.model, lm.cfg, {**lm.extras, "source": "hub"}, "owner/clel-cifar10")
     assert hub.hub_url == "https://huggingface.co/owner/clel-cifar10"
     assert "Hugging Face Hub owner/clel-cifar10" in hub.describe()
+
+
+def test_every_tab_offers_the_buffer_start_with_noise_the_default(app):
+    demo, _ = app
+    for tab in ("unconditional", "lookalikes", "classes", "faces", "interpolate"):
+        radio = props(demo, f"{tab}-start")
+        assert radio["value"] == "noise" and [c[1] for c in radio["choices"]] == ["noise", "buffer"]
+        assert "continue the model's own long-run chains" in radio["choices"][1][0]
+    assert "replay buffer of 64 long-run chains" in props(demo, "weights-header")["value"]
 
 
 def test_faces_open_on_a_composition_and_classes_have_examples(app):

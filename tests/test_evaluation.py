@@ -433,10 +433,9 @@ class StandInInception(nn.Module):
         return self.conv(x.float() / 255 if x.dtype == torch.uint8 else x).mean((2, 3))
 
 
-def test_evaluate_cli_reports_judge_feature_distances_beside_fid(export_dir, tmp_path, monkeypatch):
-    """The FID section also gives FD and KID in the CIFAR-10 judge's features; fast: a stand-in for Inception and
-    a 20-image CIFAR-10 root, with every cache under tmp_path."""
-    from PIL import Image as PILImage
+def _stand_in_fid(tmp_path: Path, monkeypatch) -> StandInInception:
+    """A stand-in for Inception and a 20-image CIFAR-10 train root at tmp_path/data, with every cache under
+    tmp_path: the FID plumbing in seconds."""
     from clel.eval import metrics
 
     monkeypatch.setenv("CLEL_CACHE", str(tmp_path / "cache"))
@@ -448,7 +447,14 @@ def test_evaluate_cli_reports_judge_feature_distances_beside_fid(export_dir, tmp
         folder.mkdir(parents=True)
         for i in range(2):
             pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=g).numpy()
-            PILImage.fromarray(pixels).save(folder / f"{i:04d}.png")
+            Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return net
+
+
+def test_evaluate_cli_reports_judge_feature_distances_beside_fid(export_dir, tmp_path, monkeypatch):
+    """The FID section also gives FD and KID in the CIFAR-10 judge's features; fast: a stand-in for Inception and
+    a 20-image CIFAR-10 root, with every cache under tmp_path."""
+    _stand_in_fid(tmp_path, monkeypatch)
     args = _fast_args(export_dir, tmp_path / "out") + ["--data", tmp_path / "data", "--no-ood", "--no-conditional",
                                                        "--no-compositional", "--no-knn", "--fid-samples", 6,
                                                        "--fid-batch", 3, "--fid-ref-samples", 8, "--fid-steps", 1,
@@ -461,24 +467,71 @@ def test_evaluate_cli_reports_judge_feature_distances_beside_fid(export_dir, tmp
     assert "judge `cifar10_classifier.safetensors`" in (tmp_path / "out" / "eval.md").read_text()
 
 
+def test_buffer_section_scores_the_shipped_replay_buffer_and_skips_weights_without_one(export_dir, tmp_path,
+                                                                                     monkeypatch):
+    """The buffer section's FID-1k is fid_report of the buffer's own features against the fid section's reference
+    (so it compares with the reference sampler's FID-1k); weights without a buffer skip it with the reason."""
+    import shutil
+
+    from clel.checkpoints import REPLAY_BUFFER_NAME, save_replay_buffer
+    from clel.eval.fid import train_images
+    from clel.eval.metrics import features, fid_stats
+
+    net = _stand_in_fid(tmp_path, monkeypatch)
+    weights = tmp_path / "weights"
+    shutil.copytree(export_dir / "cifar10", weights)
+    g = torch.Generator().manual_seed(1)
+    buf = (torch.rand(1000, 1, 1, 1, generator=g) * 160 + torch.rand(1000, 3, 32, 32, generator=g) * 95).to(torch.uint8)
+    save_replay_buffer(buf, weights / REPLAY_BUFFER_NAME, iteration=7)
+    only = ["--data", tmp_path / "data", "--no-fid", "--no-ood", "--no-conditional", "--no-compositional", "--no-knn",
+            "--fid-ref-samples", 8, "--kid-subsets", 2]
+    assert _evaluate(_fast_args(export_dir, tmp_path / "out") + only + ["--weights", weights]) == 0
+    res = json.loads((tmp_path / "out" / "eval.json").read_text())["buffer"]
+    ref = features(train_images(tmp_path / "data", 8), model=net)
+    direct = fid_report(features(buf, model=net), fid_stats(ref), ref, sizes=(1000,), kid_subsets=2)
+    assert res["fid_1k"] == pytest.approx(direct["fid_1k"], rel=1e-6) and res["fid_1k"] > 0
+    assert (res["images"], res["iteration"], res["reference"]["n"], res["kid"]["subsets"]) == (1000, 7, 8, 2)
+    assert res["fd_judge_1k"] > 0 and res["feature_judge"] == "cifar10_classifier.safetensors"
+    assert res["judge_reference"] == 8
+    with Image.open(tmp_path / "out" / res["grid"]) as im:
+        assert im.size == (10 * 34 + 2, 10 * 34 + 2)  # 10 x 10 images of 32 px, 2 px padding
+    md = (tmp_path / "out" / "eval.md").read_text()
+    assert "## Replay buffer" in md and f"| 1000 | {res['fid_1k']:.2f} |" in md
+
+    assert _evaluate(_fast_args(export_dir, tmp_path / "none") + only) == 0  # the export without a buffer
+    status = json.loads((tmp_path / "none" / "eval.json").read_text())["buffer"]["status"]
+    assert status.startswith("skipped:") and "ships no replay buffer" in status
+    assert "ships no replay buffer" in (tmp_path / "none" / "eval.md").read_text()
+
+
 def test_compositional_section_uses_the_judge_of_the_model_size_and_scores_unconditional_samples(export_dir,
                                                                                                 tmp_path):
     import shutil
 
     from clel.eval.judges import CELEBA_JUDGE, CELEBA_JUDGES, JudgeNet, JudgeSpec, save_judge
 
-    judges = tmp_path / "judges"
+    from clel.checkpoints import REPLAY_BUFFER_NAME, save_replay_buffer
+
+    judges, faces = tmp_path / "judges", tmp_path / "celeba"
     shutil.copytree(export_dir / "judges", judges)
     save_judge(JudgeNet(JudgeSpec("attributes", ["Young", "Male", "Smiling"], 32, (8, 8), stem=8)),
                judges / CELEBA_JUDGES[32], {"test": {"accuracy": {"Young": 0.5}}})
+    shutil.copytree(export_dir / "celeba", faces)
+    buffer = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    save_replay_buffer(buffer, faces / REPLAY_BUFFER_NAME)
     args = _fast_args(export_dir, tmp_path / "out") + ["--judges", judges, "--no-fid", "--no-ood", "--no-conditional",
-                                                       "--no-knn", "--comp-samples", 3]
+                                                       "--no-knn", "--comp-samples", 3, "--celeba-weights", faces,
+                                                       "--no-buffer"]
     assert _evaluate(args) == 0
     comp = json.loads((tmp_path / "out" / "eval.json").read_text())["compositional"]
     assert comp["judge"]["image_size"] == 32 and comp["judge"]["path"].endswith(CELEBA_JUDGES[32])
     unc = comp["unconditional"]  # the 32 px export's own samples against 2,000 real faces, in that judge's features
     assert unc["samples"] == 3 and unc["fd_judge_3"] > 0 and unc["kid_judge"]["mean"] is not None
     assert unc["feature_judge"] == CELEBA_JUDGES[32] and unc["judge_reference"] == 2000
+    buf = comp["buffer"]  # its replay buffer in the same features: all 40, and its first 3 beside the 3 samples
+    assert buf["images"] == 40 and buf["fd_judge_40"] > 0 and buf["fd_judge_3"] > 0
+    assert buf["feature_judge"] == CELEBA_JUDGES[32] and buf["judge_reference"] == 2000
+    assert "replay buffer (40 images" in (tmp_path / "out" / "eval.md").read_text()
     (judges / CELEBA_JUDGES[32]).unlink()  # no 32 px judge in the folder: the 64 px one, which resizes
     assert _evaluate(args) == 0
     comp = json.loads((tmp_path / "out" / "eval.json").read_text())["compositional"]

@@ -97,9 +97,39 @@ def test_card_names_the_numbers_the_frozen_encoder_may_flatter_and_quotes_the_in
     assert "`celeba_attributes_32.safetensors`" in faces and "FD-JUDGE-100 3.50" in faces
 
 
-def test_bundle_weights_writes_the_fp16_export_its_ema_grids_and_card(tmp_path):
+def test_card_quotes_the_replay_buffer_beside_the_reference_sampler_and_shows_its_start_when_shipped():
+    ev = {"fid": {"fid_1k": 61.234, "fid_10k": 50.0, "protocol": "reference", "settings": {"sweeps": 10, "steps": 20},
+                  "reference": {"n": 2000}, "fd_judge_1k": 5.678, "feature_judge": "cifar10_classifier.safetensors",
+                  "judge_reference": 2000},
+          "buffer": {"images": 1000, "iteration": 7, "fid_1k": 45.111, "kid": {"mean": 0.01, "std": 0.001},
+                     "fd_judge_1k": 3.456, "feature_judge": "cifar10_classifier.safetensors", "judge_reference": 2000}}
+    start = 'settings=ChainSettings(start="buffer"))'
+    shipped = render_model_card(CFG, META, evaluation=ev, training=TRAINING, hardware="", commands=[], status="",
+                                preset="cifar10-small", buffer_images=1000)
+    assert ("The model's own long-run chains (the 1,000 images of its replay buffer, shipped as "
+            "`replay_buffer.safetensors`; the demo can start from them): FID-1k 45.11 against the reference "
+            "sampler's 61.23; judge FD-1k 3.46 against 5.68.") in shipped
+    assert shipped.index("FID-1K: 61.23") < shipped.index("long-run chains (the 1,000")  # right after the FID line
+    assert f"{start}        # continue the model's own long-run chains" in shipped
+    kept = card(ev)  # eval.json scored a buffer that this folder does not ship
+    assert "not shipped in this folder): FID-1k 45.11 against the reference sampler's 61.23" in kept
+    assert start not in kept and "long-run chains" not in card({"fid": ev["fid"]})
+    skipped = card({**ev, "buffer": {"status": "skipped: weights ships no replay buffer"}})
+    assert "replay buffer" not in skipped.split("## Use")[0]
+    comp = {"unconditional": {"samples": 100, "fd_judge_100": 3.5, "feature_judge": "c", "judge_reference": 2000},
+            "buffer": {"images": 1000, "fd_judge_100": 2.25, "fd_judge_1000": 2.0, "feature_judge": "c",
+                       "judge_reference": 2000}}
+    faces = render_model_card(get_preset("celeba64-base"), META, evaluation={"compositional": comp},
+                              training=TRAINING, hardware="", commands=[], status="", preset="celeba64-base",
+                              buffer_images=1000)
+    # the same number of images on both sides: the buffer's first 100 against the 100 samples from noise
+    assert "judge FD-100 2.25 against the unconditional samples' 3.50." in faces and start in faces
+
+
+def test_bundle_weights_writes_the_fp16_export_its_ema_replay_buffer_grids_and_card(tmp_path):
     """scripts/bundle_weights.py on a run whose export holds the live weights: the EMA of f and g comes along in
-    fp16 (through clel.checkpoints' EMA file), beside the grids and the card."""
+    fp16 (through clel.checkpoints' EMA file), and at most --buffer-images images of the run's replay buffer,
+    beside the grids and the card."""
     import json
     import subprocess
     import sys
@@ -109,8 +139,8 @@ def test_bundle_weights_writes_the_fp16_export_its_ema_grids_and_card(tmp_path):
     from safetensors import safe_open
 
     from clel import CLEL
-    from clel.checkpoints import EMA_NAME, read_ema, write_ema
-    from clel.weights import export_pretrained
+    from clel.checkpoints import EMA_NAME, REPLAY_BUFFER_NAME, read_ema, save_replay_buffer, write_ema
+    from clel.weights import export_pretrained, load_pretrained
 
     torch.manual_seed(0)
     cfg = get_preset("tiny")
@@ -118,17 +148,64 @@ def test_bundle_weights_writes_the_fp16_export_its_ema_grids_and_card(tmp_path):
     export_pretrained(CLEL(cfg).eval(), run, info={"weights": "live", "iteration": 4})
     ema = {k: v for k, v in CLEL(cfg).state_dict().items() if not k.startswith("h.")}
     write_ema(ema, run / EMA_NAME, iteration=4)
+    buf = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    save_replay_buffer(buf, run / REPLAY_BUFFER_NAME, iteration=3)
     (run / "metrics.jsonl").write_text(json.dumps({"event": "start", "time": 0.0, "config": cfg.to_dict()}) + "\n"
                                        + json.dumps({"iter": 4, "time": 2.0}) + "\n")
     script = Path(__file__).resolve().parents[1] / "scripts" / "bundle_weights.py"
-    res = subprocess.run([sys.executable, str(script), "--run", str(run), "--out", str(out), "--preset", "tiny",
-                          "--hardware", "a test", "--status", "Random weights.", "--samples", "4",
-                          "--sample-steps", "2", "--reference-sweeps", "1"], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-3000:]
-    for name in ("config.json", "README.md", "samples.png", "samples-reference.png", EMA_NAME):
+
+    def bundle(*extra: str) -> str:
+        res = subprocess.run([sys.executable, str(script), "--run", str(run), "--out", str(out), "--preset", "tiny",
+                              "--hardware", "a test", "--status", "Random weights.", "--samples", "4",
+                              "--sample-steps", "2", "--reference-sweeps", "1", *extra], capture_output=True,
+                             text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return res.stdout
+
+    assert "replay buffer: 5 of 12 images (iteration 3)" in bundle("--buffer-images", "5")
+    for name in ("config.json", "README.md", "samples.png", "samples-reference.png", EMA_NAME, REPLAY_BUFFER_NAME):
         assert (out / name).is_file(), name
+    model, _, extras = load_pretrained(out)
+    assert extras["replay_buffer"] == 5 and torch.equal(model.replay_buffer, buf[:5])  # its first images, as saved
+    with safe_open(str(out / REPLAY_BUFFER_NAME), framework="pt") as f:
+        assert f.metadata()["iteration"] == "3"
+    assert 'ChainSettings(start="buffer")' in (out / "README.md").read_text()
     bundled = read_ema(out / EMA_NAME)
     assert bundled.keys() == ema.keys()
     assert all(torch.equal(bundled[k], v.half() if v.is_floating_point() else v) for k, v in ema.items())
     with safe_open(str(out / EMA_NAME), framework="pt") as f:
         assert f.metadata() == {"format": "clel-ema", "iteration": "4"}
+
+    assert "replay buffer: none shipped" in bundle("--buffer-images", "0")  # and the one bundled before is gone
+    assert not (out / REPLAY_BUFFER_NAME).exists() and load_pretrained(out)[2]["replay_buffer"] == 0
+    assert 'ChainSettings(start="buffer")' not in (out / "README.md").read_text()
+
+
+def test_bundle_weights_takes_the_newest_checkpoints_buffer_when_the_run_folder_has_no_file(tmp_path):
+    """A run from before the trainer wrote replay_buffer.safetensors beside its export: the newest checkpoint's
+    buffer (float there without --buffer-uint8), as the uint8 images it rounds to, at that checkpoint's iteration."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    from clel.checkpoints import CKPT_FORMAT_VERSION, REPLAY_BUFFER_NAME, save_replay_buffer, write_checkpoint
+    from clel.data import to_uint8
+    from clel.weights import pack_tree
+
+    spec = importlib.util.spec_from_file_location(
+        "bundle_weights", Path(__file__).resolve().parents[1] / "scripts" / "bundle_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.run_buffer(tmp_path, {"iteration": 9}) is None  # neither a file nor a checkpoint
+    bufs = [torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    for it, buf in zip((2, 5), bufs):
+        tensors: dict = {}
+        meta = {"format": "clel-checkpoint", "format_version": CKPT_FORMAT_VERSION, "iteration": it,
+                "ranks": [pack_tree({"buffer": buf}, tensors, "rank0")]}
+        write_checkpoint(tmp_path / "checkpoints" / f"iter-{it}", meta, tensors)
+    images, iteration = mod.run_buffer(tmp_path, {"iteration": 9})
+    assert iteration == 5 and torch.equal(to_uint8(images), to_uint8(bufs[1]))
+    save_replay_buffer(bufs[0], tmp_path / REPLAY_BUFFER_NAME)  # the file beside the export wins; no iteration in it
+    images, iteration = mod.run_buffer(tmp_path, {"iteration": 9})
+    assert iteration == 9 and torch.equal(images, to_uint8(bufs[0]))

@@ -557,3 +557,39 @@ def test_measured_chains_are_the_reference_sampler_with_sweeps_else_the_papers_p
     assert ChainSettings.measured(tiny, "class", table="paper").guidance == 0.01 == tiny.cfg.beta
     with pytest.raises(SamplingError, match="unknown sampling mode"):
         ChainSettings.measured(tiny, "dream")
+
+
+def test_a_chain_continues_the_models_own_chains_from_its_shipped_buffer(tiny, tmp_path):
+    """start="buffer": the chain starts from a seeded draw of the replay buffer shipped with the weights (distinct
+    images while there are enough), and goes on from there exactly as it would from those images given as x0."""
+    from clel.checkpoints import REPLAY_BUFFER_NAME, save_replay_buffer
+    from clel.data import to_uint8
+    from clel.sampling import chain_start
+    from clel.weights import WeightsError, load_pretrained
+
+    folder = export_pretrained(tiny, tmp_path / "w")
+    assert load_pretrained(folder)[0].replay_buffer is None and load_pretrained(folder)[2]["replay_buffer"] == 0
+    buf = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    save_replay_buffer(buf, folder / REPLAY_BUFFER_NAME, iteration=7)
+    model, _, extras = load_pretrained(folder)
+    assert extras["replay_buffer"] == 10 and torch.equal(model.replay_buffer, buf)
+
+    x0 = chain_start(model, 6, "buffer", torch.Generator().manual_seed(1))
+    rows = {tuple(r.flatten().tolist()) for r in buf}
+    picked = [tuple(r.flatten().tolist()) for r in to_uint8(x0)]
+    assert len(set(picked)) == 6 and set(picked) <= rows
+    assert torch.equal(x0, chain_start(model, 6, "buffer", torch.Generator().manual_seed(1)))
+    assert not torch.equal(x0, chain_start(model, 6, "buffer", torch.Generator().manual_seed(2)))
+    assert len(chain_start(model, 25, "buffer", torch.Generator().manual_seed(1))) == 25  # more than it holds
+    st = dataclasses.replace(FAST, start="buffer")
+    d = draw(model, 6, None, st, seed=1, frame_every=1)
+    # noise 0: the chain from the drawn start is the chain from those images given as x0
+    assert torch.equal(d.frames[0], x0) and torch.equal(d.x, draw(model, 6, None, FAST, seed=1, x0=x0).x)
+
+    with pytest.raises(SamplingError, match="unknown chain start 'soup'; use noise or buffer"):
+        chain_start(model, 2, "soup")
+    with pytest.raises(SamplingError, match="these weights ship no replay buffer"):
+        draw(tiny, 2, None, st)
+    (folder / REPLAY_BUFFER_NAME).write_bytes(b"not a buffer")
+    with pytest.raises(WeightsError, match="replay_buffer.safetensors: not a readable safetensors file"):
+        load_pretrained(folder)

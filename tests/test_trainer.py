@@ -18,7 +18,7 @@ from PIL import Image
 
 import clel.weights as W
 from clel import get_preset
-from clel.data import ImageSet
+from clel.data import ImageSet, to_float, to_uint8
 from clel.energy import energy
 from clel.checkpoints import find_checkpoints, load_checkpoint
 from clel.trainer import DivergenceError, TrainError, TrainOptions, Trainer, ema_update, train
@@ -139,6 +139,11 @@ def test_run_writes_export_metrics_and_samples(tmp_path):
               data=synthetic())
     for name in ("model.safetensors", "config.json", "extras.safetensors", "metrics.jsonl"):
         assert (run / name).is_file(), name
+    assert len(load_pretrained(run)[0].replay_buffer) == min(1000, t.cfg.buffer_size)  # --export-buffer's 1,000
+    t.opts.export_buffer = 3
+    assert len(load_pretrained(t.export(tmp_path / "three"))[0].replay_buffer) == 3
+    t.opts.export_buffer = 0
+    assert load_pretrained(t.export(run))[0].replay_buffer is None  # and the old file is gone
     assert list((run / "samples").glob("*.png"))
     assert [p.name for p in find_checkpoints(run)] == ["iter-0000004"]  # keep_ckpts=1
     row = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"iter"' in line][-1]
@@ -178,11 +183,14 @@ def test_resume_from_an_export_continues_the_count_schedules_and_ema(tmp_path, c
     assert meta["schedule"]["iteration"] == 4 and (run / "ema.safetensors").is_file()
     export = tmp_path / "export"
     export.mkdir()
-    for name in ("model.safetensors", "config.json", "ema.safetensors"):
+    for name in ("model.safetensors", "config.json", "ema.safetensors", "replay_buffer.safetensors"):
         (export / name).write_bytes((run / name).read_bytes())
     t = Trainer(small_cfg(), options(tmp_path / "again", resume=str(export)), data=synthetic())
     err = capsys.readouterr().err
     assert t.it == 4 and t.resume_kind == "export" and "continuing at iteration 4" in err
+    # the export's replay buffer (uint8, all of it) continues the chains
+    assert f"{len(first.buffer)} replay-buffer images from" in err
+    assert torch.equal(t.buffer.images, to_float(to_uint8(first.buffer.images)))
     for k, v in first.model.state_dict().items():
         assert torch.equal(t.model.state_dict()[k], v), k
     for k, v in first.ema.state_dict().items():  # the EMA of f and g continues; h's restarts from the weights

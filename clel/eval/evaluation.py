@@ -2,9 +2,10 @@
 
 The options are :class:`EvalOptions`, whose fields are the command line's flags (their help is the field
 metadata). Sections: FID/KID of unconditional samples (and the same distances in the CIFAR-10 judge's features),
-OOD AUROC (Table 1c), judged class-conditional samples (Fig. 3c), judged attribute compositions of the CelebA
-export (Fig. 4b) and the encoder's kNN accuracy. A section that lacks its data or judge is skipped with the
-reason; eval.json is rewritten after every section, so a long run shows its progress.
+the same distances of the replay buffer shipped with the weights (the model's own long-run chains), OOD AUROC
+(Table 1c), judged class-conditional samples (Fig. 3c), judged attribute compositions of the CelebA export
+(Fig. 4b) and the encoder's kNN accuracy. A section that lacks its data or judge is skipped with the reason;
+eval.json is rewritten after every section, so a long run shows its progress.
 """
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import torch
 
-from ..data import DataError
+from ..checkpoints import REPLAY_BUFFER_FORMAT, REPLAY_BUFFER_NAME
+from ..data import DataError, to_float
 from ..images import save_grid
 from ..runtime import option, pick_device
 from ..sampling import SAMPLING, ChainSettings, SamplingError, class_latents
-from ..weights import BUNDLED_WEIGHTS, REPO_ROOT, WeightsError, load_pretrained, write_json_atomic
+from ..weights import BUNDLED_WEIGHTS, REPO_ROOT, WeightsError, load_pretrained, read_tagged_safetensors, \
+    write_json_atomic
 from . import EvaluationError, default_data_root
 from .fid import GenerateSettings, fid_report, generate, judge_report, load_samples, sample_features, train_images, \
     train_reference, wait_for_samples
@@ -58,6 +61,8 @@ class EvalOptions:
                          "cuda:LOCAL_RANK)", group=GENERAL)
     seed: int = option(0, "seed of every chain and subset (default 0)", group=GENERAL)
     fid: bool = option(True, "FID/KID section (default on)", group=GENERAL)
+    buffer: bool = option(True, "replay-buffer section: FID/KID and judge FD of the replay buffer shipped with "
+                          "--weights, the model's own long-run chains (default on)", group=GENERAL)
     ood: bool = option(True, "OOD AUROC section (default on)", group=GENERAL)
     conditional: bool = option(True, "judged class-conditional section (default on)", group=GENERAL)
     compositional: bool = option(True, "judged compositional section (default on)", group=GENERAL)
@@ -217,6 +222,44 @@ class Evaluation:
         say(f"FID: {({k: v for k, v in res.items() if k.startswith(('fid_', 'kid', 'fd_judge_'))})}")
         return res
 
+    def buffer(self) -> dict:
+        """FID/KID and the judge's FD of the replay buffer shipped with --weights (the model's own long-run chains)
+        against the fid section's reference, so its FID-1k compares with the reference sampler's."""
+        from .metrics import features, get_inception
+
+        args, images = self.args, self.model.replay_buffer
+        if images is None:
+            raise EvaluationError(f"{args.weights} ships no replay buffer ({REPLAY_BUFFER_NAME} beside the export)")
+        if self.cfg.dataset != "cifar10":
+            raise EvaluationError(f"{args.weights} is a {self.cfg.dataset} model; the replay buffer is compared with "
+                                  "CIFAR-10 (the compositional section scores a CelebA export's buffer)")
+        say(f"replay buffer: Inception features of its {len(images)} images")
+        feats = features(images, batch_size=args.inception_batch, model=get_inception(str(self.device)))
+        limit, note = self.reference_limit()
+        stats, ref_feats, ref_info = train_reference(self.data, limit, self.device, feature_batch=args.inception_batch)
+        res = fid_report(feats, stats, ref_feats, sizes=(1000,), kid_subsets=args.kid_subsets,
+                         kid_subset_size=args.kid_subset_size)
+        res.pop("samples")
+        if note:
+            ref_info["note"] = note
+        res.update(self.judge_distances(to_float(images), lambda: train_images(self.data, limit),
+                                        Path(args.judges) / args.cifar10_judge, sizes=(1000,)))
+        save_grid(images[:100], self.out / "figures" / "buffer.png", nrow=10)
+        res = {"images": len(images), "iteration": self.buffer_iteration(), **res, "reference": ref_info,
+               "grid": "figures/buffer.png"}
+        say(f"replay buffer: {({k: v for k, v in res.items() if k.startswith(('fid_', 'kid', 'fd_judge_'))})}")
+        return res
+
+    def buffer_iteration(self) -> int | None:
+        """The training iteration the shipped replay buffer was saved at (its file's metadata), else the export's."""
+        path = Path(self.extras.get("path", self.args.weights)) / REPLAY_BUFFER_NAME
+        try:
+            _, meta = read_tagged_safetensors(path, REPLAY_BUFFER_FORMAT, "replay buffer")
+        except WeightsError:
+            meta = {}
+        it = meta.get("iteration", "")
+        return int(it) if it.isdigit() else self.extras.get("iteration")
+
     def judge_distances(self, samples, reference, judge, sizes=(1000, 10000, 50000)) -> dict:
         """FD and KID in a judge's features (clel.eval.fid.judge_report); ``reference``: a function that loads the
         real images; ``judge``: a judge or its file. What is missing is said in ``fd_judge_status``, not fatal to
@@ -281,8 +324,15 @@ class Evaluation:
         grid = torch.cat([v[:8] for v in samples.values()])
         save_grid(grid, self.out / "figures" / "compositional.png", nrow=min(8, args.comp_samples))
         uncond = samples["unconditional"]
-        res["unconditional"] = {"samples": len(uncond), **self.judge_distances(
-            uncond, lambda: celeba_reference(self.data, ccfg.image_size, seed=args.seed), judge, sizes=())}
+
+        def faces() -> torch.Tensor:
+            return celeba_reference(self.data, ccfg.image_size, seed=args.seed)
+
+        res["unconditional"] = {"samples": len(uncond), **self.judge_distances(uncond, faces, judge, sizes=())}
+        if cmodel.replay_buffer is not None:  # its own long-run chains; also at the samples' count, to compare
+            buf = cmodel.replay_buffer
+            res["buffer"] = {"images": len(buf), **self.judge_distances(to_float(buf), faces, judge,
+                                                                        sizes=(len(uncond),))}
         res["judge"] = {"path": shown_path(judge.path), "test_accuracy": judge.info.get("test", {}).get("accuracy"),
                         "image_size": judge.spec.image_size}
         res["weights"] = shown_path(str(cextras.get("path", args.celeba_weights)))
@@ -317,7 +367,7 @@ def evaluate(args: EvalOptions) -> dict[str, str] | None:
         ev.generate()
     if ev.rank != 0:
         return None
-    for name, on, fn in (("fid", args.fid, ev.fid), ("ood", args.ood, ev.ood),
+    for name, on, fn in (("fid", args.fid, ev.fid), ("buffer", args.buffer, ev.buffer), ("ood", args.ood, ev.ood),
                          ("conditional", args.conditional, ev.conditional),
                          ("compositional", args.compositional, ev.compositional), ("encoder", args.knn, ev.encoder)):
         if on:

@@ -52,8 +52,10 @@ class GenerateSettings:
 
     def key(self) -> dict[str, Any]:
         """What determines the samples (the batch size does too: seeds are per batch). Unconditional chains: the
-        guidance and the concept direction do not touch them (and records from before they were settings)."""
-        chain = {k: v for k, v in asdict(self.chain).items() if k not in ("guidance", "direction")}
+        guidance and the concept direction do not touch them; a start from noise is what records from before the
+        start was a setting drew (so they stay valid)."""
+        chain = {k: v for k, v in asdict(self.chain).items() if k not in ("guidance", "direction")
+                 and not (k == "start" and v == "noise")}
         return {**chain, "seed": self.seed, "batch_size": self.batch_size}
 
 

@@ -94,6 +94,34 @@ def _judge_distance_line(section: Mapping[str, Any] | None, samples: str) -> str
             + f"{kid_s} (against {section.get('judge_reference')} real images).")
 
 
+def _versus(mine: Mapping[str, Any], theirs: Mapping[str, Any], prefix: str, label: str, whose: str) -> str:
+    """``label``-k of ``mine`` beside ``theirs`` at the same k (one both measured, when there is one), or "" when
+    ``mine`` has none; ``whose``: how the sentence names ``theirs``, possessive ("" once it is named)."""
+    keys = [k for k, v in mine.items() if k.startswith(prefix) and isinstance(v, float)]
+    if not keys:
+        return ""
+    key = ([k for k in keys if isinstance(theirs.get(k), float)] or keys)[0]
+    other, who = theirs.get(key), f"{whose} " if whose else ""
+    return (f"{label}-{key.removeprefix(prefix)} {mine[key]:.2f} "
+            + (f"against {who}{other:.2f}" if isinstance(other, float) else "(nothing measured to compare)"))
+
+
+def _buffer_line(buffer: Mapping[str, Any] | None, samples: Mapping[str, Any] | None, whose: str,
+                 shipped: bool) -> str:
+    """The replay buffer's FID and judge FD beside those of ``samples`` (chains from noise), or "" when absent: the
+    buffer holds the longest chains the model has run. ``shipped``: whether this folder carries it."""
+    buffer, samples = buffer or {}, samples or {}
+    fid = _versus(buffer, samples, "fid_", "FID", whose)
+    fd = _versus(buffer, samples, "fd_judge_", "judge FD", "" if "against" in fid else whose)
+    if not fid and not fd:
+        return ""
+    n = buffer.get("images")
+    where = ("shipped as `replay_buffer.safetensors`; the demo can start from them" if shipped
+             else "at evaluation; not shipped in this folder")
+    return (f"The model's own long-run chains (the {f'{n:,} ' if isinstance(n, int) else ''}images of its replay "
+            f"buffer, {where}): " + "; ".join(p for p in (fid, fd) if p) + ".")
+
+
 def _bias_note(cfg: CLELConfig) -> str:
     """Which numbers may flatter the model, and why; "" when none does (the jointly trained encoder)."""
     if cfg.encoder != "inception":
@@ -139,13 +167,16 @@ def _compositional_table(comp: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _scores(cfg: CLELConfig, ev: Mapping[str, Any]) -> str:
-    """The card's "What it scores": everything eval.json measured about these weights, or that nothing was."""
+def _scores(cfg: CLELConfig, ev: Mapping[str, Any], shipped: bool = False) -> str:
+    """The card's "What it scores": everything eval.json measured about these weights, or that nothing was;
+    ``shipped``: whether the folder carries the replay buffer that eval.json may have scored."""
     bias = _bias_note(cfg)
     if cfg.dataset == "cifar10":
         knn = (ev.get("encoder") or {}).get("knn_accuracy")
         independent = _judge_distance_line(ev.get("fid"), "the same samples")
-        return (f"{bias}{_fid_line(ev.get('fid'))}\n\n" + (f"{independent}\n\n" if independent else "")
+        buffer = _buffer_line(ev.get("buffer"), ev.get("fid"), "the reference sampler's", shipped)
+        return (f"{bias}{_fid_line(ev.get('fid'))}\n\n" + (f"{buffer}\n\n" if buffer else "")
+                + (f"{independent}\n\n" if independent else "")
                 + f"{_ood_table(ev.get('ood'))}\n"
                 f"Encoder kNN accuracy on CIFAR-10: {_fmt(knn)}.\n\n{_judged_lines(ev)}"
                 "The full report is `eval.json` beside this card; published CLEL-Base numbers\n"
@@ -157,6 +188,8 @@ def _scores(cfg: CLELConfig, ev: Mapping[str, Any]) -> str:
     comp = ev.get("compositional") or {}
     independent = _judge_distance_line(comp.get("unconditional"), "unconditional samples (one chain from noise)")
     text += f"{independent}\n\n" if independent else ""
+    buffer = _buffer_line(comp.get("buffer"), comp.get("unconditional"), "the unconditional samples'", shipped)
+    text += f"{buffer}\n\n" if buffer else ""
     if comp.get("mean_accuracy") is None:
         return text + "Attribute compositions: not measured.\n"
     judge = (comp.get("judge") or {}).get("test_accuracy") or {}
@@ -172,8 +205,9 @@ def _scores(cfg: CLELConfig, ev: Mapping[str, Any]) -> str:
 def render_model_card(cfg: CLELConfig, meta: Mapping[str, Any], *, evaluation: Mapping[str, Any] | None,
                       training: Mapping[str, Any], hardware: str, commands: list[str], status: str,
                       preset: str | None = None, repo_name: str = "clel",
-                      grids: Sequence[tuple[str, str]] = (("samples", "samples.png"),)) -> str:
-    """The README.md of an export folder; ``grids``: (alt text, file) of each sample grid shown under Status."""
+                      grids: Sequence[tuple[str, str]] = (("samples", "samples.png"),), buffer_images: int = 0) -> str:
+    """The README.md of an export folder; ``grids``: (alt text, file) of each sample grid shown under Status;
+    ``buffer_images``: how many images of the replay buffer the folder ships (0: none)."""
     ev = evaluation or {}
     changes = _config_changes(cfg, preset)
     dataset = {"cifar10": "CIFAR-10", "celeba": f"CelebA {cfg.image_size}x{cfg.image_size}"}.get(cfg.dataset,
@@ -183,6 +217,8 @@ def render_model_card(cfg: CLELConfig, meta: Mapping[str, Any], *, evaluation: M
     # Exports without the field predate --export-weights and hold the EMA copy.
     which = ("the EMA copies" if meta.get("weights", "ema") == "ema"
              else "the live training weights (not the EMA copies)")
+    from_buffer = ('images = sample(model, 16, settings=ChainSettings(start="buffer"))'.ljust(74)
+                   + "# continue the model's own long-run chains\n" if buffer_images > 0 else "")
     return f"""---
 license: mit
 library_name: {repo_name}
@@ -215,7 +251,7 @@ Weights are {which}, stored as {meta.get("dtype", "float32")} safetensors.
 
 ## What it scores
 
-{_scores(cfg, ev)}
+{_scores(cfg, ev, buffer_images > 0)}
 
 ## Use
 
@@ -225,5 +261,5 @@ from clel.sampling import ChainSettings, sample
 model, cfg, extras = load_pretrained("weights/{"cifar10" if cfg.dataset == "cifar10" else "celeba64"}")
 images = sample(model, 16)                                                # one chain from uniform noise
 images = sample(model, 16, settings=ChainSettings.reference(model))       # the reference sampler
-```
+{from_buffer}```
 """

@@ -220,6 +220,23 @@ def _fid_md(fid: Mapping[str, Any]) -> list[str]:
     return lines + _judge_distances_md(fid)
 
 
+def _buffer_md(buf: Mapping[str, Any]) -> list[str]:
+    """FID / KID of the replay buffer shipped with the weights, in the FID table's layout."""
+    ref = buf.get("reference", {})
+    kid = buf.get("kid") or {}
+    kid_s = f"{kid['mean'] * 1e3:.2f} ± {kid['std'] * 1e3:.2f}" if kid else "–"
+    fids = {k: v for k, v in buf.items() if k.startswith("fid_")}
+    it = f", saved at iteration {buf['iteration']}" if buf.get("iteration") is not None else ""
+    lines = [f"The model's own long-run chains: the {buf.get('images', '?')} images of the replay buffer shipped "
+             f"with the weights{it} (grid: `{buf.get('grid', '?')}`), against the FID section's reference "
+             f"({ref.get('set', '?')}, {ref.get('n', '?')} images): its FID-1k compares with the reference "
+             "sampler's FID-1k there.", "",
+             "| images | " + " | ".join(k.replace("fid_", "FID-") for k in fids) + " | KID (x 1e3) |",
+             "|---" * (len(fids) + 2) + "|",
+             f"| {buf.get('images')} | " + " | ".join(_num(v, 2) for v in fids.values()) + f" | {kid_s} |", ""]
+    return lines + _judge_distances_md(buf)
+
+
 def _judge_distances_md(section: Mapping[str, Any]) -> list[str]:
     """The independent FD / KID in a judge's features (clel.eval.fid.judge_report), or why they are missing."""
     if section.get("fd_judge_status"):
@@ -290,6 +307,9 @@ def _compositional_md(comp: Mapping[str, Any]) -> list[str]:
     lines.append("")
     if comp.get("unconditional"):
         lines += ["Unconditional samples:", ""] + _judge_distances_md(comp["unconditional"])
+    if comp.get("buffer"):
+        lines += [f"The model's replay buffer ({comp['buffer'].get('images')} images of its own long-run chains):",
+                  ""] + _judge_distances_md(comp["buffer"])
     return lines
 
 
@@ -303,7 +323,8 @@ def _encoder_md(enc: Mapping[str, Any]) -> list[str]:
 
 
 def markdown_report(ev: Mapping[str, Any]) -> str:
-    """eval.json as markdown tables (FID/KID, Table 1c layout, confusion matrix, attributes, encoder)."""
+    """eval.json as markdown tables (FID/KID, the replay buffer's, Table 1c layout, confusion matrix, attributes,
+    encoder)."""
     lines = ["# CLEL evaluation", ""]
     w = ev.get("weights", {})
     lines += [f"Weights: `{w.get('path', '?')}` ({w.get('dataset', '?')}, arch {w.get('arch', '?')}"
@@ -311,6 +332,7 @@ def markdown_report(ev: Mapping[str, Any]) -> str:
               f"Device: {ev.get('device', '?')}.", ""]
     for key, title, body in (
             ("fid", 'FID (TF-Inception 2015-12-05 pool features)', _fid_md),
+            ("buffer", "Replay buffer", _buffer_md),
             ("ood", 'OOD detection, AUROC (CIFAR-10 test → OOD set; layout of Table 1c)', _ood_md),
             ("conditional", "Class-conditional samples judged by the CIFAR-10 classifier (Fig. 3c)",
              _conditional_md),
