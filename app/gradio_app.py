@@ -1,6 +1,6 @@
 """CLEL live demo: watch SGLD turn noise into images, step by step.
 
-    python app/gradio_app.py                      # bundled weights/cifar10 and weights/celeba64, port 7860
+    python app/gradio_app.py                      # bundled weights/cifar10 and weights/celeba32, port 7860
     python app/gradio_app.py --cifar10 DIR_OR_REPO --celeba DIR_OR_REPO --port 7861
 
 Weights: ``--cifar10`` / ``--celeba`` or ``CLEL_WEIGHTS_CIFAR10`` / ``CLEL_WEIGHTS_CELEBA`` name an export folder

@@ -126,7 +126,7 @@ class Layout:
             "unconditional", self.live.unconditional,
             lambda: ([gr.Radio(list(MODEL_CHOICES), value="CIFAR-10", label="Weights")], True))
         gr.Examples([["CIFAR-10", 16, 20, 5], ["CIFAR-10", 16, 60, 1], ["CIFAR-10", 16, 20, 10],
-                     ["CelebA 64", 9, 10, 5], ["CIFAR-10", 64, 20, 10]],
+                     ["CelebA", 9, 10, 5], ["CIFAR-10", 64, 20, 10]],
                     inputs=[weights, ctl[0], ctl[1], ctl[7]], label="Settings to try",
                     example_labels=["CIFAR-10, 5 sweeps x 20 steps (default)",
                                     "one chain of 60 steps from noise (no sweeps)",
@@ -150,7 +150,7 @@ class Layout:
                         ([_example("cifar10_ship.jpg"), _example("cifar10_airplane.jpg")], "CIFAR-10",
                          "a ship and a plane"),
                         ([_example("cifar10_horse.jpg")], "CIFAR-10", "a horse"),
-                        ([_example("celeba_000001.jpg"), _example("celeba_000018.jpg")], "CelebA 64",
+                        ([_example("celeba_000001.jpg"), _example("celeba_000018.jpg")], "CelebA",
                          "two smiling women")], inputs, offered)
 
     def _tab_classes(self) -> None:
@@ -201,7 +201,7 @@ class Layout:
                          "cat → ship"),
                         (_example("cifar10_horse.jpg"), _example("cifar10_automobile.jpg"), "CIFAR-10",
                          "horse → car"),
-                        (_example("celeba_000003.jpg"), _example("celeba_000001.jpg"), "CelebA 64",
+                        (_example("celeba_000003.jpg"), _example("celeba_000001.jpg"), "CelebA",
                          "face → face")], inputs, offered)
 
     # -- what every tab has -----------------------------------------------------------------------------------

@@ -26,9 +26,9 @@ log = logging.getLogger("clel_app.models")
 # Each demo model: (environment variable naming a folder or Hub repo id, bundled default folder name).
 MODEL_SPECS: dict[str, tuple[str, str]] = {
     "cifar10": ("CLEL_WEIGHTS_CIFAR10", "cifar10"),
-    "celeba": ("CLEL_WEIGHTS_CELEBA", "celeba64"),
+    "celeba": ("CLEL_WEIGHTS_CELEBA", "celeba32"),
 }
-MODEL_LABELS: dict[str, str] = {"cifar10": "CIFAR-10", "celeba": "CelebA 64"}
+MODEL_LABELS: dict[str, str] = {"cifar10": "CIFAR-10", "celeba": "CelebA"}
 MODEL_CHOICES: dict[str, str] = {label: kind for kind, label in MODEL_LABELS.items()}  # {"CIFAR-10": "cifar10", ...}
 MODEL_CARD = "README.md"
 
@@ -230,13 +230,13 @@ FACE_ATTRIBUTES = ("Young", "Female", "Smiling")
 def make_demo_exports(root: str | os.PathLike, preset: str = "tiny", seed: int = 0, celeba_size: int = 32,
                       reference_images: Mapping[str, Tensor] | None = None,
                       celeba_encoder: bool = True, buffer_images: int = 64) -> dict[str, Path]:
-    """Randomly initialised exports shaped like the real demo weights, under ``root/cifar10`` and ``root/celeba64``.
+    """Randomly initialised exports shaped like the real demo weights, under ``root/cifar10`` and ``root/celeba``.
 
     The CIFAR-10 export carries 10 class prototypes, the CelebA one Young/Female/Smiling attribute latents (random
     unit vectors: the networks are untrained, so samples are noise; the apps' behaviour is what is exercised).
     With ``reference_images`` (uint8 sets as from :func:`clel.data.ood.reference_sets`) an ``ood_reference.safetensors``
-    is written next to the CIFAR-10 weights. ``celeba_encoder=False`` leaves h out of the CelebA export, as in
-    the bundled ``weights/celeba64``. Each folder gets a short model card (README.md) and a replay buffer of
+    is written next to the CIFAR-10 weights. ``celeba_encoder=False`` leaves h out of the CelebA export (an export saved
+    without it). Each folder gets a short model card (README.md) and a replay buffer of
     ``buffer_images`` smooth random images (0: none), as a trained export ships its long-run chains.
     Returns ``{"cifar10": path, "celeba": path}``.
     """
@@ -260,7 +260,7 @@ def make_demo_exports(root: str | os.PathLike, preset: str = "tiny", seed: int =
     ccfg = cfg.replace(dataset="celeba", image_size=celeba_size, mean=CELEBA_MEAN, std=CELEBA_STD, num_classes=0)
     celeba = CLEL(ccfg).eval()
     attrs = F.normalize(torch.randn(len(FACE_ATTRIBUTES), cfg.feature_dim, generator=g), dim=1)
-    celeba_dir = export_pretrained(celeba, root / "celeba64", extras={"attribute_latents": attrs},
+    celeba_dir = export_pretrained(celeba, root / "celeba", extras={"attribute_latents": attrs},
                                    extra_names={"attribute_latents": list(FACE_ATTRIBUTES)},
                                    info={"weights": f"random init ({preset} preset, seed {seed})"},
                                    encoder=celeba_encoder)

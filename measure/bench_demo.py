@@ -47,7 +47,7 @@ def weights_for(kind: str, given: str | None, preset: str, tmp: Path) -> tuple[s
         return str(REPO / "weights" / bundled), "bundled"
     if not (tmp / "cifar10").exists():
         make_demo_exports(tmp, preset=preset, celeba_size=64)
-    return str(tmp / ("cifar10" if kind == "cifar10" else "celeba64")), f"random init ({preset})"
+    return str(tmp / ("cifar10" if kind == "cifar10" else "celeba")), f"random init ({preset})"
 
 
 def args_for(tab: str, n: int, steps: int, sweeps: int = 1) -> tuple[list, str]:

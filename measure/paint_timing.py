@@ -220,7 +220,7 @@ def measure(browser, url: str, a: argparse.Namespace, shots: Path | None) -> lis
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tab", default="faces", choices=sorted(TAB_NAMES))
-    p.add_argument("--weights", default="CIFAR-10", help="Unconditional tab: CIFAR-10 or CelebA 64")
+    p.add_argument("--weights", default="CIFAR-10", help="Unconditional tab: CIFAR-10 or CelebA")
     p.add_argument("--n", type=int, help="samples (default: the tab's default)")
     p.add_argument("--steps", type=int, help="SGLD steps per sweep (default: the tab's default, 20)")
     p.add_argument("--sweeps", type=int, help="sweeps (default: the tab's default, 5)")
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 paths = make_demo_exports(work / "weights")
                 cifar, celeba = str(paths["cifar10"]), str(paths["celeba"])
             weights = ("tiny random exports" if a.tiny
-                       else f"{cifar or 'weights/cifar10'}, {celeba or 'weights/celeba64'}")
+                       else f"{cifar or 'weights/cifar10'}, {celeba or 'weights/celeba32'}")
             log = open(work / "server.log", "wb")
             url, proc = start_demo(cifar, celeba, work, log, a.threads)
         wait_for(url, proc)

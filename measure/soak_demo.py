@@ -7,7 +7,7 @@
 
 Unless ``--url`` names a running server, ``python app/gradio_app.py --port N`` is started in a subprocess
 (``OMP_NUM_THREADS=1``, its temporary files in a folder of this run, removed at the end). The chains cycle
-through the tabs: Unconditional (CIFAR-10 and CelebA 64), Classes, Faces, Look-alikes and Interpolate (both on
+through the tabs: Unconditional (CIFAR-10 and CelebA), Classes, Faces, Look-alikes and Interpolate (both on
 CIFAR-10, the weights with an encoder), each short (``--min-steps`` to ``--max-steps`` SGLD steps, 2 to
 ``--max-n`` samples, 1 or 2 sweeps, a new seed each time). A new client (a new browser session for the
 server) is opened every ``--chains-per-client`` chains. After every chain the server's resident memory is read
@@ -79,7 +79,7 @@ def chain_args(i: int, a: argparse.Namespace, handle_file) -> tuple[str, list]:
     if tab == "unconditional":
         return "/unconditional", ["CIFAR-10", n, steps, SPEC.sgld_step_size, SPEC.sgld_noise, seed, False, sweeps]
     if tab == "unconditional-celeba":
-        return "/unconditional", ["CelebA 64", n, steps, SPEC.sgld_step_size, SPEC.sgld_noise, seed, False,
+        return "/unconditional", ["CelebA", n, steps, SPEC.sgld_step_size, SPEC.sgld_noise, seed, False,
                                 sweeps]
     if tab == "classes":
         return "/classes", [CLASSES[i % len(CLASSES)], *chain]
@@ -131,7 +131,7 @@ def start_server(a: argparse.Namespace, work: Path) -> tuple[str, int, Path, dic
         paths = make_demo_exports(work / "weights")
         cifar, celeba = str(paths["cifar10"]), str(paths["celeba"])
     weights = {"cifar10": "tiny random export" if a.tiny else (cifar or "weights/cifar10 (bundled)"),
-               "celeba": "tiny random export" if a.tiny else (celeba or "weights/celeba64 (bundled)")}
+               "celeba": "tiny random export" if a.tiny else (celeba or "weights/celeba32 (bundled)")}
     watched = work / "tmp"
     watched.mkdir()
     log = open(work / "server.log", "wb")

@@ -160,7 +160,7 @@ def main() -> None:
     training["iterations"] = meta.get("iteration", training["iterations"])  # the exported iteration
     card = render_model_card(cfg, out_meta, evaluation=evaluation, training=training,
                              hardware=args.hardware, commands=args.command, status=status, preset=args.preset,
-                             grids=grids, buffer_images=buffer_images)
+                             grids=grids, buffer_images=buffer_images, folder=args.out.name)
     (args.out / "README.md").write_text(card)
     print(f"bundled {args.run} -> {args.out}")
 

@@ -302,29 +302,31 @@ def test_choices_that_need_an_encoder_are_not_offered_without_one(encoderless):
         radio = props(demo, f"{tab}-weights")
         assert [c[0] for c in radio["choices"]] == ["CIFAR-10"] and radio["value"] == "CIFAR-10"
         note = props(demo, f"{tab}-weights-note")
-        assert note["visible"] and "CelebA 64 is not offered: its export has no encoder h" in note["value"]
+        assert note["visible"] and "CelebA is not offered: its export has no encoder h" in note["value"]
     look, interp = examples(demo)["Examples"]
     assert "two smiling women" not in look and "a cat" in look
     assert "face → face" not in interp and "cat → ship" in interp
     assert "no encoder h, so no look-alikes or interpolation" in props(demo, "weights-header")["value"]
     # a client that asks anyway (the API, a stale page) gets a sentence, not a traceback
     with pytest.raises(gr.Error) as e:
-        next(demo.clel_app.lookalikes([str(EX / "celeba_000001.jpg")], "CelebA 64", *chain()))
-    assert e.value.message.startswith("Look-alikes needs the encoder h to read the photos, and the CelebA 64 weights "
+        next(demo.clel_app.lookalikes([str(EX / "celeba_000001.jpg")], "CelebA", *chain()))
+    assert e.value.message.startswith("Look-alikes needs the encoder h to read the photos, and the CelebA weights "
                                       "were exported without it")
     with pytest.raises(gr.Error, match="Interpolation needs the encoder h"):
-        next(demo.clel_app.interpolate(str(EX / "celeba_000003.jpg"), str(EX / "celeba_000001.jpg"), "CelebA 64",
+        next(demo.clel_app.interpolate(str(EX / "celeba_000003.jpg"), str(EX / "celeba_000001.jpg"), "CelebA",
                                        *chain()))
 
 
-def test_the_bundled_weights_offer_what_their_exports_can_do():
-    """weights/celeba64 ships without h today; a bundle with h brings its look-alikes and face → face back."""
+@pytest.mark.parametrize("faces", ["celeba32", "celeba64"])
+def test_the_bundled_weights_offer_what_their_exports_can_do(faces):
+    """The face look-alikes and face → face are offered exactly when the export has h (weights/celeba32, the demo's
+    faces: the frozen network's head; weights/celeba64: an encoder distilled from its own g∘f)."""
     import json
 
-    demo = gradio_app.build_app(str(REPO / "weights" / "cifar10"), str(REPO / "weights" / "celeba64"))
-    parts = json.loads((REPO / "weights" / "celeba64" / "config.json").read_text()).get("parts", ["f", "g", "h"])
+    demo = gradio_app.build_app(str(REPO / "weights" / "cifar10"), str(REPO / "weights" / faces))
+    parts = json.loads((REPO / "weights" / faces / "config.json").read_text()).get("parts", ["f", "g", "h"])
     offered = [c[0] for c in props(demo, "lookalikes-weights")["choices"]]
-    assert ("CelebA 64" in offered) == ("h" in parts)
+    assert ("CelebA" in offered) == ("h" in parts)
     look, interp = examples(demo)["Examples"]
     assert ("two smiling women" in look) == ("face → face" in interp) == ("h" in parts)
 

@@ -13,7 +13,7 @@ from clel_app.models import MODEL_SPECS, ModelStore
 from clel.sampling import ChainSettings, sample
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = {"cifar10": ("cifar10", 32), "celeba": ("celeba", 64)}
+KINDS = {"cifar10": ("cifar10", 32), "celeba": ("celeba", 32)}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,13 @@ def test_app_loads_the_bundled_weights_offline(store, kind):
     assert ("EMA copies" if meta["weights"] == "ema" else "live training weights") in card
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", card)
     assert "samples.png" in linked and all((folder / f).is_file() for f in linked), linked
+    buffer = folder / "replay_buffer.safetensors"
+    if buffer.is_file():  # its own long-run chains, saved with the weights they belong to; the card says so
+        from clel.weights import read_tagged_safetensors
+
+        _, info = read_tagged_safetensors(buffer, "clel-replay-buffer", "replay buffer")
+        assert lm.model.replay_buffer.shape[1:] == (3, size, size) and lm.buffer_images == int(info["count"])
+        assert int(info["iteration"]) == meta["iteration"] and "replay_buffer.safetensors" in card
     if kind == "cifar10":
         assert lm.extras["classes"] == CIFAR10_CLASSES
         assert lm.extras["class_prototypes"].shape == (10, lm.cfg.feature_dim)

@@ -469,7 +469,7 @@ def test_encoderless_export_refuses_photo_features_in_a_sentence(tmp_path):
     assert not lm.has_encoder and s.get("cifar10").has_encoder and "no encoder h" in lm.describe()
     req = clamp_request(2, 2)
     x = torch.rand(1, 3, 32, 32)
-    with pytest.raises(DemoError, match=r"^Look-alikes needs the encoder h .* CelebA 64 weights were exported "
+    with pytest.raises(DemoError, match=r"^Look-alikes needs the encoder h .* CelebA weights were exported "
                                           r"without it \(their config.json lists only the networks f, g\)"):
         lookalike_plan(lm, x, req)
     with pytest.raises(DemoError, match="^Interpolation needs the encoder h"):

@@ -95,8 +95,8 @@ class EvalOptions:
     cifar10_judge: str = option(CIFAR10_JUDGE, f"file in --judges that scores class-conditional samples (default "
                                 f"{CIFAR10_JUDGE}; {CIFAR10_ROBUST_JUDGE} is the one fine-tuned on blurred, noisy "
                                 "and down-sampled images)", group=JUDGED)
-    celeba_weights: str = option(str(BUNDLED_WEIGHTS / "celeba64"), "CelebA export for the compositional section "
-                                 "(default weights/celeba64)", group=JUDGED)
+    celeba_weights: str = option(str(BUNDLED_WEIGHTS / "celeba32"), "CelebA export for the compositional section "
+                                 "(default weights/celeba32)", group=JUDGED)
     cond_per_class: int = option(100, "class-conditional samples per class (default 100)", group=JUDGED)
     comp_samples: int = option(100, "samples per attribute composition (default 100)", group=JUDGED)
     sampling: str = option("measured", "defaults of --guidance and --direction: measured (clel.sampling.SAMPLING, "

