@@ -291,12 +291,13 @@ def test_not_moves_the_judged_attribute_the_other_way_from_and():
     p_and, p_none, p_not = (rows[k]["mean_prob"]["Bright"] for k in ("AND Bright", "unconditional", "NOT Bright"))
     assert p_and > p_none > p_not and p_and > 0.9 and p_not < 0.1
     assert rows["AND Bright"]["accuracy"] == 1.0 and rows["NOT Bright"]["accuracy"] == 1.0
-    assert res["mean_accuracy"] == 1.0
+    assert res["mean_accuracy"] == res["mean_and_accuracy"] == res["mean_not_accuracy"] == 1.0
 
 
 def test_default_compositions_are_the_papers_subsets():
     comps = default_compositions()
-    assert len(comps) == 7 and [("Young", 1.0), ("Female", 1.0), ("Smiling", 1.0)] in comps
+    assert len(comps) == 10 and [("Young", 1.0), ("Female", 1.0), ("Smiling", 1.0)] in comps
+    assert comps[7:] == [[("Young", -1.0)], [("Female", -1.0)], [("Smiling", -1.0)]]
 
 
 def test_encoder_eval(tiny):
@@ -396,7 +397,7 @@ def test_evaluate_cli_without_fid(export_dir, tmp_path):
     assert "fid" not in ev
     assert ev["ood"]["sets"]["dtd"]["status"] == "ok" and ev["ood"]["sets"]["svhn"]["status"].startswith("not")
     assert len(ev["conditional"]["confusion"]) == 10 and ev["conditional"]["judge"]["test_accuracy"] == 0.1
-    assert len(ev["compositional"]["rows"]) == 8
+    assert len(ev["compositional"]["rows"]) == 11
     assert 0 <= ev["encoder"]["knn_accuracy"] <= 1
     md = (tmp_path / "eval.md").read_text()
     assert "Table 1c" in md and "Fig. 3c" in md and "Fig. 4b" in md

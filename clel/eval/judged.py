@@ -59,12 +59,13 @@ def class_conditional_eval(model, prototypes: Tensor, classes: Sequence[str], ju
 
 
 def default_compositions(attributes: Sequence[str] = ("Young", "Female", "Smiling")) -> list[list[tuple[str, float]]]:
-    """Every non-empty subset of the paper's attributes, each asked for with AND (weight 1), as in Fig. 4."""
+    """Every non-empty subset of the paper's attributes, each asked for with AND (weight 1), as in Fig. 4, then each
+    attribute alone with NOT (weight −1): whether guidance can also push an attribute away."""
     out = []
     for k in range(1, len(attributes) + 1):
         for combo in combinations(attributes, k):
             out.append([(a, 1.0) for a in combo])
-    return out
+    return out + [[(a, -1.0)] for a in attributes]
 
 
 def _judge_attribute(probs: Tensor, judge, name: str) -> Tensor:
@@ -115,10 +116,16 @@ def compositional_eval(model, extras: Mapping[str, Any], judge, compositions: Se
         rows.append(row)
         if log:
             log(f"compositional {label}: " + ", ".join(f"{a} {row['rate'][a]:.0%}" for a in report_attributes))
-    scored = [r["accuracy"] for r in rows if "accuracy" in r]
+    scored = [r for r in rows if "accuracy" in r]
+
+    def mean(kind: list[dict]) -> float | None:
+        return float(np.mean([r["accuracy"] for r in kind])) if kind else None
+
     return {"guidance": guidance, "direction": direction, "chain": asdict(settings), "n_per_condition": n,
-            "rows": rows,
-            "mean_accuracy": float(np.mean(scored)) if scored else None}, samples
+            "rows": rows, "mean_accuracy": mean(scored),
+            # AND-only rows (the paper's Fig. 4, comparable with evaluations before NOT rows) and rows with a NOT
+            "mean_and_accuracy": mean([r for r in scored if all(w > 0 for _, w in r["terms"])]),
+            "mean_not_accuracy": mean([r for r in scored if any(w < 0 for _, w in r["terms"])])}, samples
 
 
 # ----------------------------------------------------------------------------------------------------------------

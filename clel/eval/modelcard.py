@@ -197,9 +197,16 @@ def _scores(cfg: CLELConfig, ev: Mapping[str, Any], shipped: bool = False) -> st
     return (text + f"Attribute compositions ({comp.get('n_per_condition')} samples each, {chain.get('steps')} "
             f"SGLD steps from noise, guidance {comp.get('guidance')}), scored by the attribute judge "
             f"(test accuracy " + ", ".join(f"{a} {_fmt(v)}" for a, v in sorted(judge.items())) + "): "
-            f"agreement with the asked-for terms {_fmt(comp['mean_accuracy'])} on average.\n\n"
+            f"agreement with the asked-for terms {_fmt(comp['mean_accuracy'])} on average{_split(comp)}.\n\n"
             + _compositional_table(comp)
             + "\nThe numbers are the compositional section of `eval.json` beside this card.\n")
+
+
+def _split(comp: Mapping[str, Any]) -> str:
+    """" (AND rows x, NOT rows y)" when the evaluation asked for NOT as well (evaluations before it did not)."""
+    if comp.get("mean_not_accuracy") is None:
+        return ""
+    return f" (AND rows {_fmt(comp.get('mean_and_accuracy'))}, NOT rows {_fmt(comp['mean_not_accuracy'])})"
 
 
 def _encoder_note(cfg: CLELConfig, parts: Sequence[str]) -> str:
