@@ -48,6 +48,9 @@ class FakeJudge:
     def predict(self, x):
         return self.fn(x)
 
+    def features(self, x):  # the diversity's features: the pixels
+        return x.flatten(1)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # FID generation: batched, seeded per batch, resumable, shardable
@@ -292,6 +295,10 @@ def test_not_moves_the_judged_attribute_the_other_way_from_and():
     assert p_and > p_none > p_not and p_and > 0.9 and p_not < 0.1
     assert rows["AND Bright"]["accuracy"] == 1.0 and rows["NOT Bright"]["accuracy"] == 1.0
     assert res["mean_accuracy"] == res["mean_and_accuracy"] == res["mean_not_accuracy"] == 1.0
+    # the diversity ratio: the conditioned rows' mean pairwise judge-feature distance over the unconditional row's
+    assert all(r["diversity"] > 0 for r in rows.values())
+    assert res["diversity_ratio"] == pytest.approx(
+        (rows["AND Bright"]["diversity"] + rows["NOT Bright"]["diversity"]) / 2 / rows["unconditional"]["diversity"])
 
 
 def test_default_compositions_are_the_papers_subsets():

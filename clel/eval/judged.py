@@ -16,6 +16,7 @@ from ..concepts import encode_images
 from ..fast import FastPath
 from ..sampling import ChainSettings, Condition, draw, term_label
 from . import EvaluationError
+from .judges import diversity
 from ..runtime import model_device
 from .ood import has_encoder
 from .fid import _batch_seed
@@ -87,7 +88,9 @@ def compositional_eval(model, extras: Mapping[str, Any], judge, compositions: Se
     For each composition: the judge's mean P(attribute) and the rate of predicted-present (p > 0.5) for every
     attribute in ``report_attributes``; ``accuracy`` is the fraction of the asked-for terms that the judge
     agrees with (present for AND, absent for NOT), averaged over samples; ``all_correct`` the fraction of samples
-    where every term holds. The same seed is used for every composition, so rows differ only by the condition.
+    where every term holds; ``diversity`` the mean pairwise distance of the judge's features (``diversity_ratio``:
+    the conditioned rows' mean over the unconditional row's). The same seed is used for every composition, so rows
+    differ only by the condition.
     """
     rows = []
     samples: dict[str, Tensor] = {}
@@ -102,7 +105,7 @@ def compositional_eval(model, extras: Mapping[str, Any], judge, compositions: Se
         samples[label] = x
         probs = judge.predict(x)
         row: dict[str, Any] = {"condition": label, "terms": [[a, w] for a, w in terms], "n": n,
-                               "mean_prob": {}, "rate": {}}
+                               "mean_prob": {}, "rate": {}, "diversity": diversity(judge.features(x))}
         for a in report_attributes:
             p = _judge_attribute(probs, judge, a)
             row["mean_prob"][a] = float(p.mean())
@@ -121,8 +124,12 @@ def compositional_eval(model, extras: Mapping[str, Any], judge, compositions: Se
     def mean(kind: list[dict]) -> float | None:
         return float(np.mean([r["accuracy"] for r in kind])) if kind else None
 
+    base = rows[0]["diversity"] if include_unconditional and rows and rows[0]["diversity"] > 0 else None
     return {"guidance": guidance, "direction": direction, "chain": asdict(settings), "n_per_condition": n,
             "rows": rows, "mean_accuracy": mean(scored),
+            # guidance that collapses the samples onto one look is no success: conditioned diversity / unconditional
+            "diversity_ratio": (float(np.mean([r["diversity"] for r in scored])) / base
+                                if base is not None and scored else None),
             # AND-only rows (the paper's Fig. 4, comparable with evaluations before NOT rows) and rows with a NOT
             "mean_and_accuracy": mean([r for r in scored if all(w > 0 for _, w in r["terms"])]),
             "mean_not_accuracy": mean([r for r in scored if any(w < 0 for _, w in r["terms"])])}, samples

@@ -204,9 +204,11 @@ def _scores(cfg: CLELConfig, ev: Mapping[str, Any], shipped: bool = False) -> st
 
 def _split(comp: Mapping[str, Any]) -> str:
     """" (AND rows x, NOT rows y)" when the evaluation asked for NOT as well (evaluations before it did not)."""
+    diverse = (f"; the conditioned samples keep {comp['diversity_ratio']:.2f} of the unconditional samples' "
+               "diversity in the judge's features" if comp.get("diversity_ratio") is not None else "")
     if comp.get("mean_not_accuracy") is None:
-        return ""
-    return f" (AND rows {_fmt(comp.get('mean_and_accuracy'))}, NOT rows {_fmt(comp['mean_not_accuracy'])})"
+        return diverse
+    return f" (AND rows {_fmt(comp.get('mean_and_accuracy'))}, NOT rows {_fmt(comp['mean_not_accuracy'])}){diverse}"
 
 
 def _encoder_note(cfg: CLELConfig, parts: Sequence[str]) -> str:

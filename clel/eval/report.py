@@ -299,11 +299,15 @@ def _compositional_md(comp: Mapping[str, Any]) -> list[str]:
     lines += [f"Judge: `{judge.get('path', '?')}` (held-out accuracy {accs}). "
               f"{comp['n_per_condition']} samples per condition, guidance {comp['guidance']:g}. Cells: "
               f"fraction judged to have the attribute; accuracy: agreement with the asked-for terms.", "",
-              "| condition | " + " | ".join(attrs) + " | accuracy | all terms |",
-              "|---|" + "---|" * (len(attrs) + 2)]
+              "| condition | " + " | ".join(attrs) + " | accuracy | all terms | diversity |",
+              "|---|" + "---|" * (len(attrs) + 3)]
     for r in comp["rows"]:
         lines.append(f"| {r['condition']} | " + " | ".join(f"{r['rate'][a]:.2f}" for a in attrs)
-                     + f" | {_num(r.get('accuracy'), 3)} | {_num(r.get('all_correct'), 3)} |")
+                     + f" | {_num(r.get('accuracy'), 3)} | {_num(r.get('all_correct'), 3)} "
+                     f"| {_num(r.get('diversity'), 3)} |")
+    if comp.get("diversity_ratio") is not None:
+        lines += ["", "Diversity of the conditioned samples over the unconditional ones: "
+                      f"{comp['diversity_ratio']:.3f}."]
     lines.append("")
     if comp.get("unconditional"):
         lines += ["Unconditional samples:", ""] + _judge_distances_md(comp["unconditional"])
