@@ -228,16 +228,24 @@ def save_replay_buffer(images: Tensor, path: str | os.PathLike, iteration: int |
     return Path(path)
 
 
-def load_replay_buffer(path: str | os.PathLike, shape: tuple[int, ...]) -> Tensor:
-    """uint8 images [N, *shape] of a saved replay buffer (``save_replay_buffer``); anything else raises TrainError."""
+def read_replay_buffer(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -> tuple[Tensor, int | None]:
+    """uint8 images [N, *shape] of a saved replay buffer (``save_replay_buffer``; any shape when None) and the
+    iteration it was saved at (None when not recorded); anything else raises TrainError."""
     from .weights import read_tagged_safetensors
 
-    tensors, _ = read_tagged_safetensors(path, REPLAY_BUFFER_FORMAT, "replay buffer", error=TrainError)
+    tensors, meta = read_tagged_safetensors(path, REPLAY_BUFFER_FORMAT, "replay buffer", error=TrainError)
     images = tensors.get("images")
-    if images is None or images.dtype != torch.uint8 or tuple(images.shape[1:]) != tuple(shape):
-        raise TrainError(f"{path}: expected uint8 images [N, {', '.join(map(str, shape))}], got "
+    if (images is None or images.dtype != torch.uint8 or images.ndim != 4
+            or (shape is not None and tuple(images.shape[1:]) != tuple(shape))):
+        raise TrainError(f"{path}: expected uint8 images [N, {', '.join(map(str, shape or ('C', 'H', 'W')))}], got "
                          f"{None if images is None else (images.dtype, tuple(images.shape))}")
-    return images
+    it = meta.get("iteration", "")
+    return images, int(it) if it.isdigit() else None
+
+
+def load_replay_buffer(path: str | os.PathLike, shape: tuple[int, ...]) -> Tensor:
+    """uint8 images [N, *shape] of a saved replay buffer (:func:`read_replay_buffer` without the iteration)."""
+    return read_replay_buffer(path, shape)[0]
 
 
 def write_ema(tensors: dict[str, Tensor], path: str | os.PathLike, iteration: Any = None,

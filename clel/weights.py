@@ -473,7 +473,7 @@ def load_pretrained(path_or_repo: str | os.PathLike, *, device: str | torch.devi
     ``class_prototypes`` [C, D] with ``classes`` and/or ``attribute_latents`` [A, D] with ``attributes`` when
     the export has them, plus ``source`` ("local", "hub" or "bundled"), ``path`` and the rest of config.json
     (e.g. ``iteration``, ``weights``, ``encoder``), and ``replay_buffer``: how many images of the model's own
-    long-run chains ship beside it (``model.replay_buffer``, uint8; 0 without). An export of the frozen encoder
+    long-run chains ship beside it (``model.replay_buffer``, uint8; 0 without) and ``replay_buffer_iteration``. An export of the frozen encoder
     whose network is not installed here, or is another file than it was trained on, is refused
     (:func:`check_encoder`).
     """
@@ -497,21 +497,22 @@ def load_pretrained(path_or_repo: str | os.PathLike, *, device: str | torch.devi
             names = {"class_prototypes": "classes", "attribute_latents": "attributes",
                      "class_contrasts": "classes", "attribute_contrasts": "attributes"}.get(key, f"{key}_names")
             extras[names] = list(spec.get("names", []))
-    model.replay_buffer = _read_replay_buffer(folder, cfg)
+    model.replay_buffer, extras["replay_buffer_iteration"] = _read_replay_buffer(folder, cfg)
     extras["replay_buffer"] = 0 if model.replay_buffer is None else len(model.replay_buffer)
     log.info("clel: model %s (arch %s) from %s [%s]", folder.name, cfg.arch, folder, source)
     return model, cfg, extras
 
 
-def _read_replay_buffer(folder: Path, cfg: CLELConfig) -> Tensor | None:
-    """The uint8 replay buffer shipped beside an export (None without one); a broken one is refused by name."""
-    from .checkpoints import REPLAY_BUFFER_NAME, TrainError, load_replay_buffer
+def _read_replay_buffer(folder: Path, cfg: CLELConfig) -> tuple[Tensor | None, int | None]:
+    """The uint8 replay buffer shipped beside an export and the iteration it was saved at ((None, None) without
+    one); a broken one is refused by name."""
+    from .checkpoints import REPLAY_BUFFER_NAME, TrainError, read_replay_buffer
 
     path = folder / REPLAY_BUFFER_NAME
     if not path.is_file():
-        return None
+        return None, None
     try:
-        return load_replay_buffer(path, (3, cfg.image_size, cfg.image_size))
+        return read_replay_buffer(path, (3, cfg.image_size, cfg.image_size))
     except TrainError as e:
         raise WeightsError(f"{e}; remove or replace it (the weights themselves need no replay buffer)") from None
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from clel.checkpoints import (EMA_NAME, REPLAY_BUFFER_FORMAT, REPLAY_BUFFER_NAME, TrainError, checkpoint_buffer,
-                              newest_checkpoint, read_ema, save_replay_buffer, write_ema)
+from clel.checkpoints import (EMA_NAME, REPLAY_BUFFER_NAME, checkpoint_buffer, newest_checkpoint, read_ema,
+                              read_replay_buffer, save_replay_buffer, write_ema)
 from clel.eval.modelcard import render_model_card, training_summary
 from clel.images import save_grid
 from clel.runtime import add_run_options
 from clel.sampling import ChainSettings, sample
-from clel.weights import export_pretrained, load_pretrained, read_config, read_tagged_safetensors
+from clel.weights import export_pretrained, load_pretrained, read_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,9 +93,8 @@ def run_buffer(run: Path, meta: dict) -> tuple[torch.Tensor, int | None] | None:
     else the newest checkpoint's (rank 0's); None when the run has neither."""
     path = run / REPLAY_BUFFER_NAME
     if path.is_file():
-        tensors, info = read_tagged_safetensors(path, REPLAY_BUFFER_FORMAT, "replay buffer", error=TrainError)
-        it = info.get("iteration", "")
-        return tensors["images"], int(it) if it.isdigit() else meta.get("iteration")
+        images, it = read_replay_buffer(path)
+        return images, meta.get("iteration") if it is None else it
     ck = newest_checkpoint(run)
     if ck is None:
         return None

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import REPLAY_BUFFER_FORMAT, REPLAY_BUFFER_NAME
+from ..checkpoints import REPLAY_BUFFER_NAME
 from ..data import DataError, to_float
 from ..images import save_grid
 from ..runtime import option, pick_device
 from ..sampling import SAMPLING, ChainSettings, SamplingError, class_latents
-from ..weights import BUNDLED_WEIGHTS, REPO_ROOT, WeightsError, load_pretrained, read_tagged_safetensors, \
-    write_json_atomic
+from ..weights import BUNDLED_WEIGHTS, REPO_ROOT, WeightsError, load_pretrained, write_json_atomic
 from . import EvaluationError, default_data_root
 from .fid import GenerateSettings, fid_report, generate, judge_report, load_samples, sample_features, train_images, \
     train_reference, wait_for_samples
@@ -245,20 +244,11 @@ class Evaluation:
         res.update(self.judge_distances(to_float(images), lambda: train_images(self.data, limit),
                                         Path(args.judges) / args.cifar10_judge, sizes=(1000,)))
         save_grid(images[:100], self.out / "figures" / "buffer.png", nrow=10)
-        res = {"images": len(images), "iteration": self.buffer_iteration(), **res, "reference": ref_info,
+        it = self.extras.get("replay_buffer_iteration") or self.extras.get("iteration")  # when saved, else the export's
+        res = {"images": len(images), "iteration": it, **res, "reference": ref_info,
                "grid": "figures/buffer.png"}
         say(f"replay buffer: {({k: v for k, v in res.items() if k.startswith(('fid_', 'kid', 'fd_judge_'))})}")
         return res
-
-    def buffer_iteration(self) -> int | None:
-        """The training iteration the shipped replay buffer was saved at (its file's metadata), else the export's."""
-        path = Path(self.extras.get("path", self.args.weights)) / REPLAY_BUFFER_NAME
-        try:
-            _, meta = read_tagged_safetensors(path, REPLAY_BUFFER_FORMAT, "replay buffer")
-        except WeightsError:
-            meta = {}
-        it = meta.get("iteration", "")
-        return int(it) if it.isdigit() else self.extras.get("iteration")
 
     def judge_distances(self, samples, reference, judge, sizes=(1000, 10000, 50000)) -> dict:
         """FD and KID in a judge's features (clel.eval.fid.judge_report); ``reference``: a function that loads the
