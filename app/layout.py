@@ -11,7 +11,7 @@ from clel.config import CLELConfig as SPEC  # SPEC's chain constants are the con
 from clel.data import CIFAR10_CLASSES
 from clel.sampling import ChainSettings, chain_fields
 from clel_app.chains import ATTRIBUTE_CHOICES
-from clel_app.limits import DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SWEEPS
+from clel_app.limits import DEFAULT_SAMPLES
 from clel_app.live import EMPTY_CURVE, LiveChains
 from clel_app.messages import DemoError
 from clel_app.models import MODEL_CHOICES
@@ -227,7 +227,7 @@ class Layout:
     def _controls(self, prefix: str, mode: str = "unconditional", n: int = DEFAULT_SAMPLES,
                   ) -> list[gr.components.Component]:
         lim = self.limits
-        defaults = ChainSettings.measured(None, mode, DEFAULT_SWEEPS, steps=DEFAULT_STEPS)
+        defaults = ChainSettings.demo(None, mode)
         with gr.Accordion("Chain settings", open=True):
             with gr.Row():
                 c_n = gr.Slider(1, lim.max_samples, value=min(n, lim.max_samples), step=1, label="Samples",

@@ -13,8 +13,6 @@ from clel.sampling import ChainSettings, chain_fields
 from clel_app.messages import DemoError
 
 DEFAULT_SAMPLES = 16
-DEFAULT_STEPS = 20  # per sweep: the CIFAR-10 training chain
-DEFAULT_SWEEPS = 5  # augmented sweeps clear the pixel noise one chain from noise keeps (see clel.sampling)
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 
 from clel.images import save_png, upscale
-from clel.sampling import chain_fields
+from clel.sampling import DEMO_STEPS, DEMO_SWEEPS, chain_fields
 from clel_app import chains
 from clel_app.chains import ChainPlan, EnergyHistory, Frame, energy_figure, stream_frames
-from clel_app.limits import DEFAULT_STEPS, DEFAULT_SWEEPS, ChainRequest, Limits, clamp_request, random_seed
+from clel_app.limits import ChainRequest, Limits, clamp_request, random_seed
 from clel_app.messages import DemoError, redact_paths
 from clel_app.models import MODEL_CHOICES, LoadedModel, ModelStore
 from clel_app.uploads import read_uploads, thumbnails
@@ -35,7 +35,7 @@ def _plot_data(fig: Any) -> Any:
 
 
 # The curve each tab shows before its first chain, and each chain's first frame (before its first energies)
-EMPTY_CURVE = _plot_data(energy_figure(EnergyHistory(), DEFAULT_STEPS * DEFAULT_SWEEPS))
+EMPTY_CURVE = _plot_data(energy_figure(EnergyHistory(), DEMO_STEPS * DEMO_SWEEPS))
 
 
 def _user_error(e: BaseException, where: str) -> gr.Error:

@@ -175,5 +175,20 @@ class Probe:
         out["judged_not_agreement"] = sum(out[f"judged_not_{a}"] for a in names) / len(names)
         return out
 
+    def lookalikes(self, model: Any, data_root: str | Path, n: int = 50, per_upload: int = 4) -> dict[str, Any]:
+        """Look-alikes of ``n`` held-out uploads at the demo's chain, judged (:func:`clel.eval.judged.lookalike_eval`):
+        not in every probe, since it reads the held-out images from ``data_root``; recipe comparisons ask for it."""
+        from .eval.judged import lookalike_eval, lookalike_uploads
+        from .sampling import ChainSettings
+
+        judge = self._load_judge()
+        uploads, labels = lookalike_uploads(data_root, judge, n, self.st.seed)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            m = copy.deepcopy(model).to(self.device).eval().requires_grad_(False)
+            res, _ = lookalike_eval(m, uploads, labels, judge, per_upload, ChainSettings.demo(m, "instance"),
+                                    self.st.seed)
+        return {f"lookalike_{k}": res[k] for k in ("agreement", "dist_own", "dist_other")}
+
     def settings(self) -> dict[str, Any]:
         return asdict(self.st)

@@ -132,6 +132,11 @@ class ChainSettings:
                                         **overrides})
 
     @classmethod
+    def demo(cls, model: CLEL | None, mode: str = "unconditional", **overrides) -> "ChainSettings":
+        """What the demo's tabs start at: :meth:`measured` with ``DEMO_SWEEPS`` sweeps of ``DEMO_STEPS`` steps."""
+        return cls.measured(model, mode, DEMO_SWEEPS, **{"steps": DEMO_STEPS, **overrides})
+
+    @classmethod
     def measured(cls, model: CLEL | None, mode: str = "unconditional", sweeps: int | None = None,
                  table: str = "measured", extras: Mapping[str, Any] | None = None, **overrides) -> "ChainSettings":
         """What a ``mode`` chain asks for unless told otherwise (``table``: :data:`SAMPLING`'s measured defaults or
@@ -156,6 +161,10 @@ class ChainSettings:
 def chain_fields() -> dict[str, Any]:
     """ChainSettings' fields by name (their metadata: help, label, limits)."""
     return {f.name: f for f in fields(ChainSettings)}
+
+
+DEMO_STEPS = 20  # per sweep: the CIFAR-10 training chain
+DEMO_SWEEPS = 5  # augmented sweeps clear the pixel noise one chain from noise keeps (docs/evaluation.md)
 
 
 def _every(v: float) -> dict[str, float]:

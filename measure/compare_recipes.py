@@ -10,8 +10,8 @@ train.py overrides (after --common, which every arm gets: a run's --precision is
 All arms run at once, one thread each, so a machine's drift hits them alike, and each stops
 (SIGTERM: checkpoint, then exit) once its own process has used --cpu-minutes of CPU time. Then the starting
 point and every arm's live weights get the same fixed-seed probe (clel.probe: FID-500 against 2,000 training
-images, the independent FD-500 in the judge's features, judged accuracy or attribute agreement, clamped pixels),
-and the table gives each probe's change per CPU-hour. The start point is also probed with --noise-seeds other
+images, the independent FD-500 in the judge's features, judged accuracy or attribute agreement, clamped pixels;
+with --lookalikes N, the judged agreement of look-alikes of N held-out uploads at the demo's chain), and the table gives each probe's change per CPU-hour. The start point is also probed with --noise-seeds other
 seeds: a change smaller than that spread is noise. The replay buffer's size is fixed by the checkpoint (an arm
 cannot change it).
 """
@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("fid", "fd_judge", "judged_accuracy", "judged_agreement", "judged_not_agreement", "clamped_fraction")
+METRICS = ("fid", "fd_judge", "judged_accuracy", "judged_agreement", "judged_not_agreement", "lookalike_agreement",
+           "clamped_fraction")
 
 
 def parse_recipe(spec: str) -> tuple[str, list[str]]:
@@ -98,8 +99,10 @@ def live_model(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
     return model.eval(), meta
 
 
-def probe_all(start: Path, arms: dict[str, dict[str, Any]], out: Path, noise_seeds: int) -> dict[str, Any]:
-    """The same probe on the start point (and its other seeds) and on every arm's newest checkpoint."""
+def probe_all(start: Path, arms: dict[str, dict[str, Any]], out: Path, noise_seeds: int,
+              lookalikes: int = 0) -> dict[str, Any]:
+    """The same probe on the start point (and its other seeds) and on every arm's newest checkpoint; with
+    ``lookalikes``, also the look-alike agreement of that many held-out uploads (``Probe.lookalikes``)."""
     from dataclasses import replace
 
     from clel.checkpoints import find_checkpoints
@@ -110,8 +113,12 @@ def probe_all(start: Path, arms: dict[str, dict[str, Any]], out: Path, noise_see
     cfg, data_path = model.cfg, meta["options"]["data"]
     data = load_dataset(cfg.dataset, data_path, split="train", image_size=cfg.image_size)
     probe = Probe(data)
+
+    def measure(m: Any) -> dict[str, Any]:
+        return {**probe(m), **(probe.lookalikes(m, data_path, lookalikes) if lookalikes else {})}
+
     first = meta["iteration"]
-    start_row = {"iteration": first, **probe(model)}
+    start_row = {"iteration": first, **measure(model)}
     spread = [start_row] + [Probe(data, settings=replace(ProbeSettings(), seed=s))(model)
                             for s in range(1, noise_seeds + 1)]
     rows = {}
@@ -122,7 +129,7 @@ def probe_all(start: Path, arms: dict[str, dict[str, Any]], out: Path, noise_see
         model, m = live_model(find_checkpoints(out / name)[-1])
         c = m["config"]
         rows[name] = {**arm, "iteration": m["iteration"], "iterations": m["iteration"] - first,
-                      "batch_size": c["batch_size"], "sgld_steps": c["sgld_steps"], "lr": c["lr"], **probe(model)}
+                      "batch_size": c["batch_size"], "sgld_steps": c["sgld_steps"], "lr": c["lr"], **measure(model)}
     return {"start": {"checkpoint": str(start), **start_row}, "start_other_seeds": spread[1:], "arms": rows}
 
 
@@ -156,6 +163,8 @@ def main() -> None:
     p.add_argument("--nice", type=int, default=5, help="niceness of the arms (default: 5)")
     p.add_argument("--noise-seeds", type=int, default=1, help="extra probe seeds on the start point (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the probes (default: 1)")
+    p.add_argument("--lookalikes", type=int, default=0,
+                   help="also probe look-alikes of N held-out uploads at the demo's chain (default: 0, off)")
     p.add_argument("--probe-only", action="store_true",
                    help="skip the training: probe the arms recorded in --out/arms.json by an earlier call")
     args = p.parse_args()
@@ -177,7 +186,7 @@ def main() -> None:
             raise SystemExit(f"{args.out} already holds arms of these names; choose another --out")
         arms = run_arms(found[-1], recipes, args.out, 60 * args.cpu_minutes, args.nice)
         (args.out / "arms.json").write_text(json.dumps(arms, indent=2))  # what --probe-only reads
-    res = {"command": " ".join(sys.argv), **probe_all(found[-1], arms, args.out, args.noise_seeds)}
+    res = {"command": " ".join(sys.argv), **probe_all(found[-1], arms, args.out, args.noise_seeds, args.lookalikes)}
     (args.out / "results.json").write_text(json.dumps(res, indent=2))
     print_table(res)
 

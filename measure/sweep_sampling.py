@@ -20,15 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from clel.eval import EvaluationError
-from clel.eval.judged import class_conditional_eval, compositional_eval
+from clel.eval import EvaluationError, default_data_root
+from clel.eval.judged import class_conditional_eval, compositional_eval, lookalike_eval, lookalike_uploads
 from clel.images import save_grid
-from clel.sampling import Condition, class_latents, draw
+from clel.sampling import class_latents, draw
 from clel.eval.judges import CIFAR10_JUDGE, JUDGE_DIR, celeba_judge_path, diversity, load_judge
 from clel.checkpoints import EMA_NAME, read_ema
 from clel.probe import clamped_fraction
@@ -146,60 +147,10 @@ def attribute_cell(model, extras, judge, direction, guidance, st, args) -> tuple
     return row, torch.cat([v[:8] for v in samples.values()])
 
 
-def same_judgement(judge, x: torch.Tensor, label: torch.Tensor) -> float:
-    """How many of ``x`` the judge gives ``label``: the class (CIFAR-10), or the fraction of attributes on which
-    it agrees with the upload's own judged attributes (CelebA), summed over ``x``."""
-    p = judge.predict(x)
-    if judge.spec.task == "classes":
-        return float((p.argmax(1) == label).sum())
-    return float(((p > 0.5) == label).float().mean(1).sum())
-
-
-def lookalike_cell(model, uploads, labels, judge, guidance, st, args) -> dict[str, Any]:
-    """Samples guided by each upload's latent: judged class (or attribute) agreement with the upload, and the
-    distance to their own upload against the other uploads."""
-    t0 = time.perf_counter()
-    feats_up = judge.features(uploads)
-    hits, own, other, xs = 0.0, [], [], []
-    for i in range(len(uploads)):
-        cond = Condition.instance(uploads[i:i + 1].float() / 255)
-        x = draw(model, args.per_upload, cond, st, seed=args.seed + 7919 * i, guidance=guidance).x
-        xs.append(x)
-        hits += same_judgement(judge, x, labels[i])
-        f = judge.features(x)
-        d = torch.cdist(f.double(), feats_up.double())  # [k, N]
-        own.append(float(d[:, i].mean()))
-        other.append(float((d.sum(1) - d[:, i]).mean() / (len(uploads) - 1)))
-    x = torch.cat(xs)
-    return {"same_class": hits / (len(uploads) * args.per_upload), "dist_own": sum(own) / len(own),
-            "dist_other": sum(other) / len(other), "clamped": clamped_fraction(x),
-            "seconds": time.perf_counter() - t0}, x
-
-
-def lookalike_uploads(args: argparse.Namespace, judge: Any, celeba: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """--lookalikes seeded test images and what the samples should share with them: CIFAR-10 test images and
-    their labels, or faces from the last 1,000 shared CelebA faces (held out by the judge and by
-    scripts/distill_encoder.py) and their own judged attributes."""
-    from clel.data import load_celeba, load_cifar10
-    from clel.eval import default_data_root
-
-    root = Path(args.data or default_data_root())
-    if celeba:
-        images = load_celeba(root / "celeba", judge.spec.image_size).images[-1000:]  # the judge's own size
-    else:
-        test = load_cifar10(root / "cifar10", "test")
-        images = test.images
-    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[:args.lookalikes]
-    idx = idx.sort().values
-    if celeba:
-        return images[idx], judge.predict(images[idx]) > 0.5
-    return images[idx], test.labels[idx]
-
-
 def table(rows: list[dict[str, Any]], uncond: dict[str, Any]) -> str:
     keys = [k for k in ("variant", "chain", "sweeps x steps", "ramp", "bound", "direction", "guidance")
             if any(k in r for r in rows)]
-    metric = [k for k in ("accuracy", "same_class", "dist_own", "dist_other", "diversity", "clamped", "seconds")
+    metric = [k for k in ("accuracy", "agreement", "dist_own", "dist_other", "diversity", "clamped", "seconds")
               if any(k in r for r in rows)]
     extra = sorted({t for r in rows for t in (r.get("per_term") or {})})
     head = keys + metric + extra
@@ -227,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                            else Path(args.judges) / CIFAR10_JUDGE)
         uploads = labels = None
         if args.lookalikes:
-            uploads, labels = lookalike_uploads(args, judge, celeba)
+            uploads, labels = lookalike_uploads(args.data or default_data_root(), judge, args.lookalikes,
+                                                args.seed)
         for label, st in chain_cells(model, args):
             name = "-".join(str(v).replace(" ", "") for v in label.values())
             key = f"{variant}/{label['chain']}" + (f"/{st.sweeps}x{st.steps}" if len(args.steps) > 1 else "")
@@ -240,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                 for direction in (["mean"] if args.lookalikes else args.direction):
                     tag = f"{variant}-{name}-{direction}-g{guidance:g}"
                     if args.lookalikes:
-                        row, grid = lookalike_cell(model, uploads, labels, judge, guidance, st, args)
+                        row, grid = lookalike_eval(model, uploads, labels, judge, args.per_upload,
+                                                   replace(st, guidance=guidance), args.seed)
+                        row = {k: row[k] for k in ("agreement", "dist_own", "dist_other", "clamped", "seconds")}
                         grid = grid[:64]
                     elif celeba:
                         row, grid = attribute_cell(model, extras, judge, direction, guidance, st, args)

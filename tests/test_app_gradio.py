@@ -441,16 +441,16 @@ def test_app_readme_states_the_defaults_the_demo_has():
     import re
 
     from clel.config import CLELConfig
-    from clel.sampling import ChainSettings
+    from clel.sampling import DEMO_STEPS, DEMO_SWEEPS, ChainSettings
 
     line = " ".join(re.search(r"^- Defaults:(.*?)(?=^- |\Z)", (REPO / "app" / "README.md").read_text(),
                               re.M | re.S).group(1).split())
     assert f"{limits.DEFAULT_SAMPLES} samples" in line
-    assert f"{limits.DEFAULT_SWEEPS} sweeps of {limits.DEFAULT_STEPS} SGLD steps" in line
+    assert f"{DEMO_SWEEPS} sweeps of {DEMO_STEPS} SGLD steps" in line
     assert f"step size {CLELConfig.sgld_step_size:g}, noise {CLELConfig.sgld_noise:g}" in line
     said = {"Classes": "class", "Faces": "attributes", "Look-alikes": "instance", "Interpolate": "interpolate"}
     for tab, mode in said.items():
         beta = re.search(rf"β ([0-9.]+) on [^β]*\b{tab}\b", line)
-        shown = ChainSettings.measured(None, mode, limits.DEFAULT_SWEEPS)  # what the tab's sliders start at
+        shown = ChainSettings.demo(None, mode)  # what the tab's sliders start at
         assert beta and float(beta.group(1)) == shown.guidance, (tab, line)
     assert f"bounded at {shown.guidance_bound:g}x" in line

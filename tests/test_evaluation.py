@@ -23,7 +23,8 @@ from clel.data import CIFAR10_CLASSES
 from clel.data.ood import OOD_COLUMNS, load_fashion_mnist, load_mnist5k, ood_sets
 from clel.eval import EvaluationError
 from clel.eval.fid import GenerateSettings, fid_report, generate, load_samples
-from clel.eval.judged import class_conditional_eval, compositional_eval, default_compositions, encoder_eval
+from clel.eval.judged import (class_conditional_eval, compositional_eval, default_compositions, encoder_eval,
+                              lookalike_eval, same_judgement)
 from clel.eval.ood import ood_evaluate
 from clel.eval.report import (confusion_png, histogram_png, markdown_report, plotly_confusion_html,
                               plotly_histograms_html)
@@ -317,6 +318,49 @@ def test_encoder_eval(tiny):
     assert (res["train"], res["test"], res["k"]) == (40, 20, 5)
 
 
+def test_lookalike_agreement_counts_classes_or_the_share_of_matching_attributes():
+    def judge(task, probs):
+        return SimpleNamespace(spec=SimpleNamespace(task=task), predict=lambda x: torch.tensor(probs))
+
+    classes = judge("classes", [[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert same_judgement(classes, None, torch.tensor(1)) == 2.0  # two of three samples judged class 1
+    attrs = judge("attributes", [[0.9, 0.1, 0.6], [0.2, 0.2, 0.2]])
+    upload = torch.tensor([True, False, False])
+    assert abs(same_judgement(attrs, None, upload) - (2 / 3 + 2 / 3)) < 1e-6  # 2 of 3 attributes, twice
+
+
+def test_lookalikes_are_judged_against_their_own_upload(tiny, monkeypatch):
+    """A stand-in chain that returns its reference image: every look-alike is its upload, so the distance to its
+    own upload is 0, the agreement is the share of uploads whose label the judge gives them, and each upload's
+    chain gets its own seed and the settings' guidance."""
+    import clel.eval.judged as judged
+
+    calls = []
+
+    def copies(model, n, cond, settings, seed=0, guidance=None, **kw):
+        assert cond.mode == "instance" and guidance == settings.guidance
+        calls.append(seed)
+        return SimpleNamespace(x=cond.images.expand(n, -1, -1, -1).clone())
+
+    monkeypatch.setattr(judged, "draw", copies)
+    uploads = torch.stack([torch.full((3, 32, 32), v, dtype=torch.uint8) for v in (0, 80, 160, 240)])
+
+    def dark_or_bright(x):
+        m = x.float().mean((1, 2, 3)).unsqueeze(1)
+        m = m / 255 if x.dtype == torch.uint8 else m
+        return torch.cat([1 - m, m], 1)
+
+    judge = FakeJudge(["dark", "bright"], "classes", dark_or_bright)
+    st = ChainSettings.demo(tiny, "instance")
+    res, x = lookalike_eval(tiny, uploads, torch.tensor([0, 0, 1, 1]), judge, 3, st)
+    assert res["agreement"] == 1.0 and res["dist_own"] == 0.0 and res["dist_other"] > 0.3
+    assert x.shape == (12, 3, 32, 32) and len(set(calls)) == 4 and res["guidance"] == st.guidance == 0.1
+    res, _ = lookalike_eval(tiny, uploads, torch.tensor([1, 0, 1, 0]), judge, 3, st)  # two labels wrong
+    assert res["agreement"] == 0.5
+    with pytest.raises(EvaluationError, match="at least 2 uploads"):
+        lookalike_eval(tiny, uploads[:1], torch.tensor([0]), judge, 3, st)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Figures and report
 # ---------------------------------------------------------------------------------------------------------------
@@ -349,9 +393,13 @@ def test_markdown_report_renders_every_section_and_statuses():
         "compositional": {"guidance": 1.0, "n_per_condition": 2, "rows": [
             {"condition": "AND Young", "rate": {"Young": 1.0}, "accuracy": 1.0, "all_correct": 1.0}]},
         "encoder": {"knn_accuracy": 0.8, "k": 200, "train": 50000, "test": 10000, "prototype_accuracy": 0.7},
+        "lookalikes": {"uploads": 50, "per_upload": 4, "guidance": 0.1, "chain": {"sweeps": 5, "steps": 20},
+                       "agreement": 0.32, "chance": 0.1, "dist_own": 0.587, "dist_other": 0.653, "clamped": 0.02},
         "timings_s": {"fid": 1.0},
     }
     md = markdown_report(ev)
+    assert "50 held-out uploads, 4 look-alikes each, guidance 0.1, 5 sweeps of 20 SGLD steps" in md
+    assert "| **0.320** (chance 0.10) | 0.587 | 0.653 | 0.0200 |" in md
     for text in ("| 1000 | 40.12 |", "not installed", "| CLEL s(x), β = 0.1 | not installed | 0.9000 |",
                  "skipped: no judge", "| AND Young | 1.00 |", "| 0.8000 | 200 |", "iteration 100000",
                  "judge `cifar10_classifier.safetensors`", "| FD-1k | FD-10k | KID (x 1e3) |",
@@ -395,7 +443,8 @@ def _fast_args(root: Path, out: Path) -> list:
 
     return ["--weights", root / "cifar10", "--out", out, "--data", data_path(), "--celeba-weights", root / "celeba",
             "--judges", root / "judges", "--ood-limit", 10, "--cond-per-class", 1, "--comp-samples", 1,
-            "--cond-steps", 1, "--knn-train-limit", 100, "--knn-test-limit", 50, "--knn-k", 10]
+            "--cond-steps", 1, "--knn-train-limit", 100, "--knn-test-limit", 50, "--knn-k", 10,
+            "--lookalike-uploads", 3, "--lookalike-samples", 2]
 
 
 def test_evaluate_cli_without_fid(export_dir, tmp_path):
@@ -406,9 +455,14 @@ def test_evaluate_cli_without_fid(export_dir, tmp_path):
     assert len(ev["conditional"]["confusion"]) == 10 and ev["conditional"]["judge"]["test_accuracy"] == 0.1
     assert len(ev["compositional"]["rows"]) == 11
     assert 0 <= ev["encoder"]["knn_accuracy"] <= 1
+    look = ev["lookalikes"]  # at the demo's chain (5 sweeps), with the steps the command asked for
+    assert (look["uploads"], look["per_upload"], look["chance"]) == (3, 2, 0.1) and 0 <= look["agreement"] <= 1
+    assert (look["chain"]["sweeps"], look["chain"]["steps"], look["guidance"]) == (5, 1, 0.1)
     md = (tmp_path / "eval.md").read_text()
-    assert "Table 1c" in md and "Fig. 3c" in md and "Fig. 4b" in md
+    assert "Table 1c" in md and "Fig. 3c" in md and "Fig. 4b" in md and "Look-alikes of held-out uploads" in md
     figs = tmp_path / "figures"
+    with Image.open(figs / "lookalikes.png") as im:  # 3 rows of the upload and its 2 look-alikes: 3 x 3 tiles
+        assert im.size[0] == im.size[1] > 3 * 32
     for name in ("ood_dtd_score.png", "ood_dtd_energy.png", "ood_histograms.html", "confusion.png",
                  "confusion.html", "class_conditional.png", "compositional.png"):
         assert (figs / name).is_file(), name
@@ -420,6 +474,7 @@ def test_evaluate_cli_missing_judges_are_reported_not_fatal(export_dir, tmp_path
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert "judge weights not found" in ev["conditional"]["status"]
     assert "judge weights not found" in ev["compositional"]["status"]
+    assert "judge weights not found" in ev["lookalikes"]["status"]
 
 
 def test_evaluate_cli_rejects_a_folder_that_is_not_an_export(tmp_path, capsys):

@@ -40,6 +40,12 @@ def test_measured_numbers_are_quoted_from_eval_json():
     assert "Attribute compositions: skipped: no CelebA export." in text
     ev["compositional"] = {"mean_accuracy": 0.5, "n_per_condition": 100}
     assert "agrees with the asked-for terms 0.5000 of the time" in card(ev)
+    assert "Look-alikes" not in card(ev)  # not measured: no line
+    ev["lookalikes"] = {"agreement": 0.315, "uploads": 50, "per_upload": 4, "chance": 0.1, "dist_own": 0.5,
+                        "dist_other": 0.625}
+    assert ("Look-alikes of 50 held-out uploads (4 each, the demo's chain): the judge gives them the upload's class "
+            "0.3150 of the time (chance: 0.1); in its features their distance to their own upload is 0.5000, to "
+            "the other uploads 0.6250.") in card(ev)
 
 
 def test_card_names_which_weights_the_export_holds():

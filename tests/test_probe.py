@@ -65,6 +65,22 @@ def test_a_probe_is_reproducible_from_its_seed_and_leaves_the_model_and_rng_alon
     assert a["fd_judge"] > 0 and a["fd_judge"] != c["fd_judge"] and a["feature_judge"] == CIFAR10_JUDGE
 
 
+def test_probe_lookalikes_are_seeded_and_leave_the_model_and_rng_alone(one_thread):
+    from conftest import data_path
+
+    torch.manual_seed(0)
+    model = CLEL(small_cfg())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probe, root = tiny_probe(synthetic()), data_path()
+    state = torch.get_rng_state()
+    a = probe.lookalikes(model, root, n=3, per_upload=2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert set(a) == {"lookalike_agreement", "lookalike_dist_own", "lookalike_dist_other"}
+    assert a == probe.lookalikes(model, root, n=3, per_upload=2) and 0 <= a["lookalike_agreement"] <= 1
+    assert a != probe.lookalikes(model, root, n=4, per_upload=2)  # more uploads: other distances
+
+
 def test_celeba_probe_reports_agreement_per_attribute(one_thread):
     from clel.data import ImageSet
 

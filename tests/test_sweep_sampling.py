@@ -63,20 +63,3 @@ def test_sweep_cells_for_steps_per_sweep_ramp_and_bound(tmp_path):
     assert set(res["unconditional"]) == {"live/reference/4x1", "live/reference/2x2"}  # one per chain length
     assert len({r["grid"] for r in res["rows"]}) == 8 and all((out / r["grid"]).is_file() for r in res["rows"])
     assert "| sweeps x steps | ramp | bound |" in (out / "table.md").read_text()
-
-
-def test_lookalike_agreement_counts_classes_or_the_share_of_matching_attributes():
-    from types import SimpleNamespace
-
-    from conftest import load_script
-
-    sweep = load_script("measure/sweep_sampling.py", "sweep_sampling_script")
-
-    def judge(task, probs):
-        return SimpleNamespace(spec=SimpleNamespace(task=task), predict=lambda x: torch.tensor(probs))
-
-    classes = judge("classes", [[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
-    assert sweep.same_judgement(classes, None, torch.tensor(1)) == 2.0  # two of three samples judged class 1
-    attrs = judge("attributes", [[0.9, 0.1, 0.6], [0.2, 0.2, 0.2]])
-    upload = torch.tensor([True, False, False])
-    assert abs(sweep.same_judgement(attrs, None, upload) - (2 / 3 + 2 / 3)) < 1e-6  # 2 of 3 attributes, twice

@@ -26,7 +26,8 @@ from ..weights import BUNDLED_WEIGHTS, REPO_ROOT, WeightsError, load_pretrained,
 from . import EvaluationError, default_data_root
 from .fid import GenerateSettings, fid_report, generate, judge_report, load_samples, sample_features, train_images, \
     train_reference, wait_for_samples
-from .judged import class_conditional_eval, compositional_eval, default_compositions, encoder_eval
+from .judged import (class_conditional_eval, compositional_eval, default_compositions, encoder_eval, lookalike_eval,
+                     lookalike_uploads)
 from .judges import CIFAR10_JUDGE, CIFAR10_ROBUST_JUDGE, JUDGE_DIR, JudgeError, celeba_judge_path, load_judge
 from .report import confusion_png, markdown_report, ood_figures, plotly_confusion_html
 
@@ -66,6 +67,7 @@ class EvalOptions:
     conditional: bool = option(True, "judged class-conditional section (default on)", group=GENERAL)
     compositional: bool = option(True, "judged compositional section (default on)", group=GENERAL)
     knn: bool = option(True, "encoder kNN section (default on)", group=GENERAL)
+    lookalikes: bool = option(True, "look-alike section: held-out uploads, judged (default on)", group=GENERAL)
 
     fid_samples: int = option(50000, "number of unconditional samples (default 50000); FID-1k/10k/50k use the "
                               "first 1k/10k/50k", group=FID)
@@ -102,6 +104,10 @@ class EvalOptions:
                            "chosen by measure/sweep_sampling.py) or paper (default measured)",
                            choices=sorted(SAMPLING), group=JUDGED)
     cond_batch: int = option(250, "chains run together (default 250)", group=JUDGED)
+    lookalike_uploads: int = option(50, "look-alikes: held-out images used as uploads (CIFAR-10 test images, or "
+                                    "the last 1,000 faces; default 50)", group=JUDGED)
+    lookalike_samples: int = option(4, "look-alikes drawn per upload, at the demo's chain (default 4)",
+                                    group=JUDGED)
 
     knn_k: int = option(200, "neighbours (default 200)", group=KNN)
     knn_train_limit: int | None = option(None, "seeded subset of the 50,000 training images", group=KNN)
@@ -329,6 +335,26 @@ class Evaluation:
         res["figures"] = {"grid": "figures/compositional.png (one row per condition, in table order)"}
         return res
 
+    def lookalikes(self) -> dict:
+        """Look-alikes of held-out uploads drawn as the demo's tab draws them (:meth:`ChainSettings.demo`), judged:
+        do they share the upload's class (CIFAR-10) or its judged attributes (faces)?"""
+        args, cfg = self.args, self.cfg
+        faces = cfg.dataset != "cifar10"
+        judge = load_judge(celeba_judge_path(args.judges, cfg.image_size) if faces
+                           else Path(args.judges) / args.cifar10_judge, self.device)
+        uploads, labels = lookalike_uploads(self.data, judge, args.lookalike_uploads, args.seed)
+        st = ChainSettings.demo(self.model, "instance", **args.judged_chain)
+        res, samples = lookalike_eval(self.model, uploads, labels, judge, args.lookalike_samples, st, args.seed,
+                                      log=say)
+        k = args.lookalike_samples
+        shown = min(8, len(uploads))
+        rows = [torch.cat([to_float(uploads[i:i + 1]), samples[i * k:(i + 1) * k]]) for i in range(shown)]
+        save_grid(torch.cat(rows), self.out / "figures" / "lookalikes.png", nrow=k + 1)
+        res["chance"] = None if faces else 1 / len(judge.labels)
+        res["judge"] = {"path": shown_path(judge.path), "test_accuracy": judge.info.get("test", {}).get("accuracy")}
+        res["figures"] = {"grid": "figures/lookalikes.png (each row: the upload, then its look-alikes)"}
+        return res
+
     def encoder(self) -> dict:
         from ..data import load_cifar10
 
@@ -359,7 +385,8 @@ def evaluate(args: EvalOptions) -> dict[str, str] | None:
         return None
     for name, on, fn in (("fid", args.fid, ev.fid), ("buffer", args.buffer, ev.buffer), ("ood", args.ood, ev.ood),
                          ("conditional", args.conditional, ev.conditional),
-                         ("compositional", args.compositional, ev.compositional), ("encoder", args.knn, ev.encoder)):
+                         ("compositional", args.compositional, ev.compositional),
+                         ("lookalikes", args.lookalikes, ev.lookalikes), ("encoder", args.knn, ev.encoder)):
         if on:
             ev.section(name, fn)
     ev.save()

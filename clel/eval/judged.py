@@ -1,8 +1,10 @@
 """Judged conditional quality (Fig. 3c, Fig. 4b) and the encoder's kNN accuracy."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
+from pathlib import Path
 from itertools import combinations
 from typing import Any, Callable, Mapping, Sequence
 
@@ -11,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import OPPOSITE_ATTRIBUTE
+from ..data import OPPOSITE_ATTRIBUTE, to_float
 from ..concepts import encode_images
 from ..fast import FastPath
 from ..sampling import ChainSettings, Condition, draw, term_label
@@ -133,6 +135,73 @@ def compositional_eval(model, extras: Mapping[str, Any], judge, compositions: Se
             # AND-only rows (the paper's Fig. 4, comparable with evaluations before NOT rows) and rows with a NOT
             "mean_and_accuracy": mean([r for r in scored if all(w > 0 for _, w in r["terms"])]),
             "mean_not_accuracy": mean([r for r in scored if any(w < 0 for _, w in r["terms"])])}, samples
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Look-alikes: samples guided by an upload's latent
+# ----------------------------------------------------------------------------------------------------------------
+
+def same_judgement(judge, x: Tensor, label: Tensor) -> float:
+    """How many of ``x`` the judge gives ``label``: the class (a class judge), or the share of attributes on which
+    it agrees with the upload's own judged attributes (an attribute judge), summed over ``x``."""
+    p = judge.predict(x)
+    if judge.spec.task == "classes":
+        return float((p.argmax(1) == label).sum())
+    return float(((p > 0.5) == label).float().mean(1).sum())
+
+
+def lookalike_uploads(data_root: str | os.PathLike, judge, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` seeded held-out images to use as uploads, and what their look-alikes should share with them: CIFAR-10
+    test images and their labels (a class judge), or faces from the last 1,000 shared CelebA faces (held out by the
+    judge and by scripts/distill_encoder.py) at the judge's size and their own judged attributes."""
+    from ..data import load_celeba, load_cifar10
+
+    root = Path(data_root)
+    if judge.spec.task == "classes":
+        test = load_cifar10(root / "cifar10" if (root / "cifar10").is_dir() else root, "test")
+        images, labels = test.images, test.labels
+    else:
+        faces = root / "celeba" if (root / "celeba").is_dir() else root
+        images, labels = load_celeba(faces, judge.spec.image_size).images[-1000:], None
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return images[idx], (labels[idx] if labels is not None else judge.predict(images[idx]) > 0.5)
+
+
+def lookalike_eval(model, uploads: Tensor, labels: Tensor, judge, per_upload: int, settings: ChainSettings,
+                   seed: int = 0, log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], Tensor]:
+    """Look-alikes of each upload (``per_upload`` samples guided by its latent z, as the demo's Look-alikes tab
+    draws them with ``settings``), judged: ``agreement``, how often the judge gives them the upload's class (or
+    its judged attributes, :func:`same_judgement`); ``dist_own`` and ``dist_other``, their mean distance in the
+    judge's features to their own upload and to the other uploads (own < other: they resemble their upload).
+
+    ``uploads``: uint8 [N, 3, H, W]. Returns (results, samples [N · per_upload, 3, H, W], upload by upload).
+    """
+    from ..probe import clamped_fraction
+
+    if not has_encoder(model):
+        raise EvaluationError("look-alikes need the encoder h for an upload's latent, which this export lacks")
+    if len(uploads) < 2:
+        raise EvaluationError("look-alikes need at least 2 uploads (own against other uploads)")
+    t0 = time.perf_counter()
+    uploads = to_float(uploads)  # what the demo hands the model, and the samples' range for the judge
+    feats_up = judge.features(uploads)
+    hits, own, other, xs = 0.0, [], [], []
+    for i in range(len(uploads)):
+        cond = Condition.instance(uploads[i:i + 1])
+        x = draw(model, per_upload, cond, settings, seed=seed + 7919 * i, guidance=settings.guidance).x
+        xs.append(x)
+        hits += same_judgement(judge, x, labels[i])
+        d = torch.cdist(judge.features(x).double(), feats_up.double())  # [per_upload, N]
+        own.append(float(d[:, i].mean()))
+        other.append(float((d.sum(1) - d[:, i]).mean() / (len(uploads) - 1)))
+        if log and (i + 1) % 10 == 0:
+            log(f"look-alikes: {i + 1}/{len(uploads)} uploads, agreement {hits / ((i + 1) * per_upload):.2f} "
+                f"({time.perf_counter() - t0:.0f} s)")
+    x = torch.cat(xs)
+    return {"uploads": len(uploads), "per_upload": per_upload, "guidance": settings.guidance,
+            "chain": asdict(settings), "agreement": hits / (len(uploads) * per_upload),
+            "dist_own": float(np.mean(own)), "dist_other": float(np.mean(other)), "clamped": clamped_fraction(x),
+            "seconds": time.perf_counter() - t0}, x
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def _bias_note(cfg: CLELConfig) -> str:
 
 
 def _judged_lines(ev: Mapping[str, Any]) -> str:
-    """The judged conditional (Fig. 3c) and compositional (Fig. 4b) results, or why they are missing."""
+    """The judged conditional (Fig. 3c), look-alike and compositional (Fig. 4b) results, or why they are missing."""
     lines = []
     cond = ev.get("conditional") or {}
     if cond.get("accuracy") is not None:
@@ -144,6 +144,16 @@ def _judged_lines(ev: Mapping[str, Any]) -> str:
                      f"{_fmt(acc)}): {_fmt(cond['accuracy'])} on average (chance: 0.1).")
     elif cond.get("status"):
         lines.append(f"Class-conditional samples: {cond['status']}.")
+    look = ev.get("lookalikes") or {}
+    if look.get("agreement") is not None:
+        shared = "class" if look.get("chance") else "judged attributes"
+        chance = f" (chance: {look['chance']:.2g})" if look.get("chance") else ""
+        lines.append(f"Look-alikes of {look.get('uploads')} held-out uploads ({look.get('per_upload')} each, the "
+                     f"demo's chain): the judge gives them the upload's {shared} {_fmt(look['agreement'])} of the "
+                     f"time{chance}; in its features their distance to their own upload is {_fmt(look.get('dist_own'))}, "
+                     f"to the other uploads {_fmt(look.get('dist_other'))}.")
+    elif look.get("status"):
+        lines.append(f"Look-alikes: {look['status']}.")
     comp = ev.get("compositional") or {}
     if comp.get("mean_accuracy") is not None:
         lines.append(f"Attribute compositions on the CelebA weights ({comp.get('n_per_condition')} samples each): "

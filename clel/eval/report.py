@@ -317,6 +317,19 @@ def _compositional_md(comp: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _lookalikes_md(look: Mapping[str, Any]) -> list[str]:
+    """Judged agreement of look-alikes with their uploads, and their distances in the judge's features."""
+    judge, chain = look.get("judge", {}), look["chain"]
+    chance = f" (chance {look['chance']:.2f})" if look.get("chance") else ""
+    return [f"Judge: `{judge.get('path', '?')}`. {look['uploads']} held-out uploads, {look['per_upload']} "
+            f"look-alikes each, guidance {look['guidance']:g}, {chain['sweeps']} sweeps of {chain['steps']} SGLD "
+            "steps (the demo's chain). Agreement: the judge gives a look-alike the upload's class (faces: the share "
+            "of attributes it judges the same as the upload's).", "",
+            "| agreement | distance to its upload | to the other uploads | clamped |", "|---|---|---|---|",
+            f"| **{look['agreement']:.3f}**{chance} | {look['dist_own']:.3f} | {look['dist_other']:.3f} "
+            f"| {_num(look.get('clamped'))} |", ""]
+
+
 def _encoder_md(enc: Mapping[str, Any]) -> list[str]:
     """kNN accuracy of h."""
     lines: list[str] = []
@@ -328,7 +341,7 @@ def _encoder_md(enc: Mapping[str, Any]) -> list[str]:
 
 def markdown_report(ev: Mapping[str, Any]) -> str:
     """eval.json as markdown tables (FID/KID, the replay buffer's, Table 1c layout, confusion matrix, attributes,
-    encoder)."""
+    look-alikes, encoder)."""
     lines = ["# CLEL evaluation", ""]
     w = ev.get("weights", {})
     lines += [f"Weights: `{w.get('path', '?')}` ({w.get('dataset', '?')}, arch {w.get('arch', '?')}"
@@ -342,6 +355,7 @@ def markdown_report(ev: Mapping[str, Any]) -> str:
              _conditional_md),
             ("compositional", "Compositional samples judged by the CelebA attribute classifier (Fig. 4b)",
              _compositional_md),
+            ("lookalikes", "Look-alikes of held-out uploads, judged", _lookalikes_md),
             ("encoder", 'Encoder h', _encoder_md),
     ):
         if ev.get(key):
