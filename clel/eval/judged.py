@@ -1,4 +1,4 @@
-"""Judged conditional quality (Fig. 3c, Fig. 4b) and the encoder's kNN accuracy."""
+"""Judged conditional quality (Fig. 3c, Fig. 4b), judged look-alikes and the encoder's kNN accuracy."""
 from __future__ import annotations
 
 import os
@@ -174,7 +174,7 @@ def lookalike_eval(model, uploads: Tensor, labels: Tensor, judge, per_upload: in
     its judged attributes, :func:`same_judgement`); ``dist_own`` and ``dist_other``, their mean distance in the
     judge's features to their own upload and to the other uploads (own < other: they resemble their upload).
 
-    ``uploads``: uint8 [N, 3, H, W]. Returns (results, samples [N · per_upload, 3, H, W], upload by upload).
+    ``uploads``: [N, 3, H, W], uint8 or float in [0, 1]. Returns (results, samples [N · per_upload, 3, H, W], upload by upload).
     """
     from ..probe import clamped_fraction
 
@@ -183,7 +183,8 @@ def lookalike_eval(model, uploads: Tensor, labels: Tensor, judge, per_upload: in
     if len(uploads) < 2:
         raise EvaluationError("look-alikes need at least 2 uploads (own against other uploads)")
     t0 = time.perf_counter()
-    uploads = to_float(uploads)  # what the demo hands the model, and the samples' range for the judge
+    # [0, 1], as the demo hands an upload to the model and as the judge sees the samples
+    uploads = to_float(uploads) if uploads.dtype == torch.uint8 else uploads.float()
     feats_up = judge.features(uploads)
     hits, own, other, xs = 0.0, [], [], []
     for i in range(len(uploads)):
