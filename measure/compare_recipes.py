@@ -138,14 +138,14 @@ def print_table(res: dict[str, Any]) -> None:
     keys = [k for k in METRICS if k in s]
     print(f"start: {s['checkpoint']} (iteration {s['iteration']}): " + ", ".join(f"{k} {s[k]:.4g}" for k in keys))
     for o in res["start_other_seeds"]:
-        print("  other probe seed: " + ", ".join(f"{k} {o[k]:.4g}" for k in keys))
+        print("  other probe seed: " + ", ".join(f"{k} {o[k]:.4g}" for k in keys if k in o))  # no look-alikes
     print(f"\n{'arm':12} {'CPU min':>8} {'iters':>6} {'images':>7} " + " ".join(f"{k:>18}" for k in keys))
     for name, r in res["arms"].items():
         if "failed" in r:
             print(f"{name:12} failed: {r['failed']}")
             continue
         hours = r["cpu_s"] / 3600
-        cells = [f"{r[k]:.4g} ({(r[k] - s[k]) / hours:+.3g}/h)" for k in keys]
+        cells = [f"{r[k]:.4g} ({(r[k] - s[k]) / hours:+.3g}/h)" if k in r else "–" for k in keys]
         print(f"{name:12} {r['cpu_s'] / 60:8.1f} {r['iterations']:6d} {r['iterations'] * r['batch_size']:7d} "
               + " ".join(f"{c:>18}" for c in cells))
     print("\n(value (change from the start per CPU-hour); FID, FD and clamped: lower is better)")

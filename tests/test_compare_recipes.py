@@ -45,3 +45,14 @@ def test_arms_resume_one_checkpoint_with_their_overrides_and_stop_at_their_budge
         assert meta["iteration"] > 2  # resumed, trained on
         assert (meta["config"]["sgld_steps"], meta["config"]["batch_size"]) == (steps, batch)
         assert 8.0 <= arms[name]["cpu_s"] < 40.0  # stopped soon after its budget, not at --iters
+
+
+def test_table_prints_every_arm_and_the_other_seeds_without_their_lookalikes(capsys):
+    start = {"checkpoint": "c", "iteration": 10, "fid": 100.0, "fd_judge": 150.0, "lookalike_agreement": 0.25}
+    res = {"start": start, "start_other_seeds": [{"fid": 102.0, "fd_judge": 140.0}],  # look-alikes: start only
+           "arms": {"a": {**start, "cpu_s": 1800.0, "iterations": 5, "batch_size": 64, "lookalike_agreement": 0.5},
+                    "b": {"failed": "exit code 1"}}}
+    cr.print_table(res)
+    out = capsys.readouterr().out
+    assert "other probe seed: fid 102, fd_judge 140" in out
+    assert "0.5 (+0.5/h)" in out and "b            failed: exit code 1" in out
