@@ -12,8 +12,9 @@ All arms run at once, one thread each, so a machine's drift hits them alike, and
 point and every arm's live weights get the same fixed-seed probe (clel.probe: FID-500 against 2,000 training
 images, the independent FD-500 in the judge's features, judged accuracy or attribute agreement, clamped pixels;
 with --lookalikes N, the judged agreement of look-alikes of N held-out uploads at the demo's chain), and the
-table gives each probe's change per CPU-hour. The start point is also probed with --noise-seeds other seeds: a change smaller than that spread is noise. The replay buffer's size is fixed by the checkpoint (an arm
-cannot change it).
+table gives each probe's change per CPU-hour. The start point is also probed with --noise-seeds other seeds: a
+change smaller than that spread is noise. The replay buffer's size is fixed by the checkpoint (an arm cannot
+change it).
 """
 from __future__ import annotations
 
