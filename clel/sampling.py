@@ -133,8 +133,10 @@ class ChainSettings:
 
     @classmethod
     def demo(cls, model: CLEL | None, mode: str = "unconditional", **overrides) -> "ChainSettings":
-        """What the demo's tabs start at: :meth:`measured` with ``DEMO_SWEEPS`` sweeps of ``DEMO_STEPS`` steps."""
-        return cls.measured(model, mode, DEMO_SWEEPS, **{"steps": DEMO_STEPS, **overrides})
+        """What the demo's tabs start at: :meth:`measured` with ``DEMO_SWEEPS`` sweeps of ``DEMO_STEPS`` steps
+        (``overrides`` that are not None win, these too)."""
+        sweeps = overrides.pop("sweeps", None) or DEMO_SWEEPS
+        return cls.measured(model, mode, sweeps, **{"steps": DEMO_STEPS, **overrides})
 
     @classmethod
     def measured(cls, model: CLEL | None, mode: str = "unconditional", sweeps: int | None = None,

@@ -215,3 +215,11 @@ def test_bundle_weights_takes_the_newest_checkpoints_buffer_when_the_run_folder_
     save_replay_buffer(bufs[0], tmp_path / REPLAY_BUFFER_NAME)  # the file beside the export wins; no iteration in it
     images, iteration = mod.run_buffer(tmp_path, {"iteration": 9})
     assert iteration == 9 and torch.equal(images, to_uint8(bufs[0]))
+
+
+def test_reports_name_the_judged_chain_and_the_demo_s():
+    from clel.eval.report import chain_words
+
+    assert chain_words({"sweeps": 1, "steps": 200}) == "one chain of 200 SGLD steps from noise"
+    assert chain_words({"sweeps": 5, "steps": 20}) == "5 augmented sweeps of 20 SGLD steps (the demo's chain)"
+    assert chain_words({"sweeps": 10, "steps": 20}) == "10 augmented sweeps of 20 SGLD steps"

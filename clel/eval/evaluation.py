@@ -37,7 +37,7 @@ JUDGED, KNN = "judged conditional and compositional quality", "encoder kNN"
 FID_CHAIN = {"sweeps": "--fid-sweeps", "steps": "--fid-steps"}
 JUDGED_CHAIN = {"guidance": "--guidance", "direction": "--direction", "guidance_ramp": "--guidance-ramp",
                 "guidance_bound": "--guidance-bound", "steps": "--cond-steps", "step_size": "--cond-step-size",
-                "noise": "--cond-noise"}
+                "noise": "--cond-noise", "sweeps": "--cond-sweeps"}  # --cond-sweeps 5: the demo's own chain
 
 
 def ref_samples(v: str) -> str:
@@ -281,7 +281,8 @@ class Evaluation:
         return res
 
     def chain_for(self, model, mode: str, extras) -> ChainSettings:
-        """The judged chain of ``mode``: the measured (or --sampling's) plain chain, with what was given."""
+        """The judged chain of ``mode``: the measured (or --sampling's) plain chain, with what was given
+        (``--cond-sweeps 5``: the demo's chain, 5 augmented sweeps of the training chain, with its guidance)."""
         return ChainSettings.measured(model, mode, table=self.args.sampling, extras=extras, **self.args.judged_chain)
 
     def conditional(self) -> dict:

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from ..config import PRESETS, CLELConfig
 from ..data.ood import OOD_COLUMNS
+from .report import chain_words
 
 
 
@@ -140,7 +141,8 @@ def _judged_lines(ev: Mapping[str, Any]) -> str:
     if cond.get("accuracy") is not None:
         acc = (cond.get("judge") or {}).get("test_accuracy")
         lines.append(f"Class-conditional samples ({cond.get('n_per_class')} per class, guidance "
-                     f"{cond.get('guidance')}) judged as their class by the CIFAR-10 judge (test accuracy "
+                     f"{cond.get('guidance')}, {chain_words(cond.get('chain') or {})}) judged as their class by "
+                     f"the CIFAR-10 judge (test accuracy "
                      f"{_fmt(acc)}): {_fmt(cond['accuracy'])} on average (chance: 0.1).")
     elif cond.get("status"):
         lines.append(f"Class-conditional samples: {cond['status']}.")
@@ -204,8 +206,8 @@ def _scores(cfg: CLELConfig, ev: Mapping[str, Any], shipped: bool = False) -> st
         return text + "Attribute compositions: not measured.\n"
     judge = (comp.get("judge") or {}).get("test_accuracy") or {}
     chain = comp.get("chain") or {}
-    return (text + f"Attribute compositions ({comp.get('n_per_condition')} samples each, {chain.get('steps')} "
-            f"SGLD steps from noise, guidance {comp.get('guidance')}), scored by the attribute judge "
+    return (text + f"Attribute compositions ({comp.get('n_per_condition')} samples each, {chain_words(chain)}, "
+            f"guidance {comp.get('guidance')}), scored by the attribute judge "
             f"(test accuracy " + ", ".join(f"{a} {_fmt(v)}" for a, v in sorted(judge.items())) + "): "
             f"agreement with the asked-for terms {_fmt(comp['mean_accuracy'])} on average{_split(comp)}.\n\n"
             + _compositional_table(comp)

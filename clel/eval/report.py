@@ -189,6 +189,17 @@ def ood_figures(raw: Mapping[str, Mapping[str, np.ndarray]], out_dir: str | os.P
 # Markdown report
 # ----------------------------------------------------------------------------------------------------------------
 
+def chain_words(chain: Mapping[str, Any]) -> str:
+    """A judged chain as a report says it: one plain chain from noise, or augmented sweeps (the demo's 5 x 20)."""
+    from ..sampling import DEMO_STEPS, DEMO_SWEEPS
+
+    sweeps, steps = chain.get("sweeps") or 1, chain.get("steps")
+    if sweeps <= 1:
+        return f"one chain of {steps} SGLD steps from noise"
+    demo = " (the demo's chain)" if (sweeps, steps) == (DEMO_SWEEPS, DEMO_STEPS) else ""
+    return f"{sweeps} augmented sweeps of {steps} SGLD steps{demo}"
+
+
 def _num(v: Any, digits: int = 4) -> str:
     if v is None:
         return "–"
@@ -280,7 +291,7 @@ def _conditional_md(cond: Mapping[str, Any]) -> list[str]:
     judge = cond.get("judge", {})
     lines += [f"Judge: `{judge.get('path', '?')}` (test accuracy {_num(judge.get('test_accuracy'))}). "
               f"{cond['n_per_class']} samples per class, guidance {cond['guidance']:g}, "
-              f"{cond['chain']['steps']} SGLD steps. Rows: conditioned class; columns: judged class. "
+              f"{chain_words(cond['chain'])}. Rows: conditioned class; columns: judged class. "
               f"Mean diagonal: **{cond['accuracy']:.3f}**.", "",
               "| | " + " | ".join(c[:5] for c in cls) + " |", "|---|" + "---|" * len(cls)]
     for c, row in zip(cls, cond["confusion"]):
@@ -297,7 +308,8 @@ def _compositional_md(comp: Mapping[str, Any]) -> list[str]:
     accs = judge.get("test_accuracy")
     accs = ", ".join(f"{k} {_num(v, 3)}" for k, v in accs.items()) if isinstance(accs, dict) else _num(accs)
     lines += [f"Judge: `{judge.get('path', '?')}` (held-out accuracy {accs}). "
-              f"{comp['n_per_condition']} samples per condition, guidance {comp['guidance']:g}. Cells: "
+              f"{comp['n_per_condition']} samples per condition, guidance {comp['guidance']:g}, "
+              f"{chain_words(comp.get('chain') or {})}. Cells: "
               f"fraction judged to have the attribute; accuracy: agreement with the asked-for terms.", "",
               "| condition | " + " | ".join(attrs) + " | accuracy | all terms | diversity |",
               "|---|" + "---|" * (len(attrs) + 3)]
