@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-encoder", action="store_true", help="leave the encoder h out of the export")
     p.add_argument("--hardware", required=True, help="what the run trained on, for the card")
     p.add_argument("--status", required=True, help="an honest sentence or two on quality, for the card")
+    p.add_argument("--cost", default=None, help="what the whole model cost, for the card, when it trained in more "
+                   "than --run's folder (default: that folder's wall time)")
     p.add_argument("--command", action="append", default=[], help="a command that made the weights (repeat)")
     p.add_argument("--eval", type=Path, default=None,
                    help="eval.json to copy beside the card and quote (for CelebA weights: its "
@@ -157,6 +159,8 @@ def main() -> None:
                  if args.reference_sweeps > 0 else "") + ".)")
     training = training_summary(args.run)
     training["iterations"] = meta.get("iteration", training["iterations"])  # the exported iteration
+    if args.cost:
+        training["cost"] = args.cost
     card = render_model_card(cfg, out_meta, evaluation=evaluation, training=training,
                              hardware=args.hardware, commands=args.command, status=status, preset=args.preset,
                              grids=grids, buffer_images=buffer_images, folder=args.out.name)

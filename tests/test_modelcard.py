@@ -182,9 +182,13 @@ def test_bundle_weights_writes_the_fp16_export_its_ema_replay_buffer_grids_and_c
     with safe_open(str(out / EMA_NAME), framework="pt") as f:
         assert f.metadata() == {"format": "clel-ema", "iteration": "4"}
 
-    assert "replay buffer: none shipped" in bundle("--buffer-images", "0")  # and the one bundled before is gone
+    assert "wall time 0.00 h (training and export)" in (out / "README.md").read_text()  # the run folder's
+
+    assert "replay buffer: none shipped" in bundle("--buffer-images", "0", "--cost", "about 3 CPU-hours in all")
     assert not (out / REPLAY_BUFFER_NAME).exists() and load_pretrained(out)[2]["replay_buffer"] == 0
-    assert 'ChainSettings(start="buffer")' not in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert 'ChainSettings(start="buffer")' not in card
+    assert "schedule), about 3 CPU-hours in all, hardware: a test" in card and "wall time" not in card
 
 
 def test_bundle_weights_takes_the_newest_checkpoints_buffer_when_the_run_folder_has_no_file(tmp_path):

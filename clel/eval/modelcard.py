@@ -271,7 +271,8 @@ def render_model_card(cfg: CLELConfig, meta: Mapping[str, Any], *, evaluation: M
     dataset = {"cifar10": "CIFAR-10", "celeba": f"CelebA {cfg.image_size}x{cfg.image_size}"}.get(cfg.dataset,
                                                                                               cfg.dataset)
     parts = meta.get("parts", ["f", "g", "h"])
-    hours = training.get("seconds", 0.0) / 3600
+    # a model trained over several run folders says its whole cost; else the run folder's own wall time
+    cost = training.get("cost") or f"wall time {training.get('seconds', 0.0) / 3600:.2f} h (training and export)"
     # Exports without the field predate --export-weights and hold the EMA copy.
     which = ("the EMA copies" if meta.get("weights", "ema") == "ema"
              else "the live training weights (not the EMA copies)")
@@ -298,7 +299,7 @@ Weights are {which}, stored as {meta.get("dtype", "float32")} safetensors.{shipp
 ## How it was made
 
 - Preset: `{preset}`; changed from the preset: `{json.dumps(changes, sort_keys=True)}`
-- Iterations: {training.get("iterations")} (of a {cfg.iters:,}-iteration schedule), wall time {hours:.2f} h (training and export), hardware: {hardware}
+- Iterations: {training.get("iterations")} (of a {cfg.iters:,}-iteration schedule), {cost}, hardware: {hardware}
 - Data: the shared offline {dataset} copy (see the repository's data notes).
 - Commands:
 
