@@ -344,7 +344,8 @@ class Evaluation:
         judge = load_judge(celeba_judge_path(args.judges, cfg.image_size) if faces
                            else Path(args.judges) / args.cifar10_judge, self.device)
         uploads, labels = lookalike_uploads(self.data, judge, args.lookalike_uploads, args.seed)
-        st = ChainSettings.demo(self.model, "instance", **args.judged_chain)
+        chain = {k: v for k, v in args.judged_chain.items() if k != "sweeps"}  # the demo's sweeps, always
+        st = ChainSettings.demo(self.model, "instance", **chain)
         res, samples = lookalike_eval(self.model, uploads, labels, judge, args.lookalike_samples, st, args.seed,
                                       log=say)
         k = args.lookalike_samples
